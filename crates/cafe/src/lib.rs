@@ -1,0 +1,49 @@
+//! The cafe reservation app (seed 000) on the platform: book a table, even while the database is
+//! down; follow a queued booking until it is confirmed.
+//!
+//! `domain` parses input (no I/O), `reserve` is the command's apply, `service` is what the pages
+//! and the API share; only `api` and `pages` know HTTP.
+
+pub mod api;
+pub mod domain;
+pub mod pages;
+pub mod reserve;
+pub mod service;
+
+use axum::Router;
+use rananeeti_platform::{CommandHandler, Migration, Platform};
+use std::sync::Arc;
+
+#[derive(Clone, Debug)]
+pub struct CafeConfig {
+    /// Seats the cafe has for one time slot; a booking past it is rejected.
+    pub seats_per_slot: i64,
+}
+
+impl Default for CafeConfig {
+    fn default() -> Self {
+        CafeConfig { seats_per_slot: reserve::SEATS_PER_SLOT_DEFAULT }
+    }
+}
+
+pub struct CafeApp {
+    pub config: CafeConfig,
+}
+
+impl rananeeti_node::App for CafeApp {
+    fn name(&self) -> &'static str {
+        "cafe"
+    }
+
+    fn handlers(&self) -> Vec<Arc<dyn CommandHandler>> {
+        vec![Arc::new(reserve::ReserveHandler { seats_per_slot: self.config.seats_per_slot })]
+    }
+
+    fn migrations(&self) -> Vec<Migration> {
+        reserve::MIGRATIONS.to_vec()
+    }
+
+    fn router(&self, platform: Arc<Platform>) -> Router {
+        api::router(Arc::clone(&platform)).merge(pages::router(platform))
+    }
+}

@@ -1,0 +1,85 @@
+//! The `cafe.reserve` command: its apply (the seat rule) and its table.
+
+use crate::domain::{ReservationPayload, KIND_RESERVE};
+use futures::future::BoxFuture;
+use rananeeti_platform::sqlx::{self, AnyConnection, Row};
+use rananeeti_platform::{ApplyError, Command, CommandHandler, Migration, WritePattern};
+
+/// Seats the cafe has for one time slot, unless configured otherwise.
+pub const SEATS_PER_SLOT_DEFAULT: i64 = 60;
+
+pub struct ReserveHandler {
+    pub seats_per_slot: i64,
+}
+
+impl CommandHandler for ReserveHandler {
+    fn kind(&self) -> &'static str {
+        KIND_RESERVE
+    }
+
+    /// Digest-unique inserts commute, so any region may apply them.
+    fn write_pattern(&self) -> WritePattern {
+        WritePattern::Local
+    }
+
+    fn apply<'a>(
+        &'a self,
+        command: &'a Command,
+        connection: &'a mut AnyConnection,
+    ) -> BoxFuture<'a, Result<(), ApplyError>> {
+        Box::pin(async move {
+            let payload: ReservationPayload = serde_json::from_value(command.payload.clone())
+                .map_err(|error| ApplyError::Rejected(format!("not a reservation: {error}")))?;
+            let booked: i64 =
+                sqlx::query("SELECT CAST(COALESCE(SUM(party_size), 0) AS BIGINT) AS seats FROM cafe_reservations WHERE slot = $1")
+                    .bind(&payload.time)
+                    .fetch_one(&mut *connection)
+                    .await?
+                    .try_get("seats")?;
+            if booked + payload.party_size > self.seats_per_slot {
+                let free = (self.seats_per_slot - booked).max(0);
+                return Err(ApplyError::Rejected(format!(
+                    "fully booked at {}: {free} of {} seats left for a party of {}",
+                    payload.time.replace('T', " "),
+                    self.seats_per_slot,
+                    payload.party_size
+                )));
+            }
+            sqlx::query(
+                "INSERT INTO cafe_reservations (id, name, party_size, slot, notes, hlc) VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(command.id.to_hex())
+            .bind(&payload.name)
+            .bind(payload.party_size)
+            .bind(&payload.time)
+            .bind(&payload.notes)
+            .bind(command.hlc.0 as i64)
+            .execute(&mut *connection)
+            .await?;
+            Ok(())
+        })
+    }
+}
+
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    component: "cafe",
+    version: 1,
+    sqlite: "CREATE TABLE cafe_reservations (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        party_size BIGINT NOT NULL,
+        slot TEXT NOT NULL,
+        notes TEXT NOT NULL,
+        hlc BIGINT NOT NULL
+    );
+    CREATE INDEX cafe_reservations_slot ON cafe_reservations (slot);",
+    postgres: "CREATE TABLE cafe_reservations (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        party_size BIGINT NOT NULL,
+        slot TEXT NOT NULL,
+        notes TEXT NOT NULL,
+        hlc BIGINT NOT NULL
+    );
+    CREATE INDEX cafe_reservations_slot ON cafe_reservations (slot);",
+}];

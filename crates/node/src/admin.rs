@@ -1,0 +1,180 @@
+//! The admin API (`/admin/...`, bearer token): faults and the fallback queue.
+
+use crate::error::ApiError;
+use crate::json::ApiJson;
+use axum::extract::{Request, State};
+use axum::http::header::AUTHORIZATION;
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::routing::get;
+use axum::{Json, Router};
+use rananeeti_platform::{Command, DbFault, Platform};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use subtle::ConstantTimeEq;
+
+/// The admin bearer token. Never logged, never echoed.
+#[derive(Clone)]
+pub struct AdminToken(Arc<str>);
+
+impl AdminToken {
+    pub fn new(token: &str) -> AdminToken {
+        assert!(!token.is_empty(), "the admin token is empty");
+        AdminToken(Arc::from(token))
+    }
+
+    fn matches(&self, presented: &str) -> bool {
+        self.0.as_bytes().ct_eq(presented.as_bytes()).into()
+    }
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(<redacted>)")
+    }
+}
+
+pub async fn require_token(State(token): State<AdminToken>, request: Request, next: Next) -> Result<Response, ApiError> {
+    let presented = request
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(str::trim);
+    match presented {
+        Some(presented) if token.matches(presented) => Ok(next.run(request).await),
+        _ => Err(ApiError::Unauthorized),
+    }
+}
+
+pub fn router(platform: Arc<Platform>, token: AdminToken) -> Router {
+    Router::new()
+        .route("/admin/faults", get(get_faults).post(set_faults))
+        .route("/admin/queue", get(get_queue))
+        .route_layer(axum::middleware::from_fn_with_state(token, require_token))
+        .with_state(platform)
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FaultsRequest {
+    db: Option<DbFaultRequest>,
+    replication: Option<ReplicationFault>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum DbFaultRequest {
+    Word(DbWord),
+    Flaky {
+        flaky: f64,
+    },
+    Slow {
+        slow_ms: u64,
+    },
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum DbWord {
+    Up,
+    Down,
+}
+
+#[derive(serde::Deserialize, serde::Serialize, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum ReplicationFault {
+    Cut,
+    Ok,
+}
+
+const SLOW_MS_MAX: u64 = 600_000;
+
+fn db_fault_json(fault: DbFault) -> Value {
+    match fault {
+        DbFault::Up => json!("up"),
+        DbFault::Down => json!("down"),
+        DbFault::Flaky { flaky } => json!({ "flaky": flaky }),
+        DbFault::Slow { slow_ms } => json!({ "slow_ms": slow_ms }),
+    }
+}
+
+fn faults_json(platform: &Platform) -> Value {
+    json!({
+        "db": db_fault_json(platform.faults().db()),
+        "replication": if platform.faults().replication_cut() { "cut" } else { "ok" },
+        "node": platform.node(),
+        "region": platform.region(),
+    })
+}
+
+async fn get_faults(State(platform): State<Arc<Platform>>) -> Json<Value> {
+    Json(faults_json(&platform))
+}
+
+async fn set_faults(
+    State(platform): State<Arc<Platform>>,
+    ApiJson(request): ApiJson<FaultsRequest>,
+) -> Result<Json<Value>, ApiError> {
+    if request.db.is_none() && request.replication.is_none() {
+        return Err(ApiError::invalid("db", "give \"db\" and/or \"replication\""));
+    }
+    let db = match request.db {
+        None => None,
+        Some(DbFaultRequest::Word(DbWord::Up)) => Some(DbFault::Up),
+        Some(DbFaultRequest::Word(DbWord::Down)) => Some(DbFault::Down),
+        Some(DbFaultRequest::Flaky { flaky }) if (0.0..=1.0).contains(&flaky) => Some(DbFault::Flaky { flaky }),
+        Some(DbFaultRequest::Flaky { .. }) => {
+            return Err(ApiError::invalid("db.flaky", "a probability from 0 to 1"));
+        }
+        Some(DbFaultRequest::Slow { slow_ms }) if slow_ms <= SLOW_MS_MAX => Some(DbFault::Slow { slow_ms }),
+        Some(DbFaultRequest::Slow { .. }) => {
+            return Err(ApiError::invalid("db.slow_ms", format!("at most {SLOW_MS_MAX}")));
+        }
+    };
+    if let Some(db) = db {
+        platform.faults().set_db(db);
+        tracing::warn!(fault = %db_fault_json(db), "store fault set");
+    }
+    if let Some(replication) = request.replication {
+        platform.faults().set_replication_cut(matches!(replication, ReplicationFault::Cut));
+        tracing::warn!(cut = matches!(replication, ReplicationFault::Cut), "replication fault set");
+    }
+    Ok(Json(faults_json(&platform)))
+}
+
+const QUEUE_LISTED_MAX: usize = 20;
+
+async fn get_queue(State(platform): State<Arc<Platform>>) -> Result<Json<Value>, ApiError> {
+    let queue = platform.queue();
+    let now_ms = rananeeti_platform::hlc::wall_clock_ms() as i64;
+    let oldest_age_seconds =
+        queue.oldest_enqueued_at_ms().map(|enqueued| (now_ms - enqueued).max(0) as f64 / 1000.0).unwrap_or(0.0);
+    let entries = queue
+        .list(QUEUE_LISTED_MAX)
+        .map_err(|error| ApiError::Internal(error.to_string()))?
+        .into_iter()
+        .map(|entry| {
+            let kind = serde_json::from_slice::<Command>(&entry.body).map(|command| command.kind).unwrap_or_default();
+            json!({
+                "seq": entry.seq,
+                "id": hex_id(&entry.id),
+                "kind": kind,
+                "age_seconds": (now_ms - entry.enqueued_at_ms).max(0) as f64 / 1000.0,
+            })
+        })
+        .collect::<Vec<_>>();
+    Ok(Json(json!({
+        "depth": queue.depth(),
+        "oldest_age_seconds": oldest_age_seconds,
+        "fsyncs_total": queue.fsyncs_total(),
+        "breaker": format!("{:?}", platform.breaker_state()).to_lowercase(),
+        "node": platform.node(),
+        "region": platform.region(),
+        "entries": entries,
+    })))
+}
+
+fn hex_id(bytes: &[u8; 20]) -> String {
+    rananeeti_platform::CommandId::from_bytes(*bytes).to_hex()
+}

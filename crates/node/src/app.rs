@@ -1,0 +1,13 @@
+//! What an app gives the node: its command handlers, its migrations, and its routes.
+
+use axum::Router;
+use rananeeti_platform::{CommandHandler, Migration, Platform};
+use std::sync::Arc;
+
+pub trait App: Send + Sync + 'static {
+    fn name(&self) -> &'static str;
+    fn handlers(&self) -> Vec<Arc<dyn CommandHandler>>;
+    fn migrations(&self) -> Vec<Migration>;
+    /// Routes mounted at the root of the node; they talk to the store only through `platform`.
+    fn router(&self, platform: Arc<Platform>) -> Router;
+}

@@ -1,0 +1,72 @@
+//! The one HTTP error type: clients get a clear 4xx naming the field, or a plain 5xx with the
+//! request id; the detail goes to the log.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Input parsed but broke a rule: 422 with the field.
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+    /// Input could not be read (bad JSON, unknown field, wrong type): 400.
+    #[error("bad request: {message}")]
+    BadRequest { field: Option<String>, message: String },
+    #[error("not found")]
+    NotFound,
+    #[error("unauthorized")]
+    Unauthorized,
+    /// The store cannot answer and nothing else can: 503, retry later.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// A bug or an unexpected failure: 500; the detail is logged, not sent.
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> ApiError {
+        ApiError::Invalid { field: field.into(), message: message.into() }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let (field, message) = match &self {
+            ApiError::Invalid { field, message } => (Some(field.clone()), message.clone()),
+            ApiError::BadRequest { field, message } => (field.clone(), message.clone()),
+            ApiError::NotFound => (None, "not found".to_string()),
+            ApiError::Unauthorized => (None, "missing or wrong bearer token".to_string()),
+            ApiError::Unavailable(detail) => {
+                tracing::warn!(detail, "request answered 503");
+                (None, "temporarily unavailable; retry shortly".to_string())
+            }
+            ApiError::Internal(detail) => {
+                tracing::error!(detail, "request failed");
+                (None, "internal error; the request id is in the X-Request-Id header".to_string())
+            }
+        };
+        let mut body = serde_json::json!({ "error": { "message": message } });
+        if let Some(field) = field {
+            body["error"]["field"] = serde_json::Value::String(field);
+        }
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert("www-authenticate", axum::http::HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}

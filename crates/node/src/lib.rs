@@ -1,0 +1,16 @@
+//! The node's HTTP edge: the server, `/healthz`, `/readyz`, `/metrics`, the admin API, the one
+//! error type, and the interface apps implement to mount their pages and API.
+//!
+//! Only this crate and the apps' `web` modules know HTTP; the platform never sees axum types.
+
+pub mod admin;
+pub mod app;
+pub mod error;
+pub mod json;
+pub mod server;
+pub mod telemetry;
+
+pub use app::App;
+pub use error::ApiError;
+pub use json::ApiJson;
+pub use server::{serve, NodeHttpConfig};

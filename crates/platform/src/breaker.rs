@@ -1,0 +1,147 @@
+//! Circuit breaker: after consecutive store failures, stop trying the store for a while so a dead
+//! database is not hammered and writes go straight to the queue.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Copy, Debug)]
+pub struct BreakerConfig {
+    /// Consecutive failures that open the breaker.
+    pub failures_to_open: u32,
+    /// How long it stays open before letting one probe through.
+    pub open_ms: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BreakerState {
+    Closed,
+    Open,
+    HalfOpen,
+}
+
+impl BreakerState {
+    /// The gauge value exported as `rananeeti_store_breaker_state`.
+    pub fn as_gauge(self) -> i64 {
+        match self {
+            BreakerState::Closed => 0,
+            BreakerState::HalfOpen => 1,
+            BreakerState::Open => 2,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    consecutive_failures: u32,
+    opened_at: Option<Instant>,
+    probe_in_flight: bool,
+}
+
+#[derive(Debug)]
+pub struct CircuitBreaker {
+    config: BreakerConfig,
+    inner: Mutex<Inner>,
+}
+
+/// What `record_failure` changed, so the caller can act once per opening (rebuild the pool).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Transition {
+    None,
+    Opened,
+}
+
+impl CircuitBreaker {
+    pub fn new(config: BreakerConfig) -> Self {
+        assert!(config.failures_to_open > 0, "failures_to_open must be positive");
+        CircuitBreaker {
+            config,
+            inner: Mutex::new(Inner { consecutive_failures: 0, opened_at: None, probe_in_flight: false }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn state(&self) -> BreakerState {
+        let inner = self.lock();
+        match inner.opened_at {
+            None => BreakerState::Closed,
+            Some(opened) if opened.elapsed() < Duration::from_millis(self.config.open_ms) => BreakerState::Open,
+            Some(_) => BreakerState::HalfOpen,
+        }
+    }
+
+    /// Whether a store attempt may go ahead now. In half-open state one probe goes at a time.
+    pub fn allow(&self) -> bool {
+        let mut inner = self.lock();
+        match inner.opened_at {
+            None => true,
+            Some(opened) if opened.elapsed() < Duration::from_millis(self.config.open_ms) => false,
+            Some(_) => {
+                if inner.probe_in_flight {
+                    false
+                } else {
+                    inner.probe_in_flight = true;
+                    true
+                }
+            }
+        }
+    }
+
+    pub fn record_success(&self) {
+        let mut inner = self.lock();
+        inner.consecutive_failures = 0;
+        inner.opened_at = None;
+        inner.probe_in_flight = false;
+    }
+
+    pub fn record_failure(&self) -> Transition {
+        let mut inner = self.lock();
+        inner.consecutive_failures = inner.consecutive_failures.saturating_add(1);
+        let was_half_open_probe = inner.probe_in_flight;
+        inner.probe_in_flight = false;
+        if was_half_open_probe {
+            // The probe failed: stay open for another period.
+            inner.opened_at = Some(Instant::now());
+            return Transition::None;
+        }
+        if inner.opened_at.is_none() && inner.consecutive_failures >= self.config.failures_to_open {
+            inner.opened_at = Some(Instant::now());
+            return Transition::Opened;
+        }
+        Transition::None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opens_after_consecutive_failures_and_probes_once_after_the_open_period() {
+        let breaker = CircuitBreaker::new(BreakerConfig { failures_to_open: 2, open_ms: 30 });
+        assert!(breaker.allow());
+        assert_eq!(breaker.record_failure(), Transition::None);
+        assert_eq!(breaker.record_failure(), Transition::Opened);
+        assert_eq!(breaker.state(), BreakerState::Open);
+        assert!(!breaker.allow());
+        std::thread::sleep(Duration::from_millis(40));
+        assert_eq!(breaker.state(), BreakerState::HalfOpen);
+        assert!(breaker.allow(), "one probe goes through");
+        assert!(!breaker.allow(), "only one probe at a time");
+        breaker.record_success();
+        assert_eq!(breaker.state(), BreakerState::Closed);
+        assert!(breaker.allow());
+    }
+
+    #[test]
+    fn failed_probe_keeps_it_open() {
+        let breaker = CircuitBreaker::new(BreakerConfig { failures_to_open: 1, open_ms: 20 });
+        assert_eq!(breaker.record_failure(), Transition::Opened);
+        std::thread::sleep(Duration::from_millis(25));
+        assert!(breaker.allow());
+        assert_eq!(breaker.record_failure(), Transition::None);
+        assert_eq!(breaker.state(), BreakerState::Open);
+    }
+}

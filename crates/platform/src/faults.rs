@@ -1,0 +1,72 @@
+//! Injected faults of this node (DESIGN.md "Faults"), set through the admin API.
+
+use rand::Rng;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::RwLock;
+use std::time::Duration;
+
+/// What the store does when it is reached through this node.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DbFault {
+    Up,
+    Down,
+    Flaky { flaky: f64 },
+    Slow { slow_ms: u64 },
+}
+
+/// The faults currently set on this node.
+#[derive(Debug)]
+pub struct Faults {
+    db: RwLock<DbFault>,
+    /// Replication between regions is cut. A one-region deployment has nothing to replicate,
+    /// so until replication lands this is recorded and reported only.
+    replication_cut: AtomicBool,
+}
+
+impl Default for Faults {
+    fn default() -> Self {
+        Faults { db: RwLock::new(DbFault::Up), replication_cut: AtomicBool::new(false) }
+    }
+}
+
+/// The effect of the store fault on one store access.
+pub enum StoreAccess {
+    Proceed,
+    Fail,
+    Delay(Duration),
+}
+
+impl Faults {
+    pub fn db(&self) -> DbFault {
+        *self.db.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn set_db(&self, fault: DbFault) {
+        *self.db.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = fault;
+    }
+
+    pub fn replication_cut(&self) -> bool {
+        self.replication_cut.load(Ordering::Relaxed)
+    }
+
+    pub fn set_replication_cut(&self, cut: bool) {
+        self.replication_cut.store(cut, Ordering::Relaxed);
+    }
+
+    /// Decides, for one access, what the injected fault does to it.
+    pub fn store_access(&self) -> StoreAccess {
+        match self.db() {
+            DbFault::Up => StoreAccess::Proceed,
+            DbFault::Down => StoreAccess::Fail,
+            DbFault::Flaky { flaky } => {
+                if rand::thread_rng().gen_bool(flaky.clamp(0.0, 1.0)) {
+                    StoreAccess::Fail
+                } else {
+                    StoreAccess::Proceed
+                }
+            }
+            DbFault::Slow { slow_ms } => StoreAccess::Delay(Duration::from_millis(slow_ms)),
+        }
+    }
+}

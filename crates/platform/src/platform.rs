@@ -1,0 +1,695 @@
+//! The platform: submit a command within a budget (store, else fallback queue), look up any
+//! command's status, and drain the queue into the store when it is healthy again.
+
+use crate::breaker::{BreakerConfig, BreakerState, CircuitBreaker, Transition};
+use crate::command::{ApplyError, Command, CommandHandler, NewCommand, Registry};
+use crate::faults::{Faults, StoreAccess};
+use crate::hlc::{wall_clock_ms, HlcClock};
+use crate::id::CommandId;
+use crate::metrics::{OutcomeLabels, PlatformMetrics};
+use crate::store::{is_transient, Store, StoreError};
+use rananeeti_queue::{Enqueued, Queue, QueueError};
+use futures::future::BoxFuture;
+use rand::Rng;
+use sqlx::{AnyPool, Row};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Debug)]
+pub struct SubmitConfig {
+    /// Every submit is answered within this time.
+    pub budget_ms: u64,
+    /// Store attempts at most, per submit.
+    pub attempts_max: u32,
+    /// First backoff between attempts; doubles, with full jitter.
+    pub backoff_base_ms: u64,
+    pub backoff_max_ms: u64,
+    /// Part of the budget kept for the queue fallback (its fsync).
+    pub queue_reserve_ms: u64,
+}
+
+impl Default for SubmitConfig {
+    fn default() -> Self {
+        SubmitConfig { budget_ms: 2000, attempts_max: 3, backoff_base_ms: 25, backoff_max_ms: 250, queue_reserve_ms: 500 }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct DrainConfig {
+    /// Entries read from the queue per drain round.
+    pub batch_entries_max: usize,
+    /// Pause between rounds when the queue is empty or the store is unavailable.
+    pub idle_ms: u64,
+    /// Longest one queued command's apply may take.
+    pub apply_timeout_ms: u64,
+}
+
+impl Default for DrainConfig {
+    fn default() -> Self {
+        DrainConfig { batch_entries_max: 256, idle_ms: 100, apply_timeout_ms: 5000 }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct PlatformConfig {
+    pub region: String,
+    pub node: String,
+    pub submit: SubmitConfig,
+    pub breaker: BreakerConfig,
+    pub drain: DrainConfig,
+}
+
+/// Where a command stands.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "status", rename_all = "lowercase")]
+pub enum CommandState {
+    Committed,
+    Pending,
+    Rejected { reason: String },
+}
+
+impl CommandState {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            CommandState::Committed => "committed",
+            CommandState::Pending => "pending",
+            CommandState::Rejected { .. } => "rejected",
+        }
+    }
+}
+
+/// The answer to a submit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Committed,
+    /// Already submitted; carries where the first one stands.
+    Duplicate(CommandState),
+    /// Durably queued; will be applied when the store is back.
+    Pending,
+    Rejected { reason: String },
+}
+
+impl Outcome {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Outcome::Committed => "committed",
+            Outcome::Duplicate(_) => "duplicate",
+            Outcome::Pending => "pending",
+            Outcome::Rejected { .. } => "rejected",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Submitted {
+    pub id: CommandId,
+    pub outcome: Outcome,
+}
+
+/// Where a command is held: the region's store, or a node's fallback queue.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct CommandStatus {
+    pub id: CommandId,
+    pub kind: String,
+    #[serde(flatten)]
+    pub state: CommandState,
+    /// The region whose store holds it (or will).
+    pub region: String,
+    /// "store" when in the region's database, "queue" when in a node's fallback queue.
+    pub stored_in: &'static str,
+    /// The node that applied it, or whose queue holds it.
+    pub node: String,
+    pub payload: serde_json::Value,
+    pub hlc: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error("no handler for command kind {0}")]
+    UnknownKind(String),
+    /// Not acknowledged: the client may retry.
+    #[error("store failed with a non-retryable error: {0}")]
+    Store(sqlx::Error),
+    /// Not acknowledged: neither the store nor the queue took it.
+    #[error("neither the store nor the fallback queue could take the command: {0}")]
+    Queue(QueueError),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreUnavailable {
+    #[error("store unavailable (injected fault)")]
+    Injected,
+    #[error("store unavailable: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// Why one store attempt failed.
+#[derive(Debug)]
+enum AttemptError {
+    Transient(String),
+    Permanent(sqlx::Error),
+}
+
+impl From<sqlx::Error> for AttemptError {
+    fn from(error: sqlx::Error) -> Self {
+        if is_transient(&error) {
+            AttemptError::Transient(error.to_string())
+        } else {
+            AttemptError::Permanent(error)
+        }
+    }
+}
+
+impl From<StoreError> for AttemptError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Sqlx(error) => error.into(),
+            StoreError::Migration { source, .. } if is_transient(&source) => AttemptError::Transient(source.to_string()),
+            other => AttemptError::Transient(other.to_string()),
+        }
+    }
+}
+
+/// Per-submit choices made at the edge.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SubmitOptions {
+    /// This one request sees a failed store (the cafe's "simulate database failure" box).
+    pub simulate_store_failure: bool,
+}
+
+pub struct Platform {
+    config: PlatformConfig,
+    store: Store,
+    queue: Queue,
+    registry: Registry,
+    faults: Faults,
+    breaker: CircuitBreaker,
+    clock: HlcClock,
+    metrics: PlatformMetrics,
+    drain_wakeup: Arc<tokio::sync::Notify>,
+    queue_fsyncs_seen: std::sync::atomic::AtomicU64,
+}
+
+impl Platform {
+    /// Starts the platform and its drainer (which stops when the last `Arc<Platform>` is dropped).
+    pub fn start(
+        config: PlatformConfig,
+        store: Store,
+        queue: Queue,
+        registry: Registry,
+        metrics: PlatformMetrics,
+    ) -> Arc<Platform> {
+        let breaker = CircuitBreaker::new(config.breaker);
+        let platform = Arc::new(Platform {
+            config,
+            store,
+            queue,
+            registry,
+            faults: Faults::default(),
+            breaker,
+            clock: HlcClock::default(),
+            metrics,
+            drain_wakeup: Arc::new(tokio::sync::Notify::new()),
+            queue_fsyncs_seen: std::sync::atomic::AtomicU64::new(0),
+        });
+        tokio::spawn(drain_loop(Arc::downgrade(&platform)));
+        platform
+    }
+
+    pub fn region(&self) -> &str {
+        &self.config.region
+    }
+
+    pub fn node(&self) -> &str {
+        &self.config.node
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn queue(&self) -> &Queue {
+        &self.queue
+    }
+
+    pub fn faults(&self) -> &Faults {
+        &self.faults
+    }
+
+    pub fn breaker_state(&self) -> BreakerState {
+        self.breaker.state()
+    }
+
+    pub fn budget(&self) -> Duration {
+        Duration::from_millis(self.config.submit.budget_ms)
+    }
+
+    /// Submits a command: applied in the store within the budget when possible, else durably
+    /// queued (*pending*). Always answers within the budget, barring a stalled disk.
+    #[tracing::instrument(skip_all, fields(kind = new.kind, id = %new.id))]
+    pub async fn submit(&self, new: NewCommand, options: SubmitOptions) -> Result<Submitted, SubmitError> {
+        let started = Instant::now();
+        let result = self.submit_inner(new, options, started).await;
+        self.metrics.submit_duration.observe(started.elapsed().as_secs_f64());
+        let outcome = match &result {
+            Ok(submitted) => submitted.outcome.as_str(),
+            Err(_) => "error",
+        };
+        self.metrics.submit_outcomes.get_or_create(&OutcomeLabels { outcome }).inc();
+        result
+    }
+
+    async fn submit_inner(
+        &self,
+        new: NewCommand,
+        options: SubmitOptions,
+        started: Instant,
+    ) -> Result<Submitted, SubmitError> {
+        let handler = self.registry.get(new.kind).ok_or_else(|| SubmitError::UnknownKind(new.kind.to_string()))?;
+        let id = new.id;
+        // Already waiting in this node's queue: the first submit was acknowledged as pending.
+        if self.queue.get(id.as_bytes()).map_err(SubmitError::Queue)?.is_some() {
+            return Ok(Submitted { id, outcome: Outcome::Duplicate(CommandState::Pending) });
+        }
+        let command = Command {
+            kind: new.kind.to_string(),
+            id,
+            payload: new.payload,
+            origin_region: self.config.region.clone(),
+            origin_node: self.config.node.clone(),
+            hlc: self.clock.now(),
+        };
+        let submit = &self.config.submit;
+        let budget = Duration::from_millis(submit.budget_ms);
+        let store_deadline = started + budget.saturating_sub(Duration::from_millis(submit.queue_reserve_ms));
+
+        if !options.simulate_store_failure {
+            let mut backoff_ms = submit.backoff_base_ms;
+            for attempt in 1..=submit.attempts_max {
+                if !self.breaker.allow() {
+                    break;
+                }
+                let remaining = store_deadline.saturating_duration_since(Instant::now());
+                if remaining.is_zero() {
+                    break;
+                }
+                match tokio::time::timeout(remaining, self.apply(handler.as_ref(), &command, false)).await {
+                    Ok(Ok(outcome)) => {
+                        self.store_succeeded();
+                        return Ok(Submitted { id, outcome });
+                    }
+                    Ok(Err(AttemptError::Permanent(error))) => {
+                        tracing::error!(%error, attempt, "store refused the command");
+                        return Err(SubmitError::Store(error));
+                    }
+                    Ok(Err(AttemptError::Transient(reason))) => {
+                        tracing::warn!(reason, attempt, "store attempt failed");
+                        self.store_failed();
+                    }
+                    Err(_elapsed) => {
+                        tracing::warn!(attempt, "store attempt ran out of budget");
+                        self.store_failed();
+                        break;
+                    }
+                }
+                if attempt < submit.attempts_max {
+                    let jittered = rand::thread_rng().gen_range(0..=backoff_ms);
+                    let pause = Duration::from_millis(jittered)
+                        .min(store_deadline.saturating_duration_since(Instant::now()));
+                    tokio::time::sleep(pause).await;
+                    backoff_ms = (backoff_ms * 2).min(submit.backoff_max_ms);
+                }
+            }
+        }
+
+        let outcome = self.enqueue(&command).await?;
+        Ok(Submitted { id, outcome })
+    }
+
+    async fn enqueue(&self, command: &Command) -> Result<Outcome, SubmitError> {
+        let body = serde_json::to_vec(command).expect("a command always serializes");
+        let enqueued = self
+            .queue
+            .enqueue(*command.id.as_bytes(), wall_clock_ms() as i64, body)
+            .await
+            .map_err(SubmitError::Queue)?;
+        self.drain_wakeup.notify_one();
+        Ok(match enqueued {
+            Enqueued::Added { .. } => Outcome::Pending,
+            Enqueued::AlreadyQueued { .. } => Outcome::Duplicate(CommandState::Pending),
+        })
+    }
+
+    fn store_succeeded(&self) {
+        self.breaker.record_success();
+        self.metrics.store_up.set(1);
+    }
+
+    fn store_failed(&self) {
+        self.metrics.store_up.set(0);
+        if self.breaker.record_failure() == Transition::Opened {
+            tracing::warn!("store breaker opened: writes go to the fallback queue");
+            self.store.rebuild_pools();
+            self.metrics.pool_rebuilds.inc();
+        }
+    }
+
+    /// Applies a command with its dedup record in one transaction.
+    /// Boxed so the future is `Send` for every lifetime (sqlx executors and HRTBs otherwise
+    /// stop the drainer from being spawned).
+    fn apply<'a>(
+        &'a self,
+        handler: &'a dyn CommandHandler,
+        command: &'a Command,
+        via_queue: bool,
+    ) -> BoxFuture<'a, Result<Outcome, AttemptError>> {
+        Box::pin(async move {
+            self.injected_store_fault().await.map_err(|error| AttemptError::Transient(error.to_string()))?;
+            self.store.ensure_migrated().await?;
+            let pool = self.store.writer();
+            let mut tx = pool.begin().await?;
+            // The dedup record goes first: it takes SQLite's write lock at once and, on PostgreSQL,
+            // makes a concurrent apply of the same id wait and then see the conflict.
+            let inserted = insert_record(&mut tx, command, &self.config, "committed", via_queue).await?;
+            if !inserted {
+                tx.rollback().await?;
+                return Ok(Outcome::Duplicate(self.recorded_state(&pool, &command.id).await?));
+            }
+            match handler.apply(command, &mut tx).await {
+                Ok(()) => {
+                    tx.commit().await?;
+                    Ok(Outcome::Committed)
+                }
+                Err(ApplyError::Store(error)) => Err(error.into()),
+                Err(ApplyError::Rejected(reason)) => {
+                    tx.rollback().await?;
+                    let mut tx = pool.begin().await?;
+                    let inserted = insert_record(&mut tx, command, &self.config, "rejected", via_queue).await?;
+                    if !inserted {
+                        tx.rollback().await?;
+                        return Ok(Outcome::Duplicate(self.recorded_state(&pool, &command.id).await?));
+                    }
+                    set_rejection_reason(&mut tx, &command.id, &reason).await?;
+                    tx.commit().await?;
+                    Ok(Outcome::Rejected { reason })
+                }
+            }
+    
+        })
+    }
+
+    fn recorded_state<'a>(
+        &'a self,
+        pool: &'a AnyPool,
+        id: &'a CommandId,
+    ) -> BoxFuture<'a, Result<CommandState, AttemptError>> {
+        Box::pin(async move {
+            let row = sqlx::query("SELECT status, reason FROM rn_commands WHERE id = $1")
+                .bind(id.to_hex())
+                .fetch_one(pool)
+                .await?;
+            Ok(state_from_row(row.try_get("status")?, row.try_get("reason")?))
+        })
+    }
+
+    async fn injected_store_fault(&self) -> Result<(), StoreUnavailable> {
+        match self.faults.store_access() {
+            StoreAccess::Proceed => Ok(()),
+            StoreAccess::Fail => Err(StoreUnavailable::Injected),
+            StoreAccess::Delay(delay) => {
+                tokio::time::sleep(delay).await;
+                Ok(())
+            }
+        }
+    }
+
+    /// A pool for reads: the reader endpoint when configured, else the writer. Fails when the
+    /// store is down by injected fault; real outages surface as errors from the queries.
+    pub async fn reader(&self) -> Result<AnyPool, StoreUnavailable> {
+        self.injected_store_fault().await?;
+        self.store.ensure_migrated().await?;
+        Ok(self.store.reader())
+    }
+
+    /// Where a command stands, looked up in the store and then in this node's queue. `None` when
+    /// neither knows it; `Err` when the store could not be asked and the queue does not hold it.
+    pub async fn status(&self, id: &CommandId) -> Result<Option<CommandStatus>, StoreUnavailable> {
+        let from_store = self.status_in_store(id).await;
+        if let Ok(Some(status)) = from_store {
+            return Ok(Some(status));
+        }
+        if let Ok(Some(entry)) = self.queue.get(id.as_bytes()) {
+            if let Ok(command) = serde_json::from_slice::<Command>(&entry.body) {
+                return Ok(Some(self.queued_status(command)));
+            }
+        }
+        from_store
+    }
+
+    async fn status_in_store(&self, id: &CommandId) -> Result<Option<CommandStatus>, StoreUnavailable> {
+        let pool = self.reader().await?;
+        let row = sqlx::query(
+            "SELECT id, kind, status, reason, applied_region, applied_node, hlc, payload FROM rn_commands WHERE id = $1",
+        )
+        .bind(id.to_hex())
+        .fetch_optional(&pool)
+        .await
+        .map_err(StoreError::from)?;
+        let Some(row) = row else { return Ok(None) };
+        Ok(Some(status_from_row(row).map_err(StoreError::from)?))
+    }
+
+    /// Commands of `kind` recorded in the store (committed or rejected), newest first, with an
+    /// HLC below `before` when given.
+    pub async fn list_recorded(
+        &self,
+        kind: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<CommandStatus>, StoreUnavailable> {
+        let pool = self.reader().await?;
+        let rows = sqlx::query(
+            "SELECT id, kind, status, reason, applied_region, applied_node, hlc, payload FROM rn_commands \
+             WHERE kind = $1 AND hlc < $2 ORDER BY hlc DESC LIMIT $3",
+        )
+        .bind(kind)
+        .bind(before.map(|hlc| hlc as i64).unwrap_or(i64::MAX))
+        .bind(limit as i64)
+        .fetch_all(&pool)
+        .await
+        .map_err(StoreError::from)?;
+        rows.into_iter().map(|row| status_from_row(row).map_err(|error| StoreError::from(error).into())).collect()
+    }
+
+    fn queued_status(&self, command: Command) -> CommandStatus {
+        CommandStatus {
+            id: command.id,
+            kind: command.kind,
+            state: CommandState::Pending,
+            region: self.config.region.clone(),
+            stored_in: "queue",
+            node: self.config.node.clone(),
+            payload: command.payload,
+            hlc: command.hlc.0,
+        }
+    }
+
+    /// Commands of `kind` waiting in this node's queue, oldest first, at most `limit`.
+    pub fn pending(&self, kind: &str, limit: usize) -> Result<Vec<CommandStatus>, QueueError> {
+        Ok(self
+            .queue
+            .list(limit)?
+            .into_iter()
+            .filter_map(|entry| serde_json::from_slice::<Command>(&entry.body).ok())
+            .filter(|command| command.kind == kind)
+            .map(|command| self.queued_status(command))
+            .collect())
+    }
+
+    /// Updates the gauges that are read at scrape time.
+    pub fn refresh_metrics(&self) {
+        self.metrics.queue_depth.set(self.queue.depth() as i64);
+        let oldest_age = self
+            .queue
+            .oldest_enqueued_at_ms()
+            .map(|enqueued| (wall_clock_ms() as i64 - enqueued).max(0) as f64 / 1000.0)
+            .unwrap_or(0.0);
+        self.metrics.queue_oldest_age.set(oldest_age);
+        self.metrics.breaker_state.set(self.breaker.state().as_gauge());
+        let fsyncs = self.queue.fsyncs_total();
+        let seen = self.queue_fsyncs_seen.swap(fsyncs, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.queue_fsyncs.inc_by(fsyncs.saturating_sub(seen));
+    }
+
+    /// One drain round: applies queued commands in order until the queue is empty or the store
+    /// fails. Returns how many entries left the queue.
+    async fn drain_round(&self) -> usize {
+        if self.queue.depth() == 0 || !self.breaker.allow() {
+            return 0;
+        }
+        let entries = match self.queue.peek(None, self.config.drain.batch_entries_max) {
+            Ok(entries) => entries,
+            Err(error) => {
+                tracing::error!(%error, "could not read the fallback queue");
+                return 0;
+            }
+        };
+        let apply_timeout = Duration::from_millis(self.config.drain.apply_timeout_ms);
+        let mut done = Vec::with_capacity(entries.len());
+        let mut store_failed = false;
+        for entry in &entries {
+            let command: Command = match serde_json::from_slice(&entry.body) {
+                Ok(command) => command,
+                Err(error) => {
+                    // Checked on write; a body that no longer decodes is a bug, kept for an operator.
+                    tracing::error!(%error, seq = entry.seq, "queued command does not decode; left in the queue");
+                    break;
+                }
+            };
+            let Some(handler) = self.registry.get(&command.kind) else {
+                tracing::error!(kind = command.kind, seq = entry.seq, "no handler for queued command; left in the queue");
+                break;
+            };
+            match tokio::time::timeout(apply_timeout, self.apply(handler.as_ref(), &command, true)).await {
+                Ok(Ok(outcome)) => {
+                    tracing::info!(id = %command.id, outcome = outcome.as_str(), "queued command applied");
+                    done.push(entry.clone());
+                }
+                Ok(Err(AttemptError::Permanent(error))) => {
+                    // A command the store can never take would block every one behind it.
+                    tracing::error!(%error, id = %command.id, "queued command refused by the store; recorded as rejected");
+                    if self.record_internal_rejection(&command).await.is_ok() {
+                        done.push(entry.clone());
+                    } else {
+                        store_failed = true;
+                        break;
+                    }
+                }
+                Ok(Err(AttemptError::Transient(reason))) => {
+                    tracing::warn!(reason, "drain paused: store unavailable");
+                    store_failed = true;
+                    break;
+                }
+                Err(_elapsed) => {
+                    tracing::warn!("drain paused: apply timed out");
+                    store_failed = true;
+                    break;
+                }
+            }
+        }
+        if !done.is_empty() {
+            if let Err(error) = self.queue.remove(&done) {
+                tracing::error!(%error, "could not remove drained entries; they will be deduplicated");
+            }
+            self.metrics.queue_drained.inc_by(done.len() as u64);
+        }
+        if store_failed {
+            self.store_failed();
+        } else {
+            self.store_succeeded();
+        }
+        done.len()
+    }
+
+    fn record_internal_rejection<'a>(&'a self, command: &'a Command) -> BoxFuture<'a, Result<(), sqlx::Error>> {
+        Box::pin(self.record_internal_rejection_inner(command))
+    }
+
+    async fn record_internal_rejection_inner(&self, command: &Command) -> Result<(), sqlx::Error> {
+        let pool = self.store.writer();
+        let mut tx = pool.begin().await?;
+        if insert_record(&mut tx, command, &self.config, "rejected", true).await? {
+            set_rejection_reason(&mut tx, &command.id, "could not be applied (internal error; see the node log)").await?;
+        }
+        tx.commit().await
+    }
+}
+
+fn insert_record<'a>(
+    connection: &'a mut sqlx::AnyConnection,
+    command: &'a Command,
+    config: &'a PlatformConfig,
+    status: &'a str,
+    via_queue: bool,
+) -> BoxFuture<'a, Result<bool, sqlx::Error>> {
+    Box::pin(insert_record_inner(connection, command, config, status, via_queue))
+}
+
+async fn insert_record_inner(
+    connection: &mut sqlx::AnyConnection,
+    command: &Command,
+    config: &PlatformConfig,
+    status: &str,
+    via_queue: bool,
+) -> Result<bool, sqlx::Error> {
+    let result = sqlx::query(
+        "INSERT INTO rn_commands (id, kind, status, reason, origin_region, origin_node, applied_region, \
+         applied_node, hlc, payload, via_queue, applied_at_ms) \
+         VALUES ($1, $2, $3, NULL, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(command.id.to_hex())
+    .bind(&command.kind)
+    .bind(status)
+    .bind(&command.origin_region)
+    .bind(&command.origin_node)
+    .bind(&config.region)
+    .bind(&config.node)
+    .bind(command.hlc.0 as i64)
+    .bind(command.payload.to_string())
+    .bind(via_queue as i64)
+    .bind(wall_clock_ms() as i64)
+    .execute(&mut *connection)
+    .await?;
+    Ok(result.rows_affected() == 1)
+}
+
+fn set_rejection_reason<'a>(
+    connection: &'a mut sqlx::AnyConnection,
+    id: &'a CommandId,
+    reason: &'a str,
+) -> BoxFuture<'a, Result<(), sqlx::Error>> {
+    Box::pin(async move {
+        sqlx::query("UPDATE rn_commands SET reason = $1 WHERE id = $2")
+            .bind(reason)
+            .bind(id.to_hex())
+            .execute(connection)
+            .await?;
+        Ok(())
+    })
+}
+
+fn status_from_row(row: sqlx::any::AnyRow) -> Result<CommandStatus, sqlx::Error> {
+    let id: String = row.try_get("id")?;
+    let payload: String = row.try_get("payload")?;
+    Ok(CommandStatus {
+        id: CommandId::parse_hex(&id).map_err(|error| sqlx::Error::Decode(Box::new(error)))?,
+        kind: row.try_get("kind")?,
+        state: state_from_row(row.try_get("status")?, row.try_get("reason")?),
+        region: row.try_get("applied_region")?,
+        stored_in: "store",
+        node: row.try_get("applied_node")?,
+        payload: serde_json::from_str(&payload).unwrap_or(serde_json::Value::Null),
+        hlc: row.try_get::<i64, _>("hlc")? as u64,
+    })
+}
+
+fn state_from_row(status: String, reason: Option<String>) -> CommandState {
+    match status.as_str() {
+        "rejected" => CommandState::Rejected { reason: reason.unwrap_or_default() },
+        _ => CommandState::Committed,
+    }
+}
+
+async fn drain_loop(platform: std::sync::Weak<Platform>) {
+    loop {
+        let Some(platform) = platform.upgrade() else { return };
+        let drained = platform.drain_round().await;
+        if drained == 0 {
+            let idle = Duration::from_millis(platform.config.drain.idle_ms);
+            let wakeup = Arc::clone(&platform.drain_wakeup);
+            // Hold no strong reference while idle, so dropping the platform stops the loop.
+            drop(platform);
+            let _ = tokio::time::timeout(idle, wakeup.notified()).await;
+        }
+    }
+}

@@ -1,0 +1,278 @@
+//! The region's database: SQLite (embedded default) or PostgreSQL, behind one sqlx `Any` code path,
+//! with a writer pool, an optional reader pool, migrations, and pool rebuilds after an outage.
+
+use sqlx::any::AnyPoolOptions;
+use sqlx::{AnyPool, Executor};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Once, RwLock};
+use std::time::Duration;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    Sqlite,
+    Postgres,
+}
+
+impl StoreKind {
+    pub fn from_url(url: &str) -> Result<StoreKind, StoreError> {
+        if url.starts_with("sqlite:") {
+            Ok(StoreKind::Sqlite)
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Ok(StoreKind::Postgres)
+        } else {
+            Err(StoreError::UnsupportedUrl)
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreKind::Sqlite => "sqlite",
+            StoreKind::Postgres => "postgres",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// sqlite://PATH?mode=rwc or postgres://user@host:port/db
+    pub writer_url: String,
+    /// A reader endpoint (replica); reads go to the writer when absent.
+    pub reader_url: Option<String>,
+    pub connections_max: u32,
+    /// SQLite: how long a writer waits for the file lock.
+    pub busy_timeout_ms: u64,
+    /// How long taking a connection from the pool (or opening one) may take.
+    pub acquire_timeout_ms: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The message never includes the URL: it may carry a password.
+    #[error("store URL must start with sqlite: or postgres:")]
+    UnsupportedUrl,
+    #[error("store URL could not be parsed: {0}")]
+    InvalidUrl(String),
+    #[error("migration {component} {version}: {source}")]
+    Migration { component: &'static str, version: i64, source: sqlx::Error },
+    #[error(transparent)]
+    Sqlx(#[from] sqlx::Error),
+}
+
+/// One schema change, written for each store kind.
+#[derive(Clone, Copy, Debug)]
+pub struct Migration {
+    pub component: &'static str,
+    pub version: i64,
+    pub sqlite: &'static str,
+    pub postgres: &'static str,
+}
+
+struct Pools {
+    writer: AnyPool,
+    reader: Option<AnyPool>,
+}
+
+pub struct Store {
+    kind: StoreKind,
+    config: StoreConfig,
+    pools: RwLock<Pools>,
+    migrations: Vec<Migration>,
+    migrated: AtomicBool,
+    migrate_lock: tokio::sync::Mutex<()>,
+    rebuilds: AtomicU64,
+}
+
+static INSTALL_DRIVERS: Once = Once::new();
+
+impl Store {
+    /// Builds lazy pools: the store may be down when the node starts; writes then go to the queue
+    /// and migrations run on first contact.
+    pub fn open(config: StoreConfig, migrations: Vec<Migration>) -> Result<Store, StoreError> {
+        INSTALL_DRIVERS.call_once(sqlx::any::install_default_drivers);
+        let kind = StoreKind::from_url(&config.writer_url)?;
+        if let Some(reader) = &config.reader_url {
+            if StoreKind::from_url(reader)? != kind {
+                return Err(StoreError::InvalidUrl("reader and writer are different kinds of store".into()));
+            }
+        }
+        let pools = build_pools(kind, &config)?;
+        Ok(Store {
+            kind,
+            config,
+            pools: RwLock::new(pools),
+            migrations,
+            migrated: AtomicBool::new(false),
+            migrate_lock: tokio::sync::Mutex::new(()),
+            rebuilds: AtomicU64::new(0),
+        })
+    }
+
+    pub fn kind(&self) -> StoreKind {
+        self.kind
+    }
+
+    pub fn writer(&self) -> AnyPool {
+        self.pools.read().unwrap_or_else(|poisoned| poisoned.into_inner()).writer.clone()
+    }
+
+    pub fn reader(&self) -> AnyPool {
+        let pools = self.pools.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        pools.reader.clone().unwrap_or_else(|| pools.writer.clone())
+    }
+
+    pub fn rebuilds_total(&self) -> u64 {
+        self.rebuilds.load(Ordering::Relaxed)
+    }
+
+    /// Replaces the pools with fresh ones and closes the old ones. Called when the breaker opens:
+    /// connections to a restarted PostgreSQL are dead, and a pool that keeps them may not recover
+    /// by itself (sqlx issue 2763).
+    pub fn rebuild_pools(&self) {
+        let fresh = match build_pools(self.kind, &self.config) {
+            Ok(fresh) => fresh,
+            Err(error) => {
+                tracing::error!(%error, "could not rebuild store pools");
+                return;
+            }
+        };
+        let old = std::mem::replace(&mut *self.pools.write().unwrap_or_else(|poisoned| poisoned.into_inner()), fresh);
+        self.rebuilds.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(store = self.kind.as_str(), "store pools rebuilt");
+        tokio::spawn(async move {
+            old.writer.close().await;
+            if let Some(reader) = old.reader {
+                reader.close().await;
+            }
+        });
+    }
+
+    /// Applies pending migrations once; cheap after the first success.
+    pub async fn ensure_migrated(&self) -> Result<(), StoreError> {
+        if self.migrated.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let _guard = self.migrate_lock.lock().await;
+        if self.migrated.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.migrate().await?;
+        self.migrated.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let pool = self.writer();
+        pool.execute(
+            "CREATE TABLE IF NOT EXISTS rn_migrations (component TEXT NOT NULL, version BIGINT NOT NULL, \
+             PRIMARY KEY (component, version))",
+        )
+        .await?;
+        for migration in self.migrations.iter().copied() {
+            let sql = match self.kind {
+                StoreKind::Sqlite => migration.sqlite,
+                StoreKind::Postgres => migration.postgres,
+            };
+            let applied = apply_migration(pool.clone(), migration, sql).await.map_err(|source| {
+                StoreError::Migration { component: migration.component, version: migration.version, source }
+            })?;
+            if applied {
+                tracing::info!(component = migration.component, version = migration.version, "migration applied");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Applies one migration unless another node already did. Type-erased so callers' futures stay
+/// `Send` for every lifetime (sqlx executor HRTBs).
+fn apply_migration(
+    pool: AnyPool,
+    migration: Migration,
+    sql: &'static str,
+) -> futures::future::BoxFuture<'static, Result<bool, sqlx::Error>> {
+    Box::pin(async move {
+        let mut tx = pool.begin().await?;
+        // Claim the migration first: a second node racing on the same database waits on this
+        // row and then skips, so the DDL runs once.
+        let claimed = sqlx::query(
+            "INSERT INTO rn_migrations (component, version) VALUES ($1, $2) ON CONFLICT (component, version) DO NOTHING",
+        )
+        .bind(migration.component)
+        .bind(migration.version)
+        .execute(&mut *tx)
+        .await?;
+        if claimed.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        // Migrations hold no semicolons inside literals, so statements split on ';'.
+        for statement in sql.split(';').map(str::trim).filter(|statement| !statement.is_empty()) {
+            sqlx::query(statement).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    })
+}
+
+fn build_pools(kind: StoreKind, config: &StoreConfig) -> Result<Pools, StoreError> {
+    let writer = build_pool(kind, config, &config.writer_url)?;
+    let reader = config.reader_url.as_deref().map(|url| build_pool(kind, config, url)).transpose()?;
+    Ok(Pools { writer, reader })
+}
+
+fn build_pool(kind: StoreKind, config: &StoreConfig, url: &str) -> Result<AnyPool, StoreError> {
+    assert!(config.connections_max > 0, "connections_max must be positive");
+    let busy_timeout_ms = config.busy_timeout_ms;
+    let options = AnyPoolOptions::new()
+        .max_connections(config.connections_max)
+        .min_connections(0)
+        .acquire_timeout(Duration::from_millis(config.acquire_timeout_ms))
+        .idle_timeout(Duration::from_secs(60))
+        .test_before_acquire(true)
+        .after_connect(move |connection, _meta| {
+            Box::pin(async move {
+                if kind == StoreKind::Sqlite {
+                    // WAL for concurrent readers; synchronous=FULL so a commit is on disk when it
+                    // returns (the promise is "never lost"); busy_timeout so writers queue up.
+                    connection.execute("PRAGMA journal_mode = WAL").await?;
+                    connection.execute("PRAGMA synchronous = FULL").await?;
+                    connection.execute(format!("PRAGMA busy_timeout = {busy_timeout_ms}").as_str()).await?;
+                }
+                Ok(())
+            })
+        });
+    options.connect_lazy(url).map_err(|error| StoreError::InvalidUrl(redact(&error.to_string())))
+}
+
+/// Keeps a password that an error message may quote out of logs.
+fn redact(message: &str) -> String {
+    message
+        .split_whitespace()
+        .map(|word| if word.contains("://") && word.contains('@') { "<url>" } else { word })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Whether a store error means "unavailable for now" (retry or queue), as opposed to a bug.
+pub fn is_transient(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::Tls(_) => true,
+        sqlx::Error::Database(database) => {
+            let Some(code) = database.code() else { return false };
+            if let Ok(sqlite_code) = code.parse::<i64>() {
+                // BUSY, LOCKED, IOERR, FULL, CANTOPEN (primary codes, low byte).
+                return matches!(sqlite_code & 0xff, 5 | 6 | 10 | 13 | 14);
+            }
+            // PostgreSQL classes: connection exception, operator intervention (shutdown),
+            // insufficient resources, serialization failure and deadlock.
+            code.starts_with("08") || code.starts_with("57") || code.starts_with("53") || code == "40001" || code == "40P01"
+        }
+        _ => false,
+    }
+}

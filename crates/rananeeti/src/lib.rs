@@ -1,0 +1,8 @@
+//! The rananeeti binary's library half: configuration, the `up` supervisor and local PostgreSQL
+//! clusters, kept here so integration tests can drive them.
+
+pub mod config;
+pub mod node_cmd;
+pub mod postgres;
+pub mod topology;
+pub mod up;

@@ -1,0 +1,26 @@
+//! `rananeeti`: one binary that runs a node, a whole local deployment, and the operator tools.
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "rananeeti", version, about = "Full-stack resiliency for web applications")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a whole local deployment in the foreground (nodes, and PostgreSQL with --store postgres).
+    Up(rananeeti::up::UpArgs),
+    /// Run one node: the platform and the apps, serving HTTP.
+    Node(rananeeti::node_cmd::NodeArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Up(args) => rananeeti::up::run(args),
+        Command::Node(args) => rananeeti::node_cmd::run(args),
+    }
+}

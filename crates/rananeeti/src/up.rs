@@ -1,0 +1,637 @@
+//! `rananeeti up`: runs a whole local deployment in the foreground and keeps it running.
+//!
+//! It prepares the data directory (admin token, stores), starts each region's store and nodes as
+//! child processes of this executable, restarts a node that exits, keeps `DIR/topology.json` in
+//! step, and on Ctrl-C or SIGTERM stops the nodes, then the databases, and exits 0.
+//!
+//! Layout of `DIR`: `admin-token` (0600), `topology.json`, `up.lock`, and per region `rN/`
+//! holding `store.db` (SQLite) or `pg/` + `pg.log` (PostgreSQL), and one directory per node
+//! (`rN/rN-nM/`, with the node's `addr` file).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use rand::RngCore;
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+
+use crate::postgres::{free_loopback_port, PgCluster};
+use crate::topology::{DatabaseKind, DatabaseTopology, NodeTopology, RegionTopology, Topology};
+
+/// How long a (re)started node gets to answer `/healthz` on first start.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pause between two readiness probes.
+const READY_POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// Bound on one readiness HTTP request.
+const PROBE_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// Restart backoff: starts here, doubles per quick exit, up to the maximum.
+const RESTART_BACKOFF_INITIAL: Duration = Duration::from_millis(250);
+const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// A node that ran this long before exiting is restarted after the initial backoff again.
+const RESTART_BACKOFF_RESET_UPTIME: Duration = Duration::from_secs(30);
+/// How long a node gets to shut down after SIGTERM before it is killed.
+const NODE_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Random bytes in a generated admin token (hex-encoded in the file).
+const ADMIN_TOKEN_BYTES: usize = 32;
+
+const MULTI_REGION_NOT_YET: &str = "multi-region deployments arrive with replication; \
+     run with --regions 1 --nodes-per-region 1 for now";
+
+#[derive(clap::Args, Debug)]
+pub struct UpArgs {
+    /// Number of regions (r1..rN), each with its own store.
+    #[arg(long, default_value_t = 2)]
+    pub regions: u32,
+    /// Number of nodes in each region.
+    #[arg(long, default_value_t = 2)]
+    pub nodes_per_region: u32,
+    /// Port on 127.0.0.1 where the deployment answers.
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Directory for everything the deployment keeps: stores, queues, token, topology.
+    #[arg(long, default_value = "./rananeeti-data")]
+    pub data: PathBuf,
+    /// Store for each region: an embedded SQLite file, or a local PostgreSQL cluster started from
+    /// the machine's PostgreSQL binaries.
+    #[arg(long, value_enum, default_value_t = StoreKind::Sqlite)]
+    pub store: StoreKind,
+    /// Configuration file passed to every node.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Use the admin token in this file instead of generating DIR/admin-token.
+    #[arg(long)]
+    pub admin_token_file: Option<PathBuf>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreKind {
+    Sqlite,
+    Postgres,
+}
+
+pub fn run(args: UpArgs) -> anyhow::Result<()> {
+    // `up` is for a person at a terminal: plain lines on stderr, stdout keeps the "is up" line.
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .try_init();
+
+    if args.regions == 0 || args.nodes_per_region == 0 {
+        bail!("--regions and --nodes-per-region must be at least 1");
+    }
+    if args.regions * args.nodes_per_region != 1 {
+        bail!(MULTI_REGION_NOT_YET);
+    }
+
+    // One thread: every child is spawned from it, which is what the parent-death signal set on
+    // the nodes is tied to.
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().context("building the tokio runtime")?;
+    runtime.block_on(up(args))
+}
+
+/// Everything `up` decided about one node before starting it.
+#[derive(Clone, Debug)]
+struct NodePlan {
+    region: String,
+    name: String,
+    listen: SocketAddr,
+    data_dir: PathBuf,
+    addr_file: PathBuf,
+    store_url: String,
+    admin_token_file: PathBuf,
+    config: Option<PathBuf>,
+}
+
+impl NodePlan {
+    fn url(&self) -> String {
+        format!("http://{}", self.listen)
+    }
+}
+
+/// A node process and when it was started.
+struct RunningNode {
+    plan: NodePlan,
+    child: Option<Child>,
+    started_at: Instant,
+}
+
+/// The topology and the file it is kept in, shared by the node supervisors.
+#[derive(Clone)]
+struct TopologyFile {
+    path: PathBuf,
+    topology: Arc<Mutex<Topology>>,
+}
+
+impl TopologyFile {
+    fn set_node_pid(&self, node_name: &str, pid: Option<u32>) {
+        let snapshot = {
+            let mut topology = self.topology.lock().expect("topology lock poisoned");
+            for region in &mut topology.regions {
+                for node in &mut region.nodes {
+                    if node.name == node_name {
+                        node.pid = pid;
+                    }
+                }
+            }
+            topology.clone()
+        };
+        if let Err(error) = snapshot.write_atomically(&self.path) {
+            tracing::error!(error = format!("{error:#}"), "rewriting topology");
+        }
+    }
+}
+
+async fn up(args: UpArgs) -> anyhow::Result<()> {
+    let mut shutdown = shutdown_on_signal()?;
+
+    fs::create_dir_all(&args.data).with_context(|| format!("creating data directory {}", args.data.display()))?;
+    let data =
+        fs::canonicalize(&args.data).with_context(|| format!("resolving data directory {}", args.data.display()))?;
+    let _lock = lock_data_dir(&data)?;
+    let topology_path = data.join("topology.json");
+    // A topology.json from an earlier run would tell readers we are up before we are.
+    remove_if_exists(&topology_path)?;
+
+    let admin_token_file = match &args.admin_token_file {
+        Some(given) => given_admin_token_file(given)?,
+        None => ensure_admin_token(&data)?,
+    };
+    let config = args
+        .config
+        .as_deref()
+        .map(|config| fs::canonicalize(config).with_context(|| format!("configuration file {}", config.display())))
+        .transpose()?;
+    let executable = std::env::current_exe().context("finding the rananeeti executable")?;
+
+    let mut clusters = Vec::new();
+    let mut topology = Topology::default();
+    let mut plans = Vec::new();
+    let nodes_total = args.regions * args.nodes_per_region;
+    for region_number in 1..=args.regions {
+        let region = format!("r{region_number}");
+        let region_dir = data.join(&region);
+        fs::create_dir_all(&region_dir).with_context(|| format!("creating {}", region_dir.display()))?;
+        let database = match args.store {
+            StoreKind::Sqlite => DatabaseTopology {
+                kind: DatabaseKind::Sqlite,
+                url: format!("sqlite://{}?mode=rwc", region_dir.join("store.db").display()),
+                pid: None,
+            },
+            StoreKind::Postgres => {
+                let port = free_loopback_port().context("finding a port for PostgreSQL")?;
+                let cluster = PgCluster::init_and_start(&region_dir.join("pg"), port)
+                    .with_context(|| format!("starting PostgreSQL for region {region}"))?;
+                let database =
+                    DatabaseTopology { kind: DatabaseKind::Postgres, url: cluster.url(), pid: cluster.pid() };
+                clusters.push(cluster);
+                database
+            }
+        };
+        let mut nodes = Vec::new();
+        for node_number in 1..=args.nodes_per_region {
+            let name = format!("{region}-n{node_number}");
+            let node_index = (region_number - 1) * args.nodes_per_region + (node_number - 1);
+            let node_dir = region_dir.join(&name);
+            let plan = NodePlan {
+                region: region.clone(),
+                listen: SocketAddr::from((Ipv4Addr::LOCALHOST, node_port(args.port, node_index, nodes_total)?)),
+                addr_file: node_dir.join("addr"),
+                data_dir: node_dir,
+                store_url: database.url.clone(),
+                admin_token_file: admin_token_file.clone(),
+                config: config.clone(),
+                name,
+            };
+            nodes.push(NodeTopology { name: plan.name.clone(), url: plan.url(), pid: None });
+            plans.push(plan);
+        }
+        topology.regions.push(RegionTopology { name: region, nodes, database });
+    }
+
+    let mut running = Vec::new();
+    let started = start_nodes(&executable, &plans, &mut running, &mut shutdown).await;
+    let interrupted = match started {
+        Ok(interrupted) => interrupted,
+        Err(error) => {
+            stop_nodes(&mut running).await;
+            stop_clusters(clusters);
+            return Err(error);
+        }
+    };
+    if interrupted {
+        tracing::info!("shutdown requested while starting");
+        stop_nodes(&mut running).await;
+        stop_clusters(clusters);
+        return Ok(());
+    }
+
+    for node in &running {
+        let pid = node.child.as_ref().and_then(Child::id);
+        for region in &mut topology.regions {
+            for entry in &mut region.nodes {
+                if entry.name == node.plan.name {
+                    entry.pid = pid;
+                }
+            }
+        }
+    }
+    if let Err(error) = topology.write_atomically(&topology_path) {
+        stop_nodes(&mut running).await;
+        stop_clusters(clusters);
+        return Err(error);
+    }
+    let topology_file = TopologyFile { path: topology_path.clone(), topology: Arc::new(Mutex::new(topology)) };
+
+    let base_url = format!("http://127.0.0.1:{}/", args.port);
+    println!("rananeeti is up: {base_url}  (admin token in {})", admin_token_file.display());
+    println!("cafe: {base_url}cafe");
+    let _ = std::io::stdout().flush();
+
+    let supervisors: Vec<_> = running
+        .into_iter()
+        .map(|node| tokio::spawn(supervise(node, executable.clone(), topology_file.clone(), shutdown.clone())))
+        .collect();
+    let _ = shutdown.wait_for(|requested| *requested).await;
+    tracing::info!("shutting down");
+    for supervisor in supervisors {
+        if let Err(error) = supervisor.await {
+            tracing::error!(%error, "node supervisor failed");
+        }
+    }
+    stop_clusters(clusters);
+    remove_if_exists(&topology_path)?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Port of the node at `node_index`: with one node it answers on the deployment's port itself.
+fn node_port(base_port: u16, node_index: u32, nodes_total: u32) -> anyhow::Result<u16> {
+    // Several nodes will sit behind a gateway on the base port; `run` admits one node for now.
+    assert_eq!(nodes_total, 1, "one node per deployment until the gateway exists");
+    let port = u32::from(base_port) + node_index;
+    u16::try_from(port).with_context(|| format!("node port {port} is out of range"))
+}
+
+/// Spawns every planned node and waits until each answers `/healthz`. Returns `true` when a
+/// shutdown was requested meanwhile.
+async fn start_nodes(
+    executable: &Path,
+    plans: &[NodePlan],
+    running: &mut Vec<RunningNode>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> anyhow::Result<bool> {
+    let client = probe_client()?;
+    for plan in plans {
+        if let Err(error) = TcpListener::bind(plan.listen) {
+            bail!(
+                "{} is not available for node {} ({error}); is another `rananeeti up` running? \
+                 Choose another --port",
+                plan.listen,
+                plan.name
+            );
+        }
+        let child = spawn_node(executable, plan)?;
+        running.push(RunningNode { plan: plan.clone(), child: Some(child), started_at: Instant::now() });
+    }
+    for node in running.iter_mut() {
+        if wait_until_ready(node, &client, shutdown).await? == Readiness::ShutdownRequested {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+fn spawn_node(executable: &Path, plan: &NodePlan) -> anyhow::Result<Child> {
+    fs::create_dir_all(&plan.data_dir).with_context(|| format!("creating {}", plan.data_dir.display()))?;
+    // Whatever the addr file says must come from the process we are about to start.
+    remove_if_exists(&plan.addr_file)?;
+
+    let mut command = Command::new(executable);
+    command
+        .arg("node")
+        .arg("--listen")
+        .arg(plan.listen.to_string())
+        .arg("--region")
+        .arg(&plan.region)
+        .arg("--name")
+        .arg(&plan.name)
+        .arg("--data-dir")
+        .arg(&plan.data_dir)
+        .arg("--store-url")
+        .arg(&plan.store_url)
+        .arg("--admin-token-file")
+        .arg(&plan.admin_token_file)
+        .arg("--addr-file")
+        .arg(&plan.addr_file);
+    if let Some(config) = &plan.config {
+        command.arg("--config").arg(config);
+    }
+    command
+        .stdin(std::process::Stdio::null())
+        // Its own process group: Ctrl-C at the terminal reaches `up` only, which then stops the
+        // nodes in order instead of racing them.
+        .process_group(0)
+        // Backstop for paths that forget to stop a node; the orderly path sends SIGTERM first.
+        .kill_on_drop(true);
+    let parent_pid = std::process::id();
+    // SAFETY: the closure runs in the forked child before exec and only makes two system calls
+    // (prctl, getppid), both async-signal-safe; it allocates nothing and takes no lock.
+    unsafe {
+        command.pre_exec(move || {
+            // If `up` dies without stopping the node (kill -9), the node gets SIGTERM and shuts
+            // down rather than holding its port for the next `up`.
+            nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(std::io::Error::from)?;
+            if nix::unistd::getppid().as_raw() as u32 != parent_pid {
+                return Err(std::io::Error::other("rananeeti up exited while starting a node"));
+            }
+            Ok(())
+        });
+    }
+    let child = command.spawn().with_context(|| format!("starting node {}", plan.name))?;
+    tracing::info!(
+        node = %plan.name,
+        pid = child.id(),
+        listen = %plan.listen,
+        "started node"
+    );
+    Ok(child)
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Readiness {
+    Ready,
+    ShutdownRequested,
+}
+
+/// Waits until the node has written its address file and answers `GET /healthz` with 200 there,
+/// then reports (without failing) when `/readyz` says it cannot serve yet.
+async fn wait_until_ready(
+    node: &mut RunningNode,
+    client: &reqwest::Client,
+    shutdown: &mut watch::Receiver<bool>,
+) -> anyhow::Result<Readiness> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let name = node.plan.name.clone();
+    let address = loop {
+        let child = node.child.as_mut().context("node has no process to wait for")?;
+        if let Some(status) = child.try_wait().context("checking node process")? {
+            bail!("node {name} exited with {status} before it was ready (its log is above)");
+        }
+        if let Some(address) = read_addr_file(&node.plan.addr_file) {
+            let healthz = format!("http://{address}/healthz");
+            if let Ok(response) = client.get(&healthz).send().await {
+                if response.status().is_success() {
+                    break address;
+                }
+            }
+        }
+        if Instant::now() >= deadline {
+            bail!("node {name} did not answer GET /healthz within {} s", READY_TIMEOUT.as_secs());
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(READY_POLL_INTERVAL) => {}
+            _ = shutdown.wait_for(|requested| *requested) => return Ok(Readiness::ShutdownRequested),
+        }
+    };
+
+    match client.get(format!("http://{address}/readyz")).send().await {
+        Ok(response) if response.status().is_success() => {
+            tracing::info!(node = %name, %address, "node is ready");
+        }
+        Ok(response) => {
+            let status = response.status();
+            let reason = response.text().await.unwrap_or_default();
+            tracing::warn!(node = %name, %address, %status, %reason, "node is up but not ready yet");
+        }
+        Err(error) => tracing::warn!(node = %name, %address, %error, "GET /readyz failed"),
+    }
+    Ok(Readiness::Ready)
+}
+
+fn read_addr_file(path: &Path) -> Option<SocketAddr> {
+    fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+fn probe_client() -> anyhow::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        // Loopback only: a proxy from the environment must not sit in between.
+        .no_proxy()
+        .timeout(PROBE_REQUEST_TIMEOUT)
+        .build()
+        .context("building the HTTP client for readiness probes")
+}
+
+/// Keeps one node running until shutdown: restarts it (same port) whenever it exits, with a
+/// backoff, and records each new pid in the topology; on shutdown, stops it.
+async fn supervise(
+    mut node: RunningNode,
+    executable: PathBuf,
+    topology: TopologyFile,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let name = node.plan.name.clone();
+    let mut backoff = RESTART_BACKOFF_INITIAL;
+    loop {
+        let exited = match node.child.as_mut() {
+            Some(child) => tokio::select! {
+                status = child.wait() => Some(status),
+                _ = shutdown.wait_for(|requested| *requested) => None,
+            },
+            // Restarting failed last time: go straight to the backoff.
+            None => Some(Err(std::io::Error::other("node is not running"))),
+        };
+        let Some(status) = exited else {
+            stop_node(&mut node).await;
+            return;
+        };
+        let uptime = node.started_at.elapsed();
+        match status {
+            Ok(status) => tracing::error!(
+                node = %name,
+                %status,
+                uptime_seconds = uptime.as_secs_f64(),
+                "node exited; restarting it"
+            ),
+            Err(error) => tracing::error!(node = %name, %error, "node is not running; restarting it"),
+        }
+        node.child = None;
+        topology.set_node_pid(&name, None);
+        if uptime >= RESTART_BACKOFF_RESET_UPTIME {
+            backoff = RESTART_BACKOFF_INITIAL;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shutdown.wait_for(|requested| *requested) => return,
+        }
+        backoff = (backoff * 2).min(RESTART_BACKOFF_MAX);
+
+        node.started_at = Instant::now();
+        match spawn_node(&executable, &node.plan) {
+            Ok(child) => {
+                topology.set_node_pid(&name, child.id());
+                node.child = Some(child);
+            }
+            Err(error) => {
+                tracing::error!(node = %name, error = format!("{error:#}"), "restarting node failed");
+            }
+        }
+    }
+}
+
+async fn stop_nodes(running: &mut [RunningNode]) {
+    for node in running.iter_mut() {
+        stop_node(node).await;
+    }
+}
+
+/// SIGTERM, then SIGKILL if the node is still running after `NODE_STOP_TIMEOUT`.
+async fn stop_node(node: &mut RunningNode) {
+    let Some(mut child) = node.child.take() else {
+        return;
+    };
+    let name = &node.plan.name;
+    // `id` is `None` once the child has been reaped, so the pid cannot belong to someone else.
+    if let Some(pid) = child.id() {
+        if let Err(error) = kill(Pid::from_raw(pid as i32), Signal::SIGTERM) {
+            tracing::warn!(node = %name, %error, "sending SIGTERM");
+        }
+    }
+    match tokio::time::timeout(NODE_STOP_TIMEOUT, child.wait()).await {
+        Ok(Ok(status)) => tracing::info!(node = %name, %status, "node stopped"),
+        Ok(Err(error)) => tracing::warn!(node = %name, %error, "waiting for node"),
+        Err(_) => {
+            tracing::warn!(
+                node = %name,
+                timeout_seconds = NODE_STOP_TIMEOUT.as_secs(),
+                "node ignored SIGTERM; killing it"
+            );
+            if let Err(error) = child.kill().await {
+                tracing::warn!(node = %name, %error, "killing node");
+            }
+        }
+    }
+}
+
+fn stop_clusters(clusters: Vec<PgCluster>) {
+    for cluster in clusters {
+        match cluster.stop() {
+            Ok(()) => tracing::info!(port = cluster.port(), "PostgreSQL stopped"),
+            Err(error) => tracing::error!(error = format!("{error:#}"), "stopping PostgreSQL"),
+        }
+    }
+}
+
+/// A receiver that turns `true` on the first SIGINT (Ctrl-C) or SIGTERM.
+fn shutdown_on_signal() -> anyhow::Result<watch::Receiver<bool>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+    let (sender, receiver) = watch::channel(false);
+    tokio::spawn(async move {
+        let name = tokio::select! {
+            _ = interrupt.recv() => "SIGINT",
+            _ = terminate.recv() => "SIGTERM",
+        };
+        tracing::info!(signal = name, "shutdown requested");
+        let _ = sender.send(true);
+        // Keep the sender so receivers never see the channel close.
+        std::future::pending::<()>().await;
+    });
+    Ok(receiver)
+}
+
+/// One `up` per data directory: a second one would fight the first over ports and files.
+fn lock_data_dir(data: &Path) -> anyhow::Result<nix::fcntl::Flock<File>> {
+    let path = data.join("up.lock");
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
+        anyhow::anyhow!("another `rananeeti up` is using {} (lock {}: {errno})", data.display(), path.display())
+    })
+}
+
+/// `DIR/admin-token`: kept from an earlier run when it is private to us, else a fresh random
+/// token, created 0600 from the start.
+fn ensure_admin_token(data: &Path) -> anyhow::Result<PathBuf> {
+    let path = data.join("admin-token");
+    match fs::symlink_metadata(&path) {
+        Ok(metadata) => {
+            let private =
+                metadata.is_file() && metadata.mode() & 0o077 == 0 && metadata.uid() == nix::unistd::geteuid().as_raw();
+            let usable = private && fs::read_to_string(&path).map(|token| !token.trim().is_empty()).unwrap_or(false);
+            if usable {
+                return Ok(path);
+            }
+            tracing::warn!(
+                path = %path.display(),
+                "existing admin token is empty or readable by others; replacing it"
+            );
+        }
+        Err(error) if error.kind() == ErrorKind::NotFound => {}
+        Err(error) => {
+            return Err(error).with_context(|| format!("reading {}", path.display()));
+        }
+    }
+    write_new_admin_token(&path)?;
+    tracing::info!(path = %path.display(), "generated a new admin token");
+    Ok(path)
+}
+
+fn write_new_admin_token(path: &Path) -> anyhow::Result<()> {
+    let mut bytes = [0u8; ADMIN_TOKEN_BYTES];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    let token = hex::encode(bytes);
+
+    let mut temporary_name = path.as_os_str().to_os_string();
+    temporary_name.push(".tmp");
+    let temporary = PathBuf::from(temporary_name);
+    remove_if_exists(&temporary)?;
+    let write = || -> std::io::Result<()> {
+        // Mode at creation, so the token is never readable by others, not even for an instant.
+        let mut file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&temporary)?;
+        file.write_all(token.as_bytes())?;
+        file.sync_all()?;
+        fs::rename(&temporary, path)?;
+        File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()
+    };
+    write().with_context(|| format!("writing admin token {}", path.display()))
+}
+
+fn given_admin_token_file(given: &Path) -> anyhow::Result<PathBuf> {
+    let path = fs::canonicalize(given).with_context(|| format!("admin token file {}", given.display()))?;
+    let metadata = fs::metadata(&path).with_context(|| format!("admin token file {}", path.display()))?;
+    if !metadata.is_file() {
+        bail!("admin token file {} is not a file", path.display());
+    }
+    if metadata.mode() & 0o077 != 0 {
+        tracing::warn!(
+            path = %path.display(),
+            "admin token file is readable by other users; chmod 600 it"
+        );
+    }
+    Ok(path)
+}
+
+fn remove_if_exists(path: &Path) -> anyhow::Result<()> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == ErrorKind::NotFound => Ok(()),
+        Err(error) => Err(error).with_context(|| format!("removing {}", path.display())),
+    }
+}

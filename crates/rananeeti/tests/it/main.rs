@@ -1,0 +1,3 @@
+//! The integration tests of the `rananeeti` binary crate, built into one test binary.
+
+mod postgres;
