@@ -35,14 +35,14 @@ fn field_named_in(message: &str) -> Option<String> {
             return rest.find('`').map(|end| rest[..end].to_string());
         }
     }
-    let detail = message.rsplit("body: ").next()?;
+    let detail = message.rsplit("target type: ").next()?;
     let (path, _) = detail.split_once(": ")?;
     (!path.contains(' ') && !path.is_empty()).then(|| path.to_string())
 }
 
 /// Drops axum's "Failed to deserialize the JSON body into the target type:" preamble.
 fn clean(message: &str) -> String {
-    message.rsplit("body: ").next().unwrap_or(message).trim().to_string()
+    message.rsplit("target type: ").next().unwrap_or(message).trim().to_string()
 }
 
 #[cfg(test)]

@@ -17,11 +17,7 @@ impl FsyncPerWrite {
     pub fn create(path: impl AsRef<Path>) -> io::Result<Self> {
         let path = path.as_ref().to_path_buf();
         let file = OpenOptions::new().create(true).append(true).open(&path)?;
-        Ok(FsyncPerWrite {
-            path,
-            file,
-            appends_total: 0,
-        })
+        Ok(FsyncPerWrite { path, file, appends_total: 0 })
     }
 
     /// Appends one record and fsyncs it; durable when it returns `Ok`.

@@ -21,9 +21,7 @@ pub(crate) fn seq_key(seq: u64) -> [u8; 8] {
 }
 
 pub(crate) fn seq_from_key(key: &[u8]) -> Result<u64, QueueError> {
-    let bytes: [u8; 8] = key.try_into().map_err(|_| QueueError::CorruptKey {
-        key_bytes: key.len(),
-    })?;
+    let bytes: [u8; 8] = key.try_into().map_err(|_| QueueError::CorruptKey { key_bytes: key.len() })?;
     Ok(u64::from_be_bytes(bytes))
 }
 
@@ -57,18 +55,11 @@ pub(crate) fn decode_entry(seq: u64, value: &[u8]) -> Result<Entry, QueueError> 
     let stored = u32::from_be_bytes(stored.try_into().expect("split at CHECKSUM_BYTES"));
     let computed = checksum(&seq_key(seq), rest);
     if stored != computed {
-        return Err(corrupt(format!(
-            "checksum mismatch: stored {stored:08x}, computed {computed:08x}"
-        )));
+        return Err(corrupt(format!("checksum mismatch: stored {stored:08x}, computed {computed:08x}")));
     }
     let id: [u8; 20] = rest[..20].try_into().expect("header length checked");
     let enqueued_at_ms = i64::from_be_bytes(rest[20..28].try_into().expect("header length checked"));
-    Ok(Entry {
-        seq,
-        id,
-        enqueued_at_ms,
-        body: rest[28..].to_vec(),
-    })
+    Ok(Entry { seq, id, enqueued_at_ms, body: rest[28..].to_vec() })
 }
 
 /// A u64 under `key`, with its checksum: the id index (id -> seq) and the next-seq record.
@@ -83,18 +74,13 @@ pub(crate) fn encode_seq_value(key: &[u8], seq: u64) -> [u8; SEQ_VALUE_BYTES] {
 /// Reads back what `encode_seq_value` wrote; the error says what is wrong, the caller says where.
 pub(crate) fn decode_seq_value(key: &[u8], value: &[u8]) -> Result<u64, String> {
     if value.len() != SEQ_VALUE_BYTES {
-        return Err(format!(
-            "value is {} bytes, expected {SEQ_VALUE_BYTES}",
-            value.len()
-        ));
+        return Err(format!("value is {} bytes, expected {SEQ_VALUE_BYTES}", value.len()));
     }
     let (stored, rest) = value.split_at(CHECKSUM_BYTES);
     let stored = u32::from_be_bytes(stored.try_into().expect("split at CHECKSUM_BYTES"));
     let computed = checksum(key, rest);
     if stored != computed {
-        return Err(format!(
-            "checksum mismatch: stored {stored:08x}, computed {computed:08x}"
-        ));
+        return Err(format!("checksum mismatch: stored {stored:08x}, computed {computed:08x}"));
     }
     Ok(u64::from_be_bytes(rest.try_into().expect("length checked")))
 }
@@ -123,10 +109,7 @@ mod tests {
 
         let last = value.len() - 1;
         value[last] ^= 1;
-        assert!(matches!(
-            decode_entry(42, &value),
-            Err(QueueError::Corrupt { seq: 42, .. })
-        ));
+        assert!(matches!(decode_entry(42, &value), Err(QueueError::Corrupt { seq: 42, .. })));
         assert!(decode_entry(42, &value[..ENTRY_HEADER_BYTES - 1]).is_err());
     }
 

@@ -54,12 +54,7 @@ impl QueueConfig {
     }
 
     fn check(&self) -> Result<(), QueueError> {
-        let invalid = |field, reason: &str| {
-            Err(QueueError::InvalidConfig {
-                field,
-                reason: reason.to_string(),
-            })
-        };
+        let invalid = |field, reason: &str| Err(QueueError::InvalidConfig { field, reason: reason.to_string() });
         if self.group_commit_entries_max == 0 {
             return invalid("group_commit_entries_max", "must be at least 1");
         }
@@ -114,10 +109,7 @@ pub enum QueueError {
     #[error("queue at {path}: {source}")]
     Storage { path: PathBuf, source: fjall::Error },
     #[error("queue at {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("queue at {path}: write failed, nothing of this group is queued: {reason}")]
     WriteFailed { path: PathBuf, reason: String },
     #[error("queue config {field}: {reason}")]
@@ -125,10 +117,7 @@ pub enum QueueError {
     #[error("queue is full ({entries_max} entries)")]
     Full { entries_max: u64 },
     #[error("queue entry body of {body_bytes} bytes is over the {body_bytes_max}-byte limit")]
-    BodyTooLarge {
-        body_bytes: usize,
-        body_bytes_max: usize,
-    },
+    BodyTooLarge { body_bytes: usize, body_bytes_max: usize },
     #[error("queue writer has stopped")]
     Closed,
     #[error("queue entry {seq} is corrupt: {reason}")]
@@ -174,10 +163,7 @@ impl Queue {
     pub fn open(config: QueueConfig) -> Result<Queue, QueueError> {
         config.check()?;
         let path = config.dir.clone();
-        let io = |source| QueueError::Io {
-            path: path.clone(),
-            source,
-        };
+        let io = |source| QueueError::Io { path: path.clone(), source };
         std::fs::create_dir_all(&path).map_err(io)?;
         let journals = path.join(journal::JOURNALS_FOLDER);
         let written_ends = journal::written_ends(&journals).map_err(io)?;
@@ -186,19 +172,13 @@ impl Queue {
             .flush_workers(1)
             .compaction_workers(1)
             .open()
-            .map_err(|source| QueueError::Storage {
-                path: path.clone(),
-                source,
-            })?;
+            .map_err(|source| QueueError::Storage { path: path.clone(), source })?;
         let torn_bytes_dropped = journal::bytes_dropped(&written_ends).map_err(io)?;
 
         let store = Arc::new(Store::open(path.clone(), keyspace, config.entries_max)?);
         let entries = store.count_entries()?;
         let next_seq = store.next_seq()?;
-        let recovery = Recovery {
-            entries,
-            torn_bytes_dropped,
-        };
+        let recovery = Recovery { entries, torn_bytes_dropped };
         if torn_bytes_dropped > 0 {
             tracing::warn!(
                 torn_bytes_dropped,
@@ -215,14 +195,7 @@ impl Queue {
             .name("rananeeti-queue-writer".to_string())
             .spawn(move || writer::run(writer_store, receiver, next_seq, group_commit_entries_max))
             .map_err(io)?;
-        Ok(Queue {
-            inner: Arc::new(Inner {
-                store,
-                requests: Some(requests),
-                writer: Some(writer),
-                recovery,
-            }),
-        })
+        Ok(Queue { inner: Arc::new(Inner { store, requests: Some(requests), writer: Some(writer), recovery }) })
     }
 
     pub fn recovery(&self) -> Recovery {
@@ -233,34 +206,14 @@ impl Queue {
     /// The same id twice (also twice within one group) gives `AlreadyQueued`, never two entries.
     /// Waits (without blocking the runtime) while `waiting_entries_max` requests are waiting.
     /// If the future is dropped after the request was handed over, the entry may still be written.
-    pub async fn enqueue(
-        &self,
-        id: [u8; 20],
-        enqueued_at_ms: i64,
-        body: Vec<u8>,
-    ) -> Result<Enqueued, QueueError> {
+    pub async fn enqueue(&self, id: [u8; 20], enqueued_at_ms: i64, body: Vec<u8>) -> Result<Enqueued, QueueError> {
         if body.len() > ENTRY_BODY_BYTES_MAX {
-            return Err(QueueError::BodyTooLarge {
-                body_bytes: body.len(),
-                body_bytes_max: ENTRY_BODY_BYTES_MAX,
-            });
+            return Err(QueueError::BodyTooLarge { body_bytes: body.len(), body_bytes_max: ENTRY_BODY_BYTES_MAX });
         }
-        let requests = self
-            .inner
-            .requests
-            .as_ref()
-            .expect("requests is only taken when dropping");
+        let requests = self.inner.requests.as_ref().expect("requests is only taken when dropping");
         let (reply, answer) = oneshot::channel();
-        let request = Request {
-            id,
-            enqueued_at_ms,
-            body,
-            reply,
-        };
-        requests
-            .send(request)
-            .await
-            .map_err(|_| QueueError::Closed)?;
+        let request = Request { id, enqueued_at_ms, body, reply };
+        requests.send(request).await.map_err(|_| QueueError::Closed)?;
         answer.await.map_err(|_| QueueError::Closed)?
     }
 

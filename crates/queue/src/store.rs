@@ -34,24 +34,11 @@ pub(crate) struct Store {
 }
 
 impl Store {
-    pub(crate) fn open(
-        path: PathBuf,
-        keyspace: Keyspace,
-        entries_max: u64,
-    ) -> Result<Store, QueueError> {
-        let storage = |source| QueueError::Storage {
-            path: path.clone(),
-            source,
-        };
-        let entries = keyspace
-            .open_partition(ENTRIES_PARTITION, PartitionCreateOptions::default())
-            .map_err(storage)?;
-        let ids = keyspace
-            .open_partition(IDS_PARTITION, PartitionCreateOptions::default())
-            .map_err(storage)?;
-        let meta = keyspace
-            .open_partition(META_PARTITION, PartitionCreateOptions::default())
-            .map_err(storage)?;
+    pub(crate) fn open(path: PathBuf, keyspace: Keyspace, entries_max: u64) -> Result<Store, QueueError> {
+        let storage = |source| QueueError::Storage { path: path.clone(), source };
+        let entries = keyspace.open_partition(ENTRIES_PARTITION, PartitionCreateOptions::default()).map_err(storage)?;
+        let ids = keyspace.open_partition(IDS_PARTITION, PartitionCreateOptions::default()).map_err(storage)?;
+        let meta = keyspace.open_partition(META_PARTITION, PartitionCreateOptions::default()).map_err(storage)?;
         Ok(Store {
             path,
             keyspace,
@@ -66,10 +53,7 @@ impl Store {
     }
 
     fn storage(&self, source: fjall::Error) -> QueueError {
-        QueueError::Storage {
-            path: self.path.clone(),
-            source,
-        }
+        QueueError::Storage { path: self.path.clone(), source }
     }
 
     /// Counts the entries (once, when opening) and sets `depth` from it.
@@ -81,19 +65,11 @@ impl Store {
 
     /// The seq to hand out next: past the last entry and past every seq ever handed out.
     pub(crate) fn next_seq(&self) -> Result<u64, QueueError> {
-        let after_last_entry = match self
-            .entries
-            .last_key_value()
-            .map_err(|error| self.storage(error))?
-        {
+        let after_last_entry = match self.entries.last_key_value().map_err(|error| self.storage(error))? {
             Some((key, _)) => codec::seq_from_key(&key)? + 1,
             None => 1,
         };
-        let recorded = match self
-            .meta
-            .get(codec::NEXT_SEQ_KEY)
-            .map_err(|error| self.storage(error))?
-        {
+        let recorded = match self.meta.get(codec::NEXT_SEQ_KEY).map_err(|error| self.storage(error))? {
             Some(value) => codec::decode_seq_value(codec::NEXT_SEQ_KEY, &value)
                 .map_err(|reason| QueueError::CorruptMeta { reason })?,
             None => 1,
@@ -108,20 +84,12 @@ impl Store {
         };
         codec::decode_seq_value(id, &value)
             .map(Some)
-            .map_err(|reason| QueueError::CorruptIndex {
-                id: codec::id_hex(id),
-                reason,
-            })
+            .map_err(|reason| QueueError::CorruptIndex { id: codec::id_hex(id), reason })
     }
 
     pub(crate) fn entry_at(&self, seq: u64) -> Result<Option<Entry>, QueueError> {
-        let value = self
-            .entries
-            .get(codec::seq_key(seq))
-            .map_err(|error| self.storage(error))?;
-        value
-            .map(|value| codec::decode_entry(seq, &value))
-            .transpose()
+        let value = self.entries.get(codec::seq_key(seq)).map_err(|error| self.storage(error))?;
+        value.map(|value| codec::decode_entry(seq, &value)).transpose()
     }
 
     pub(crate) fn get(&self, id: &[u8; 20]) -> Result<Option<Entry>, QueueError> {
@@ -149,11 +117,7 @@ impl Store {
             None => Bound::Unbounded,
         };
         let mut entries = Vec::with_capacity(limit.min(1024));
-        for item in self
-            .entries
-            .range::<[u8; 8], _>((start, Bound::Unbounded))
-            .take(limit)
-        {
+        for item in self.entries.range::<[u8; 8], _>((start, Bound::Unbounded)).take(limit) {
             let (key, value) = item.map_err(|error| self.storage(error))?;
             let seq = codec::seq_from_key(&key)?;
             entries.push(codec::decode_entry(seq, &value)?);
@@ -162,11 +126,7 @@ impl Store {
     }
 
     pub(crate) fn oldest_enqueued_at_ms(&self) -> Result<Option<i64>, QueueError> {
-        let Some((key, value)) = self
-            .entries
-            .first_key_value()
-            .map_err(|error| self.storage(error))?
-        else {
+        let Some((key, value)) = self.entries.first_key_value().map_err(|error| self.storage(error))? else {
             return Ok(None);
         };
         let seq = codec::seq_from_key(&key)?;
@@ -184,10 +144,7 @@ impl Store {
             if !seen.insert(entry.seq) {
                 continue;
             }
-            let stored = self
-                .entries
-                .get(codec::seq_key(entry.seq))
-                .map_err(|error| self.storage(error))?;
+            let stored = self.entries.get(codec::seq_key(entry.seq)).map_err(|error| self.storage(error))?;
             let Some(stored) = stored else { continue };
             let stored = codec::decode_entry(entry.seq, &stored)?;
             if stored.id != entry.id {

@@ -48,9 +48,7 @@ pub(crate) fn run(
         let mut group_body_bytes = first.body.len();
         group.push(first);
         // Whatever arrived while the previous group was being fsynced joins this one.
-        while group.len() < group_commit_entries_max
-            && group_body_bytes < GROUP_COMMIT_BODY_BYTES_MAX
-        {
+        while group.len() < group_commit_entries_max && group_body_bytes < GROUP_COMMIT_BODY_BYTES_MAX {
             match requests.try_recv() {
                 Ok(request) => {
                     group_body_bytes += request.body.len();
@@ -75,11 +73,7 @@ pub(crate) fn run(
 }
 
 /// Writes one group under one fsync and answers every request in it. Returns the next seq.
-fn commit_group(
-    store: &Store,
-    group: &mut Vec<Request>,
-    mut next_seq: u64,
-) -> Result<u64, fjall::Error> {
+fn commit_group(store: &Store, group: &mut Vec<Request>, mut next_seq: u64) -> Result<u64, fjall::Error> {
     let mut batch = store.keyspace.batch().durability(Some(PersistMode::SyncAll));
     let mut seqs_in_group: HashMap<[u8; 20], u64> = HashMap::with_capacity(group.len());
     let mut answers = Vec::with_capacity(group.len());
@@ -93,22 +87,15 @@ fn commit_group(
                 Err(error) => Answer::Settled(Err(error)),
                 Ok(Some(seq)) => Answer::Settled(Ok(Enqueued::AlreadyQueued { seq })),
                 Ok(None) if depth + added >= store.entries_max => {
-                    Answer::Settled(Err(QueueError::Full {
-                        entries_max: store.entries_max,
-                    }))
+                    Answer::Settled(Err(QueueError::Full { entries_max: store.entries_max }))
                 }
                 Ok(None) => {
                     let seq = next_seq;
                     next_seq += 1;
                     let key = codec::seq_key(seq);
-                    let value =
-                        codec::encode_entry(seq, &request.id, request.enqueued_at_ms, &request.body);
+                    let value = codec::encode_entry(seq, &request.id, request.enqueued_at_ms, &request.body);
                     batch.insert(&store.entries, key, value);
-                    batch.insert(
-                        &store.ids,
-                        request.id,
-                        codec::encode_seq_value(&request.id, seq),
-                    );
+                    batch.insert(&store.ids, request.id, codec::encode_seq_value(&request.id, seq));
                     seqs_in_group.insert(request.id, seq);
                     added += 1;
                     Answer::InBatch(Enqueued::Added { seq })
@@ -122,11 +109,7 @@ fn commit_group(
     if added > 0 {
         // Kept with the entries so that a seq is never handed out twice, even once the queue
         // has been emptied and reopened.
-        batch.insert(
-            &store.meta,
-            codec::NEXT_SEQ_KEY,
-            codec::encode_seq_value(codec::NEXT_SEQ_KEY, next_seq),
-        );
+        batch.insert(&store.meta, codec::NEXT_SEQ_KEY, codec::encode_seq_value(codec::NEXT_SEQ_KEY, next_seq));
         // With durability SyncAll the journal is fsynced before the batch becomes visible, so
         // peek and get never see an entry that is not yet durable.
         match batch.commit() {
@@ -143,10 +126,9 @@ fn commit_group(
         let result = match (answer, &failure) {
             (Answer::Settled(result), _) => result,
             (Answer::InBatch(enqueued), None) => Ok(enqueued),
-            (Answer::InBatch(_), Some(error)) => Err(QueueError::WriteFailed {
-                path: store.path.clone(),
-                reason: error.to_string(),
-            }),
+            (Answer::InBatch(_), Some(error)) => {
+                Err(QueueError::WriteFailed { path: store.path.clone(), reason: error.to_string() })
+            }
         };
         // The caller may have gone away (its future dropped); the entry is written regardless.
         let _ = request.reply.send(result);
@@ -163,12 +145,7 @@ mod tests {
 
     fn request(id: u8) -> (Request, oneshot::Receiver<Result<Enqueued, QueueError>>) {
         let (reply, answer) = oneshot::channel();
-        let request = Request {
-            id: [id; 20],
-            enqueued_at_ms: 0,
-            body: vec![id],
-            reply,
-        };
+        let request = Request { id: [id; 20], enqueued_at_ms: 0, body: vec![id], reply };
         (request, answer)
     }
 
@@ -187,10 +164,7 @@ mod tests {
         assert!(group.is_empty());
         assert_eq!(next_seq, 3);
         assert_eq!(first_answer.blocking_recv().unwrap().unwrap(), Enqueued::Added { seq: 1 });
-        assert_eq!(
-            again_answer.blocking_recv().unwrap().unwrap(),
-            Enqueued::AlreadyQueued { seq: 1 }
-        );
+        assert_eq!(again_answer.blocking_recv().unwrap().unwrap(), Enqueued::AlreadyQueued { seq: 1 });
         assert_eq!(other_answer.blocking_recv().unwrap().unwrap(), Enqueued::Added { seq: 2 });
         assert_eq!(store.fsyncs_total.load(Ordering::Relaxed), 1);
         assert_eq!(store.depth.load(Ordering::Relaxed), 2);
@@ -209,10 +183,7 @@ mod tests {
         commit_group(&store, &mut group, 1).unwrap();
 
         assert_eq!(first_answer.blocking_recv().unwrap().unwrap(), Enqueued::Added { seq: 1 });
-        assert!(matches!(
-            second_answer.blocking_recv().unwrap(),
-            Err(QueueError::Full { entries_max: 1 })
-        ));
+        assert!(matches!(second_answer.blocking_recv().unwrap(), Err(QueueError::Full { entries_max: 1 })));
         assert_eq!(store.depth.load(Ordering::Relaxed), 1);
     }
 }

@@ -20,12 +20,7 @@ fn body(n: u32) -> Vec<u8> {
 }
 
 fn config(dir: impl Into<PathBuf>) -> QueueConfig {
-    QueueConfig {
-        dir: dir.into(),
-        group_commit_entries_max: 512,
-        waiting_entries_max: 1024,
-        entries_max: 10_000,
-    }
+    QueueConfig { dir: dir.into(), group_commit_entries_max: 512, waiting_entries_max: 1024, entries_max: 10_000 }
 }
 
 fn seqs(entries: &[Entry]) -> Vec<u64> {
@@ -72,24 +67,12 @@ async fn enqueue_peek_get_remove_round_trip_and_reopen_keeps_entries_and_seq() {
     }
 
     let queue = Queue::open(config(dir.path())).unwrap();
-    assert_eq!(
-        queue.recovery(),
-        Recovery {
-            entries: 3,
-            torn_bytes_dropped: 0
-        }
-    );
+    assert_eq!(queue.recovery(), Recovery { entries: 3, torn_bytes_dropped: 0 });
     assert_eq!(queue.depth(), 3);
     assert_eq!(seqs(&queue.peek(None, 100).unwrap()), [3, 4, 5]);
     assert_eq!(queue.oldest_enqueued_at_ms(), Some(1_002));
-    assert_eq!(
-        queue.enqueue(id(10), 2_000, body(10)).await.unwrap(),
-        Enqueued::Added { seq: 6 }
-    );
-    assert_eq!(
-        queue.enqueue(id(2), 2_000, body(2)).await.unwrap(),
-        Enqueued::AlreadyQueued { seq: 3 }
-    );
+    assert_eq!(queue.enqueue(id(10), 2_000, body(10)).await.unwrap(), Enqueued::Added { seq: 6 });
+    assert_eq!(queue.enqueue(id(2), 2_000, body(2)).await.unwrap(), Enqueued::AlreadyQueued { seq: 3 });
 
     // Emptied and reopened, the queue still never hands out a seq twice.
     queue.remove(&queue.list(100).unwrap()).unwrap();
@@ -98,10 +81,7 @@ async fn enqueue_peek_get_remove_round_trip_and_reopen_keeps_entries_and_seq() {
     drop(queue);
     let queue = Queue::open(config(dir.path())).unwrap();
     assert_eq!(queue.recovery().entries, 0);
-    assert_eq!(
-        queue.enqueue(id(0), 3_000, body(0)).await.unwrap(),
-        Enqueued::Added { seq: 7 }
-    );
+    assert_eq!(queue.enqueue(id(0), 3_000, body(0)).await.unwrap(), Enqueued::Added { seq: 7 });
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -109,14 +89,8 @@ async fn the_same_id_twice_is_queued_once_sequentially_and_concurrently() {
     let dir = tempfile::tempdir().unwrap();
     let queue = Queue::open(config(dir.path())).unwrap();
 
-    assert_eq!(
-        queue.enqueue(id(1), 0, body(1)).await.unwrap(),
-        Enqueued::Added { seq: 1 }
-    );
-    assert_eq!(
-        queue.enqueue(id(1), 5, b"another body".to_vec()).await.unwrap(),
-        Enqueued::AlreadyQueued { seq: 1 }
-    );
+    assert_eq!(queue.enqueue(id(1), 0, body(1)).await.unwrap(), Enqueued::Added { seq: 1 });
+    assert_eq!(queue.enqueue(id(1), 5, b"another body".to_vec()).await.unwrap(), Enqueued::AlreadyQueued { seq: 1 });
     assert_eq!(queue.get(&id(1)).unwrap().unwrap().body, body(1));
 
     // Many at once, so that duplicates land in the same group as the first of them.
@@ -126,10 +100,7 @@ async fn the_same_id_twice_is_queued_once_sequentially_and_concurrently() {
         tasks.spawn(async move { queue.enqueue(id(2), 0, body(2)).await.unwrap() });
     }
     let answers = tasks.join_all().await;
-    let added: Vec<_> = answers
-        .iter()
-        .filter(|answer| matches!(answer, Enqueued::Added { .. }))
-        .collect();
+    let added: Vec<_> = answers.iter().filter(|answer| matches!(answer, Enqueued::Added { .. })).collect();
     assert_eq!(added.len(), 1, "{answers:?}");
     let seq = added[0].seq();
     assert!(answers.iter().all(|answer| answer.seq() == seq), "{answers:?}");
@@ -164,10 +135,7 @@ async fn concurrent_enqueues_share_fsyncs() {
     let fsyncs_total = queue.fsyncs_total();
     eprintln!("fsyncs_total for {ENQUEUES} concurrent enqueues: {fsyncs_total}");
     assert!(fsyncs_total >= 1);
-    assert!(
-        fsyncs_total < u64::from(ENQUEUES) / 4,
-        "{fsyncs_total} fsyncs for {ENQUEUES} enqueues: not batching"
-    );
+    assert!(fsyncs_total < u64::from(ENQUEUES) / 4, "{fsyncs_total} fsyncs for {ENQUEUES} enqueues: not batching");
 }
 
 /// Set by `torn_tail_is_dropped_and_reported` when it runs this binary as the writer it kills.
@@ -210,12 +178,7 @@ impl Drop for KillOnDrop {
 /// touches the journal.
 fn write_in_child_and_kill(dir: &Path) {
     let child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "torn_tail_child_writer",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+        .args(["torn_tail_child_writer", "--exact", "--nocapture", "--test-threads=1"])
         .env(CHILD_DIR_ENV, dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -241,14 +204,7 @@ fn newest_journal(dir: &Path) -> PathBuf {
     std::fs::read_dir(dir.join("journals"))
         .unwrap()
         .map(|dirent| dirent.unwrap().path())
-        .max_by_key(|path| {
-            path.file_name()
-                .unwrap()
-                .to_str()
-                .unwrap()
-                .parse::<u64>()
-                .unwrap()
-        })
+        .max_by_key(|path| path.file_name().unwrap().to_str().unwrap().parse::<u64>().unwrap())
         .unwrap()
 }
 
@@ -258,10 +214,7 @@ fn cut_written_tail(journal: &Path, bytes: u64) {
     let contents = std::fs::read(journal).unwrap();
     let written_end = contents.iter().rposition(|&byte| byte != 0).unwrap() as u64 + 1;
     assert!(written_end > bytes);
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .open(journal)
-        .unwrap();
+    let file = std::fs::OpenOptions::new().write(true).open(journal).unwrap();
     file.set_len(written_end - bytes).unwrap();
     file.sync_all().unwrap();
 }
@@ -274,13 +227,7 @@ async fn torn_tail_is_dropped_and_reported() {
     let intact = tempfile::tempdir().unwrap();
     write_in_child_and_kill(intact.path());
     let queue = Queue::open(config(intact.path())).unwrap();
-    assert_eq!(
-        queue.recovery(),
-        Recovery {
-            entries: n,
-            torn_bytes_dropped: 0
-        }
-    );
+    assert_eq!(queue.recovery(), Recovery { entries: n, torn_bytes_dropped: 0 });
     assert_eq!(seqs(&queue.peek(None, 100).unwrap()), (1..=n).collect::<Vec<_>>());
     drop(queue);
 
@@ -308,13 +255,7 @@ async fn torn_tail_is_dropped_and_reported() {
 
     // The tail was cut off for good: the next open finds nothing torn.
     let queue = Queue::open(config(torn.path())).unwrap();
-    assert_eq!(
-        queue.recovery(),
-        Recovery {
-            entries: n,
-            torn_bytes_dropped: 0
-        }
-    );
+    assert_eq!(queue.recovery(), Recovery { entries: n, torn_bytes_dropped: 0 });
 }
 
 #[tokio::test]
@@ -330,9 +271,7 @@ async fn a_damaged_stored_value_is_reported_as_corrupt_naming_its_seq() {
     // caught by fjall itself: `entries` is keyed by big-endian seq.
     {
         let keyspace = fjall::Config::new(dir.path()).open().unwrap();
-        let entries = keyspace
-            .open_partition("entries", fjall::PartitionCreateOptions::default())
-            .unwrap();
+        let entries = keyspace.open_partition("entries", fjall::PartitionCreateOptions::default()).unwrap();
         let key = 2u64.to_be_bytes();
         let mut value = entries.get(key).unwrap().unwrap().to_vec();
         let last = value.len() - 1;
@@ -342,10 +281,7 @@ async fn a_damaged_stored_value_is_reported_as_corrupt_naming_its_seq() {
     }
 
     let queue = Queue::open(config(dir.path())).unwrap();
-    assert!(matches!(
-        queue.get(&id(1)),
-        Err(QueueError::Corrupt { seq: 2, .. })
-    ));
+    assert!(matches!(queue.get(&id(1)), Err(QueueError::Corrupt { seq: 2, .. })));
     let error = queue.peek(None, 10).unwrap_err();
     assert!(matches!(error, QueueError::Corrupt { seq: 2, .. }), "{error}");
     assert!(error.to_string().contains("checksum mismatch"), "{error}");
@@ -357,38 +293,19 @@ async fn a_damaged_stored_value_is_reported_as_corrupt_naming_its_seq() {
 #[tokio::test]
 async fn an_enqueue_past_entries_max_or_with_an_oversized_body_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let queue = Queue::open(QueueConfig {
-        entries_max: 2,
-        ..config(dir.path())
-    })
-    .unwrap();
+    let queue = Queue::open(QueueConfig { entries_max: 2, ..config(dir.path()) }).unwrap();
     queue.enqueue(id(0), 0, body(0)).await.unwrap();
     queue.enqueue(id(1), 0, body(1)).await.unwrap();
-    assert!(matches!(
-        queue.enqueue(id(2), 0, body(2)).await,
-        Err(QueueError::Full { entries_max: 2 })
-    ));
+    assert!(matches!(queue.enqueue(id(2), 0, body(2)).await, Err(QueueError::Full { entries_max: 2 })));
     // A duplicate of a queued id is still answered when full.
-    assert_eq!(
-        queue.enqueue(id(1), 0, body(1)).await.unwrap(),
-        Enqueued::AlreadyQueued { seq: 2 }
-    );
+    assert_eq!(queue.enqueue(id(1), 0, body(1)).await.unwrap(), Enqueued::AlreadyQueued { seq: 2 });
     let oversized = vec![0; rananeeti_queue::ENTRY_BODY_BYTES_MAX + 1];
-    assert!(matches!(
-        queue.enqueue(id(3), 0, oversized).await,
-        Err(QueueError::BodyTooLarge { .. })
-    ));
+    assert!(matches!(queue.enqueue(id(3), 0, oversized).await, Err(QueueError::BodyTooLarge { .. })));
     assert_eq!(queue.depth(), 2);
 
     assert!(matches!(
-        Queue::open(QueueConfig {
-            group_commit_entries_max: 0,
-            ..config(dir.path())
-        }),
-        Err(QueueError::InvalidConfig {
-            field: "group_commit_entries_max",
-            ..
-        })
+        Queue::open(QueueConfig { group_commit_entries_max: 0, ..config(dir.path()) }),
+        Err(QueueError::InvalidConfig { field: "group_commit_entries_max", .. })
     ));
 }
 

@@ -1,5 +1,14 @@
 //! `rananeeti node`: runs one node (platform + apps) until SIGTERM or Ctrl-C.
 
+use crate::config::Config;
+use anyhow::Context;
+use rananeeti_cafe::{CafeApp, CafeConfig};
+use rananeeti_node::admin::AdminToken;
+use rananeeti_node::{App, NodeHttpConfig};
+use rananeeti_platform::{
+    BreakerConfig, DrainConfig, Platform, PlatformConfig, PlatformMetrics, Registry, Store, StoreConfig, SubmitConfig,
+};
+use rananeeti_queue::{Queue, QueueConfig};
 use std::path::PathBuf;
 
 /// Flags override the config file, which overrides `RANANEETI_*` environment variables' defaults.
@@ -34,6 +43,144 @@ pub struct NodeArgs {
     pub addr_file: Option<PathBuf>,
 }
 
-pub fn run(_args: NodeArgs) -> anyhow::Result<()> {
-    anyhow::bail!("being written")
+/// The configuration with the flags applied on top.
+pub fn resolve(args: &NodeArgs) -> anyhow::Result<Config> {
+    let mut config = Config::load(args.config.as_deref())?;
+    if let Some(listen) = &args.listen {
+        config.node.listen = listen.clone();
+    }
+    if let Some(region) = &args.region {
+        config.node.region = region.clone();
+    }
+    if let Some(name) = &args.name {
+        config.node.name = name.clone();
+    }
+    if let Some(data_dir) = &args.data_dir {
+        config.node.data_dir = data_dir.clone();
+    }
+    if let Some(url) = &args.store_url {
+        config.store.writer_url = Some(url.clone());
+    }
+    if let Some(url) = &args.reader_url {
+        config.store.reader_url = Some(url.clone());
+    }
+    if let Some(file) = &args.admin_token_file {
+        config.node.admin_token_file = Some(file.clone());
+    }
+    Ok(config)
+}
+
+pub fn run(args: NodeArgs) -> anyhow::Result<()> {
+    rananeeti_node::telemetry::init_json_logs();
+    let config = resolve(&args)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let result = runtime.block_on(serve(config, args.addr_file));
+    if let Err(error) = &result {
+        tracing::error!(error = %format!("{error:#}"), "node stopped");
+    }
+    result
+}
+
+async fn serve(config: Config, addr_file: Option<PathBuf>) -> anyhow::Result<()> {
+    let data_dir = &config.node.data_dir;
+    std::fs::create_dir_all(data_dir).with_context(|| format!("creating data directory {}", data_dir.display()))?;
+    let admin_token = load_admin_token(config.node.admin_token_file.as_deref())?;
+
+    let queue = Queue::open(QueueConfig {
+        dir: data_dir.join("queue"),
+        group_commit_entries_max: config.queue.group_commit_entries_max,
+        waiting_entries_max: config.queue.waiting_entries_max,
+        entries_max: config.queue.entries_max,
+    })
+    .context("opening the fallback queue")?;
+    let recovery = queue.recovery();
+    tracing::info!(entries = recovery.entries, torn_bytes_dropped = recovery.torn_bytes_dropped, "fallback queue opened");
+
+    let apps: Vec<Box<dyn App>> = vec![Box::new(CafeApp { config: CafeConfig { seats_per_slot: config.cafe.seats_per_slot } })];
+    let mut migrations = rananeeti_platform::schema::MIGRATIONS.to_vec();
+    let mut registry = Registry::default();
+    for app in &apps {
+        migrations.extend(app.migrations());
+        for handler in app.handlers() {
+            registry.register(handler);
+        }
+    }
+    let writer_url = match &config.store.writer_url {
+        Some(url) => url.clone(),
+        None => format!("sqlite://{}?mode=rwc", data_dir.join("store.db").display()),
+    };
+    let store = Store::open(
+        StoreConfig {
+            writer_url,
+            reader_url: config.store.reader_url.clone(),
+            connections_max: config.store.connections_max,
+            busy_timeout_ms: config.store.busy_timeout_ms,
+            acquire_timeout_ms: config.store.acquire_timeout_ms,
+        },
+        migrations,
+    )?;
+    if let Err(error) = store.ensure_migrated().await {
+        // The node still starts: writes go to the queue until the store answers.
+        tracing::warn!(%error, "store not reachable at start; migrations run when it is");
+    }
+    let store_kind = store.kind();
+
+    let mut metrics_registry = prometheus_client::registry::Registry::default();
+    let metrics = PlatformMetrics::new(&mut metrics_registry);
+    let platform = Platform::start(
+        PlatformConfig {
+            region: config.node.region.clone(),
+            node: config.node.name.clone(),
+            submit: SubmitConfig {
+                budget_ms: config.submit.budget_ms,
+                attempts_max: config.submit.attempts_max,
+                backoff_base_ms: config.submit.backoff_base_ms,
+                backoff_max_ms: config.submit.backoff_max_ms,
+                queue_reserve_ms: config.submit.queue_reserve_ms,
+            },
+            breaker: BreakerConfig { failures_to_open: config.breaker.failures_to_open, open_ms: config.breaker.open_ms },
+            drain: DrainConfig {
+                batch_entries_max: config.drain.batch_entries_max,
+                idle_ms: config.drain.idle_ms,
+                apply_timeout_ms: config.drain.apply_timeout_ms,
+            },
+        },
+        store,
+        queue,
+        registry,
+        metrics,
+    );
+    tracing::info!(store = store_kind.as_str(), region = platform.region(), node = platform.node(), "platform started");
+    rananeeti_node::serve(
+        NodeHttpConfig {
+            listen: config.node.listen.clone(),
+            addr_file,
+            admin_token,
+            body_bytes_max: config.http.body_bytes_max,
+            request_timeout_ms: config.http.request_timeout_ms,
+        },
+        platform,
+        &apps,
+        metrics_registry,
+    )
+    .await
+}
+
+/// The admin token from its file, else `RANANEETI_ADMIN_TOKEN`; without either, a random token
+/// nobody knows, so the admin API refuses everything.
+fn load_admin_token(file: Option<&std::path::Path>) -> anyhow::Result<AdminToken> {
+    if let Some(file) = file {
+        let token = std::fs::read_to_string(file).with_context(|| format!("reading admin token file {}", file.display()))?;
+        let token = token.trim();
+        anyhow::ensure!(!token.is_empty(), "admin token file {} is empty", file.display());
+        return Ok(AdminToken::new(token));
+    }
+    if let Ok(token) = std::env::var("RANANEETI_ADMIN_TOKEN") {
+        if !token.trim().is_empty() {
+            return Ok(AdminToken::new(token.trim()));
+        }
+    }
+    tracing::warn!("no admin token given: the admin API refuses every request");
+    let random: [u8; 32] = rand::random();
+    Ok(AdminToken::new(&hex::encode(random)))
 }

@@ -561,8 +561,11 @@ fn lock_data_dir(data: &Path) -> anyhow::Result<nix::fcntl::Flock<File>> {
         .write(true)
         .open(&path)
         .with_context(|| format!("opening {}", path.display()))?;
-    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
-        anyhow::anyhow!("another `rananeeti up` is using {} (lock {}: {errno})", data.display(), path.display())
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| match errno {
+        nix::errno::Errno::EWOULDBLOCK => {
+            anyhow::anyhow!("another `rananeeti up` is using {} (it holds {})", data.display(), path.display())
+        }
+        errno => anyhow::anyhow!("locking {}: {errno}", path.display()),
     })
 }
 

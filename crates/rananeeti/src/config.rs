@@ -1,0 +1,228 @@
+//! Node configuration: defaults, then a TOML file, then `RANANEETI_<SECTION>__<FIELD>`
+//! environment variables, then command-line flags. Every field is documented in docs/config.md.
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub node: NodeSection,
+    pub store: StoreSection,
+    pub submit: SubmitSection,
+    pub breaker: BreakerSection,
+    pub queue: QueueSection,
+    pub drain: DrainSection,
+    pub http: HttpSection,
+    pub cafe: CafeSection,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeSection {
+    /// Address to listen on; loopback only by default.
+    pub listen: String,
+    pub region: String,
+    pub name: String,
+    /// The node's own files: the fallback queue (and the SQLite store by default).
+    pub data_dir: PathBuf,
+    /// File holding the admin bearer token. Without one the admin API refuses every request.
+    pub admin_token_file: Option<PathBuf>,
+}
+
+impl Default for NodeSection {
+    fn default() -> Self {
+        NodeSection {
+            listen: "127.0.0.1:8080".into(),
+            region: "r1".into(),
+            name: "r1-n1".into(),
+            data_dir: PathBuf::from("rananeeti-data/r1/r1-n1"),
+            admin_token_file: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreSection {
+    /// `sqlite://PATH?mode=rwc` or `postgres://USER@HOST:PORT/DB`. Default: `store.db` in data_dir.
+    pub writer_url: Option<String>,
+    /// Optional reader endpoint (replica); reads use the writer when absent.
+    pub reader_url: Option<String>,
+    pub connections_max: u32,
+    pub busy_timeout_ms: u64,
+    pub acquire_timeout_ms: u64,
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        StoreSection {
+            writer_url: None,
+            reader_url: None,
+            connections_max: 8,
+            busy_timeout_ms: 5000,
+            acquire_timeout_ms: 1000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SubmitSection {
+    pub budget_ms: u64,
+    pub attempts_max: u32,
+    pub backoff_base_ms: u64,
+    pub backoff_max_ms: u64,
+    pub queue_reserve_ms: u64,
+}
+
+impl Default for SubmitSection {
+    fn default() -> Self {
+        let defaults = rananeeti_platform::SubmitConfig::default();
+        SubmitSection {
+            budget_ms: defaults.budget_ms,
+            attempts_max: defaults.attempts_max,
+            backoff_base_ms: defaults.backoff_base_ms,
+            backoff_max_ms: defaults.backoff_max_ms,
+            queue_reserve_ms: defaults.queue_reserve_ms,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BreakerSection {
+    pub failures_to_open: u32,
+    pub open_ms: u64,
+}
+
+impl Default for BreakerSection {
+    fn default() -> Self {
+        BreakerSection { failures_to_open: 3, open_ms: 1000 }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueueSection {
+    pub group_commit_entries_max: usize,
+    pub waiting_entries_max: usize,
+    pub entries_max: u64,
+}
+
+impl Default for QueueSection {
+    fn default() -> Self {
+        QueueSection { group_commit_entries_max: 1024, waiting_entries_max: 8192, entries_max: 1_000_000 }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DrainSection {
+    pub batch_entries_max: usize,
+    pub idle_ms: u64,
+    pub apply_timeout_ms: u64,
+}
+
+impl Default for DrainSection {
+    fn default() -> Self {
+        let defaults = rananeeti_platform::DrainConfig::default();
+        DrainSection {
+            batch_entries_max: defaults.batch_entries_max,
+            idle_ms: defaults.idle_ms,
+            apply_timeout_ms: defaults.apply_timeout_ms,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSection {
+    pub body_bytes_max: usize,
+    pub request_timeout_ms: u64,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        HttpSection { body_bytes_max: 64 * 1024, request_timeout_ms: 30_000 }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CafeSection {
+    pub seats_per_slot: i64,
+}
+
+impl Default for CafeSection {
+    fn default() -> Self {
+        CafeSection { seats_per_slot: rananeeti_cafe::CafeConfig::default().seats_per_slot }
+    }
+}
+
+impl Config {
+    /// Defaults, then the file (if any), then `RANANEETI_<SECTION>__<FIELD>` variables.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            if !file.exists() {
+                anyhow::bail!("config file {} does not exist", file.display());
+            }
+            figment = figment.merge(Toml::file(file));
+        }
+        // Only double-underscore variables are configuration; RANANEETI_ADMIN_TOKEN and the like are not.
+        figment = figment.merge(Env::prefixed("RANANEETI_").filter(|key| key.as_str().contains("__")).split("__"));
+        let config: Config = figment.extract().map_err(|error| anyhow::anyhow!("configuration: {error}"))?;
+        config.check()?;
+        Ok(config)
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        let positive = [
+            ("store.connections_max", self.store.connections_max as u64),
+            ("submit.budget_ms", self.submit.budget_ms),
+            ("submit.attempts_max", self.submit.attempts_max as u64),
+            ("breaker.failures_to_open", self.breaker.failures_to_open as u64),
+            ("queue.group_commit_entries_max", self.queue.group_commit_entries_max as u64),
+            ("queue.waiting_entries_max", self.queue.waiting_entries_max as u64),
+            ("queue.entries_max", self.queue.entries_max),
+            ("drain.batch_entries_max", self.drain.batch_entries_max as u64),
+            ("http.body_bytes_max", self.http.body_bytes_max as u64),
+            ("cafe.seats_per_slot", self.cafe.seats_per_slot.max(0) as u64),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                anyhow::bail!("configuration: {name} must be positive");
+            }
+        }
+        if self.submit.queue_reserve_ms >= self.submit.budget_ms {
+            anyhow::bail!("configuration: submit.queue_reserve_ms must be less than submit.budget_ms");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_overrides_defaults_and_unknown_fields_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rananeeti.toml");
+        std::fs::write(&path, "[submit]\nbudget_ms = 1500\n[cafe]\nseats_per_slot = 12\n").unwrap();
+        let config = Config::load(Some(&path)).unwrap();
+        assert_eq!(config.submit.budget_ms, 1500);
+        assert_eq!(config.cafe.seats_per_slot, 12);
+        assert_eq!(config.submit.attempts_max, 3);
+
+        std::fs::write(&path, "[submit]\nbudget_msec = 1500\n").unwrap();
+        let error = Config::load(Some(&path)).unwrap_err().to_string();
+        assert!(error.contains("budget_msec"), "{error}");
+
+        std::fs::write(&path, "[submit]\nbudget_ms = 100\nqueue_reserve_ms = 100\n").unwrap();
+        assert!(Config::load(Some(&path)).is_err());
+    }
+}
