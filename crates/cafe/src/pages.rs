@@ -1,9 +1,796 @@
-//! The cafe's pages. (Being written.)
+//! The cafe's web pages: book a table, follow a booking until it is confirmed, list bookings.
+//! Server-rendered and complete without JavaScript; the script only updates a pending booking in
+//! place instead of reloading the page.
 
+use crate::api::simulates_store_failure;
+use crate::domain::{
+    FieldError, Name, Notes, PartySize, ReservationRequest, SlotTime, NAME_CHARS_MAX, NOTES_CHARS_MAX, PARTY_SIZE_MAX,
+};
+use crate::service::{self, ReservationView, PAGE_ITEMS_DEFAULT};
+use askama::Template;
+use axum::extract::rejection::{FormRejection, QueryRejection};
+use axum::extract::{Form, Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::get;
 use axum::Router;
-use rananeeti_platform::Platform;
+use rananeeti_platform::{CommandId, CommandState, Outcome, Platform, SubmitError};
 use std::sync::Arc;
+use time::macros::format_description;
+use time::{Date, Duration, OffsetDateTime, PrimitiveDateTime, Time};
 
-pub fn router(_platform: Arc<Platform>) -> Router {
+pub fn router(platform: Arc<Platform>) -> Router {
     Router::new()
+        .route("/", get(|| async { Redirect::to("/cafe") }))
+        .route("/cafe", get(booking_page))
+        .route("/cafe/reservations", get(list_page).post(place_reservation))
+        .route("/cafe/reservations/{id}", get(status_page))
+        .route("/cafe/{*rest}", get(not_found_page))
+        .route("/static/cafe/cafe.css", get(|| async { asset(&CSS) }))
+        .route("/static/cafe/cafe.js", get(|| async { asset(&JS) }))
+        .route("/static/cafe/logo.svg", get(|| async { asset(&LOGO) }))
+        .route("/static/cafe/{*rest}", get(not_found_page))
+        .with_state(platform)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Static files, compiled into the binary.
+
+struct Asset {
+    body: &'static [u8],
+    content_type: &'static str,
+}
+
+const CSS: Asset = Asset { body: include_bytes!("../static/cafe.css"), content_type: "text/css; charset=utf-8" };
+const JS: Asset = Asset { body: include_bytes!("../static/cafe.js"), content_type: "text/javascript; charset=utf-8" };
+const LOGO: Asset = Asset { body: include_bytes!("../static/logo.svg"), content_type: "image/svg+xml" };
+
+/// Pages link the files with `?v=` of this digest, so a cached copy never outlives a new build.
+const ASSETS_DIGEST: u64 = fnv1a(LOGO.body, fnv1a(JS.body, fnv1a(CSS.body, 0xcbf2_9ce4_8422_2325)));
+const ASSET_CACHE_CONTROL: &str = "public, max-age=86400";
+
+const fn fnv1a(bytes: &[u8], mut hash: u64) -> u64 {
+    let mut index = 0;
+    while index < bytes.len() {
+        hash ^= bytes[index] as u64;
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+        index += 1;
+    }
+    hash
+}
+
+/// The `?v=` the templates append to static URLs.
+pub(crate) fn asset_version() -> String {
+    format!("{ASSETS_DIGEST:016x}")
+}
+
+fn asset(asset: &Asset) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, asset.content_type),
+            (header::CACHE_CONTROL, ASSET_CACHE_CONTROL),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        asset.body,
+    )
+        .into_response()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rendering and error pages.
+
+const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; img-src 'self' data:; style-src 'self'; \
+     script-src 'self'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+/// A rendered page with the headers every page carries. Bookings hold people's names, so pages
+/// are never stored by caches.
+fn page(status: StatusCode, template: &impl Template) -> Response {
+    match template.render() {
+        Ok(body) => (
+            status,
+            [
+                (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+                (header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CONTENT_SECURITY_POLICY)),
+                (header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")),
+                (header::REFERRER_POLICY, HeaderValue::from_static("same-origin")),
+            ],
+            Html(body),
+        )
+            .into_response(),
+        Err(error) => {
+            tracing::error!(%error, "page template failed to render");
+            (StatusCode::INTERNAL_SERVER_ERROR, "Internal error: the page could not be rendered.").into_response()
+        }
+    }
+}
+
+const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Set by the node's request-id layer; shown on 5xx pages so a report can be matched to the log.
+fn request_id(headers: &HeaderMap) -> String {
+    headers.get(REQUEST_ID_HEADER).and_then(|value| value.to_str().ok()).unwrap_or("-").to_string()
+}
+
+#[derive(Template)]
+#[template(path = "error.html")]
+struct ErrorPage {
+    title: &'static str,
+    heading: &'static str,
+    message: String,
+    status: u16,
+    request_id: Option<String>,
+}
+
+/// What went wrong, as the person is told; details go to the log.
+#[derive(Debug)]
+enum PageError {
+    NotFound,
+    BadRequest(String),
+    /// The store cannot be read and nothing else holds what was asked for.
+    Unavailable { request_id: String },
+    Internal { request_id: String },
+}
+
+impl IntoResponse for PageError {
+    fn into_response(self) -> Response {
+        let (status, template) = match self {
+            PageError::NotFound => (
+                StatusCode::NOT_FOUND,
+                ErrorPage {
+                    title: "Not found",
+                    heading: "We couldn't find that page",
+                    message: "The link may be mistyped, or the booking may have been made at another of our \
+                              tables. Try the list of reservations, or book a new table."
+                        .to_string(),
+                    status: 404,
+                    request_id: None,
+                },
+            ),
+            PageError::BadRequest(message) => (
+                StatusCode::BAD_REQUEST,
+                ErrorPage { title: "Bad request", heading: "That link doesn't look right", message, status: 400, request_id: None },
+            ),
+            PageError::Unavailable { request_id } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorPage {
+                    title: "Temporarily unavailable",
+                    heading: "Our booking book is out of reach for a moment",
+                    message: "We can't read reservations right now. Bookings you have made are safe: they are \
+                              confirmed as soon as our database is back. Please try again in a minute."
+                        .to_string(),
+                    status: 503,
+                    request_id: Some(request_id),
+                },
+            ),
+            PageError::Internal { request_id } => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ErrorPage {
+                    title: "Something went wrong",
+                    heading: "Something went wrong on our side",
+                    message: "Sorry, we could not finish that. Please try again; if it keeps happening, tell us \
+                              the reference below."
+                        .to_string(),
+                    status: 500,
+                    request_id: Some(request_id),
+                },
+            ),
+        };
+        let mut response = page(status, &template);
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        }
+        response
+    }
+}
+
+async fn not_found_page() -> PageError {
+    PageError::NotFound
+}
+
+// ---------------------------------------------------------------------------------------------
+// The booking form.
+
+/// The form as posted: every field a string, so that nothing the browser sends is refused before
+/// it can be shown back with a message.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+pub struct ReservationForm {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub party_size: String,
+    #[serde(default)]
+    pub date: String,
+    #[serde(default)]
+    pub time: String,
+    #[serde(default)]
+    pub notes: String,
+    /// Present (any value) when the "Simulate database failure" box is ticked.
+    #[serde(default)]
+    pub simulate_failure: Option<String>,
+}
+
+impl ReservationForm {
+    fn simulates_failure(&self) -> bool {
+        self.simulate_failure.is_some()
+    }
+}
+
+/// A problem with one field of the form, named as the form names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FormError {
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl FormError {
+    fn new(field: &'static str, message: impl Into<String>) -> FormError {
+        FormError { field, message: message.into() }
+    }
+}
+
+fn first_upper(message: &str) -> String {
+    let mut chars = message.chars();
+    match chars.next() {
+        Some(first) => first.to_uppercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
+/// The party size as typed; the range is the domain's rule.
+pub fn parse_party_size(raw: &str) -> Result<i64, FormError> {
+    let raw = raw.trim();
+    if raw.is_empty() {
+        return Err(FormError::new("party_size", "choose how many people are coming"));
+    }
+    raw.parse::<i64>()
+        .map_err(|_| FormError::new("party_size", format!("a party is a whole number of people, 1 to {PARTY_SIZE_MAX}")))
+}
+
+/// The form's date (`YYYY-MM-DD`) and time (`HH:MM`, seconds allowed and dropped) as the
+/// domain's `YYYY-MM-DDTHH:MM`. A `time` that already holds both, with no date, is taken as is.
+pub fn combine_date_time(date: &str, time: &str) -> Result<String, FormError> {
+    let (date, time) = (date.trim(), time.trim());
+    if date.is_empty() && time.contains('T') {
+        return match time.split_once('T') {
+            Some((date, time)) if !date.is_empty() => combine_date_time(date, time),
+            _ => Err(FormError::new("date", "choose a date")),
+        };
+    }
+    if date.is_empty() {
+        return Err(FormError::new("date", "choose a date"));
+    }
+    let date = Date::parse(date, format_description!("[year]-[month]-[day]"))
+        .map_err(|_| FormError::new("date", "a real date as YYYY-MM-DD, for example 2030-06-01"))?;
+    if time.is_empty() {
+        return Err(FormError::new("time", "choose a time"));
+    }
+    let time = Time::parse(time, format_description!("[hour]:[minute]"))
+        .or_else(|_| Time::parse(time, format_description!("[hour]:[minute]:[second]")))
+        .map_err(|_| FormError::new("time", "a time as HH:MM on the 24-hour clock, for example 19:30"))?;
+    let combined = PrimitiveDateTime::new(date, time);
+    Ok(combined.format(format_description!("[year]-[month]-[day]T[hour]:[minute]")).expect("a date and time format"))
+}
+
+/// The domain checks date and time together; the form shows its message next to the input at
+/// fault: the date when that day alone is out of range, else the time.
+fn when_field(date: &str, now: OffsetDateTime) -> &'static str {
+    match Date::parse(date.trim(), format_description!("[year]-[month]-[day]")) {
+        Ok(date) if date < now.date() || date.year() > now.year() + 2 => "date",
+        _ => "time",
+    }
+}
+
+fn from_domain(error: FieldError, form: &ReservationForm, now: OffsetDateTime) -> FormError {
+    let field = match error.field {
+        "time" => when_field(&form.date, now),
+        "name" => "name",
+        "party_size" => "party_size",
+        "notes" => "notes",
+        _ => "form",
+    };
+    FormError { field, message: error.message }
+}
+
+/// Every field checked, so a person sees all that needs fixing at once, in form order.
+pub fn parse_form(form: &ReservationForm, now: OffsetDateTime) -> Result<ReservationRequest, Vec<FormError>> {
+    let mut errors = Vec::new();
+    if let Err(error) = Name::parse(&form.name) {
+        errors.push(from_domain(error, form, now));
+    }
+    match parse_party_size(&form.party_size) {
+        Ok(party_size) => {
+            if let Err(error) = PartySize::parse(party_size) {
+                errors.push(from_domain(error, form, now));
+            }
+        }
+        Err(error) => errors.push(error),
+    }
+    let slot = combine_date_time(&form.date, &form.time);
+    match &slot {
+        Ok(slot) => {
+            if let Err(error) = SlotTime::parse(slot, now) {
+                errors.push(from_domain(error, form, now));
+            }
+        }
+        Err(error) => errors.push(error.clone()),
+    }
+    if let Err(error) = Notes::parse(Some(&form.notes)) {
+        errors.push(from_domain(error, form, now));
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let party_size = parse_party_size(&form.party_size).map_err(|error| vec![error])?;
+    let slot = slot.map_err(|error| vec![error])?;
+    ReservationRequest::parse(&form.name, party_size, &slot, Some(&form.notes), now)
+        .map_err(|error| vec![from_domain(error, form, now)])
+}
+
+pub struct PartyOption {
+    pub value: String,
+    pub label: String,
+    pub selected: bool,
+}
+
+#[derive(Template)]
+#[template(path = "book.html")]
+struct BookingPage {
+    form: ReservationForm,
+    errors: Vec<FormError>,
+    /// A problem with the booking as a whole (the form could not be read, or nothing could take it).
+    form_error: Option<String>,
+    party_options: Vec<PartyOption>,
+    date_min: String,
+    date_max: String,
+    name_chars_max: usize,
+    notes_chars_max: usize,
+}
+
+impl BookingPage {
+    fn new(form: ReservationForm, errors: Vec<FormError>, form_error: Option<String>, now: OffsetDateTime) -> Self {
+        let chosen = form.party_size.trim().to_string();
+        let party_options = (1..=PARTY_SIZE_MAX)
+            .map(|size| PartyOption {
+                value: size.to_string(),
+                label: party_label(size),
+                selected: chosen == size.to_string(),
+            })
+            .collect();
+        let date_format = format_description!("[year]-[month]-[day]");
+        let last_day = Date::from_calendar_date(now.year() + 2, time::Month::December, 31).unwrap_or(now.date());
+        BookingPage {
+            form,
+            errors,
+            form_error,
+            party_options,
+            date_min: now.date().format(date_format).unwrap_or_default(),
+            date_max: last_day.format(date_format).unwrap_or_default(),
+            name_chars_max: NAME_CHARS_MAX,
+            notes_chars_max: NOTES_CHARS_MAX,
+        }
+    }
+
+    /// The message for one field, if it has one.
+    fn error_for(&self, field: &str) -> Option<&str> {
+        self.errors.iter().find(|error| error.field == field).map(|error| error.message.as_str())
+    }
+
+    /// The date and time share one message line under the pair.
+    fn when_error(&self) -> Option<&FormError> {
+        self.errors.iter().find(|error| error.field == "date" || error.field == "time")
+    }
+
+    fn has_problems(&self) -> bool {
+        !self.errors.is_empty() || self.form_error.is_some()
+    }
+}
+
+/// What a new visitor sees: tomorrow evening for two.
+fn blank_form(now: OffsetDateTime) -> ReservationForm {
+    let tomorrow = now.date() + Duration::days(1);
+    ReservationForm {
+        party_size: "2".to_string(),
+        date: tomorrow.format(format_description!("[year]-[month]-[day]")).unwrap_or_default(),
+        time: "19:00".to_string(),
+        ..ReservationForm::default()
+    }
+}
+
+async fn booking_page() -> Response {
+    let now = OffsetDateTime::now_utc();
+    page(StatusCode::OK, &BookingPage::new(blank_form(now), Vec::new(), None, now))
+}
+
+#[tracing::instrument(skip_all, fields(simulate_store_failure))]
+async fn place_reservation(
+    State(platform): State<Arc<Platform>>,
+    headers: HeaderMap,
+    form: Result<Form<ReservationForm>, FormRejection>,
+) -> Result<Response, PageError> {
+    let now = OffsetDateTime::now_utc();
+    let form = match form {
+        Ok(Form(form)) => form,
+        Err(rejection) => {
+            tracing::info!(rejection = %rejection.body_text(), "booking form could not be read");
+            let message = "We could not read the form. Please fill it in and send it again.".to_string();
+            return Ok(page(StatusCode::BAD_REQUEST, &BookingPage::new(blank_form(now), Vec::new(), Some(message), now)));
+        }
+    };
+    let request = match parse_form(&form, now) {
+        Ok(request) => request,
+        Err(errors) => return Ok(page(StatusCode::UNPROCESSABLE_ENTITY, &BookingPage::new(form, errors, None, now))),
+    };
+    let simulate_store_failure = form.simulates_failure() || simulates_store_failure(&headers);
+    tracing::Span::current().record("simulate_store_failure", simulate_store_failure);
+    match service::place(&platform, &request, simulate_store_failure).await {
+        Ok(submitted) => {
+            let placed = match submitted.outcome {
+                Outcome::Committed => "committed",
+                Outcome::Pending => "pending",
+                Outcome::Duplicate(_) => "duplicate",
+                Outcome::Rejected { .. } => "rejected",
+            };
+            Ok(Redirect::to(&format!("/cafe/reservations/{}?placed={placed}", submitted.id.to_hex())).into_response())
+        }
+        Err(SubmitError::Queue(error)) => {
+            tracing::error!(%error, request_id = request_id(&headers), "booking neither stored nor queued");
+            let message = "We could not take your booking just now: neither our database nor our backup queue \
+                           answered. Nothing was booked. Please send the form again in a moment."
+                .to_string();
+            let mut response = page(StatusCode::SERVICE_UNAVAILABLE, &BookingPage::new(form, Vec::new(), Some(message), now));
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            Ok(response)
+        }
+        Err(error) => {
+            let request_id = request_id(&headers);
+            tracing::error!(%error, request_id, "booking failed");
+            Err(PageError::Internal { request_id })
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// One reservation.
+
+/// A reservation as the pages show it.
+pub struct ReservationRow {
+    pub id: String,
+    pub url: String,
+    pub name: String,
+    pub party: String,
+    pub slot: String,
+    pub slot_long: String,
+    pub slot_short: String,
+    pub notes: String,
+    /// committed, pending or rejected
+    pub status: &'static str,
+    pub status_label: String,
+    pub reason: Option<String>,
+    pub stored: String,
+    pub stored_detail: String,
+    pub placed_at: String,
+    pub placed_at_human: String,
+}
+
+impl From<ReservationView> for ReservationRow {
+    fn from(view: ReservationView) -> Self {
+        let (stored, stored_detail) = match view.stored_in {
+            "queue" => (
+                format!("Queue on node {}", view.node),
+                format!(
+                    "Held safely in node {}'s queue (region {}) and written to the database as soon as it is back.",
+                    view.node, view.region
+                ),
+            ),
+            _ => (format!("Database, region {}", view.region), format!("Recorded by node {}.", view.node)),
+        };
+        ReservationRow {
+            url: format!("/cafe/reservations/{}", view.id),
+            party: party_label(view.party_size),
+            slot_long: format_slot_long(&view.time),
+            slot_short: format_slot_short(&view.time),
+            status_label: status_label(view.status, view.reason.as_deref()),
+            placed_at_human: format_placed_at(&view.placed_at),
+            id: view.id,
+            name: view.name,
+            slot: view.time,
+            notes: view.notes,
+            status: view.status,
+            reason: view.reason,
+            stored,
+            stored_detail,
+            placed_at: view.placed_at,
+        }
+    }
+}
+
+pub fn party_label(size: i64) -> String {
+    if size == 1 {
+        "1 person".to_string()
+    } else {
+        format!("{size} people")
+    }
+}
+
+pub fn status_label(status: &str, reason: Option<&str>) -> String {
+    match (status, reason) {
+        ("committed", _) => "Confirmed".to_string(),
+        ("pending", _) => "Queued — pending".to_string(),
+        ("rejected", Some(reason)) => format!("Rejected: {reason}"),
+        ("rejected", None) => "Rejected".to_string(),
+        (other, _) => first_upper(other),
+    }
+}
+
+fn parse_slot(slot: &str) -> Option<PrimitiveDateTime> {
+    PrimitiveDateTime::parse(slot, format_description!("[year]-[month]-[day]T[hour]:[minute]")).ok()
+}
+
+/// `2030-06-01T19:30` as "Saturday 1 June 2030 at 19:30"; anything else is shown as it is.
+pub fn format_slot_long(slot: &str) -> String {
+    parse_slot(slot)
+        .and_then(|at| {
+            at.format(format_description!("[weekday] [day padding:none] [month repr:long] [year] at [hour]:[minute]"))
+                .ok()
+        })
+        .unwrap_or_else(|| slot.to_string())
+}
+
+/// `2030-06-01T19:30` as "Sat 1 Jun 2030, 19:30".
+pub fn format_slot_short(slot: &str) -> String {
+    parse_slot(slot)
+        .and_then(|at| {
+            at.format(format_description!(
+                "[weekday repr:short] [day padding:none] [month repr:short] [year], [hour]:[minute]"
+            ))
+            .ok()
+        })
+        .unwrap_or_else(|| slot.to_string())
+}
+
+/// An RFC 3339 instant as "1 Jun 2030, 18:02:11 UTC".
+pub fn format_placed_at(rfc3339: &str) -> String {
+    OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .and_then(|at| {
+            at.to_offset(time::UtcOffset::UTC)
+                .format(format_description!(
+                    "[day padding:none] [month repr:short] [year], [hour]:[minute]:[second] UTC"
+                ))
+                .ok()
+        })
+        .unwrap_or_else(|| rfc3339.to_string())
+}
+
+/// The message shown after a booking form was sent: what the submit answered, brought up to date
+/// with where the booking stands now (a queued booking may have been confirmed since).
+pub struct Flash {
+    pub placed: &'static str,
+    pub tone: &'static str,
+    pub heading: String,
+    pub text: String,
+}
+
+pub fn flash(placed: &str, status: &str, reason: Option<&str>) -> Option<Flash> {
+    let rejected = || Flash {
+        placed: "rejected",
+        tone: "rejected",
+        heading: "Sorry, we could not book this table".to_string(),
+        text: reason.map(first_upper).unwrap_or_else(|| "The booking was refused.".to_string()),
+    };
+    let flash = match (placed, status) {
+        ("committed", _) => Flash {
+            placed: "committed",
+            tone: "committed",
+            heading: "Your table is booked".to_string(),
+            text: "We look forward to seeing you.".to_string(),
+        },
+        ("pending", "pending") => Flash {
+            placed: "pending",
+            tone: "pending",
+            heading: "Received — queued while our database is unavailable; this page updates when it is confirmed"
+                .to_string(),
+            text: "Your booking is safe with us. You can leave this page and come back to it.".to_string(),
+        },
+        ("pending", "committed") => Flash {
+            placed: "pending",
+            tone: "committed",
+            heading: "Your table is booked".to_string(),
+            text: "Received while our database was unavailable, and now confirmed.".to_string(),
+        },
+        ("pending", _) => Flash { placed: "pending", ..rejected() },
+        ("duplicate", _) => Flash {
+            placed: "duplicate",
+            tone: "duplicate",
+            heading: "Already placed — this booking was made before".to_string(),
+            text: "Sending the same booking twice books one table; here is where it stands.".to_string(),
+        },
+        ("rejected", _) => rejected(),
+        _ => return None,
+    };
+    Some(flash)
+}
+
+#[derive(Template)]
+#[template(path = "status.html")]
+struct StatusPage {
+    reservation: ReservationRow,
+    flash: Option<Flash>,
+    poll_url: String,
+}
+
+impl StatusPage {
+    fn is_pending(&self) -> bool {
+        self.reservation.status == "pending"
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct StatusQuery {
+    placed: Option<String>,
+}
+
+async fn status_page(
+    State(platform): State<Arc<Platform>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    query: Result<Query<StatusQuery>, QueryRejection>,
+) -> Result<Response, PageError> {
+    let id = CommandId::parse_hex(&id).map_err(|_| {
+        PageError::BadRequest("A reservation number is 40 characters, 0-9 and a-f, as in the link you were given.".into())
+    })?;
+    let reservation = match service::get(&platform, &id).await {
+        Ok(Some(reservation)) => reservation,
+        Ok(None) => return Err(PageError::NotFound),
+        Err(error) => {
+            let request_id = request_id(&headers);
+            tracing::warn!(%error, request_id, "reservation could not be read");
+            return Err(PageError::Unavailable { request_id });
+        }
+    };
+    let placed = query.ok().and_then(|Query(query)| query.placed).unwrap_or_default();
+    let flash = flash(&placed, reservation.status, reservation.reason.as_deref());
+    let poll_url = format!("/api/cafe/reservations/{}", reservation.id);
+    Ok(page(StatusCode::OK, &StatusPage { reservation: reservation.into(), flash, poll_url }))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The list.
+
+#[derive(Template)]
+#[template(path = "list.html")]
+struct ListPage {
+    rows: Vec<ReservationRow>,
+    older_url: Option<String>,
+    is_first_page: bool,
+    store_available: bool,
+    any_pending: bool,
+}
+
+#[derive(serde::Deserialize)]
+struct ListQuery {
+    after: Option<String>,
+}
+
+async fn list_page(
+    State(platform): State<Arc<Platform>>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Response, PageError> {
+    let Query(query) = query.map_err(|_| PageError::BadRequest("That list link is not one of ours.".into()))?;
+    let after = match query.after.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(cursor) => Some(cursor.parse::<u64>().map_err(|_| {
+            PageError::BadRequest("That \"Older\" link is not one of ours: start again from the newest.".into())
+        })?),
+    };
+    let listed = service::list(&platform, after, PAGE_ITEMS_DEFAULT).await;
+    let rows: Vec<ReservationRow> = listed.items.into_iter().map(ReservationRow::from).collect();
+    let any_pending = rows.iter().any(|row| row.status == CommandState::Pending.as_str());
+    Ok(page(
+        StatusCode::OK,
+        &ListPage {
+            older_url: listed.next.map(|next| format!("/cafe/reservations?after={next}")),
+            is_first_page: after.is_none(),
+            store_available: listed.store_available,
+            any_pending,
+            rows,
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::datetime;
+
+    const NOW: OffsetDateTime = datetime!(2026-11-23 17:00 UTC);
+
+    fn form(name: &str, party_size: &str, date: &str, time: &str, notes: &str) -> ReservationForm {
+        ReservationForm {
+            name: name.into(),
+            party_size: party_size.into(),
+            date: date.into(),
+            time: time.into(),
+            notes: notes.into(),
+            simulate_failure: None,
+        }
+    }
+
+    fn fields(result: Result<ReservationRequest, Vec<FormError>>) -> Vec<&'static str> {
+        result.unwrap_err().into_iter().map(|error| error.field).collect()
+    }
+
+    #[test]
+    fn combines_date_and_time_as_the_domain_reads_them() {
+        assert_eq!(combine_date_time("2030-06-01", "19:30").unwrap(), "2030-06-01T19:30");
+        assert_eq!(combine_date_time(" 2030-06-01 ", "09:05:00").unwrap(), "2030-06-01T09:05");
+        assert_eq!(combine_date_time("", "2030-06-01T19:30").unwrap(), "2030-06-01T19:30");
+        assert_eq!(combine_date_time("", "19:30").unwrap_err().field, "date");
+        assert_eq!(combine_date_time("2030-02-30", "19:30").unwrap_err().field, "date");
+        assert_eq!(combine_date_time("01/06/2030", "19:30").unwrap_err().field, "date");
+        assert_eq!(combine_date_time("2030-06-01", "").unwrap_err().field, "time");
+        assert_eq!(combine_date_time("2030-06-01", "25:00").unwrap_err().field, "time");
+        assert_eq!(combine_date_time("2030-06-01", "7pm").unwrap_err().field, "time");
+    }
+
+    #[test]
+    fn formats_dates_for_people() {
+        assert_eq!(format_slot_long("2030-06-01T19:30"), "Saturday 1 June 2030 at 19:30");
+        assert_eq!(format_slot_short("2030-06-01T09:05"), "Sat 1 Jun 2030, 09:05");
+        assert_eq!(format_slot_long("not a time"), "not a time");
+        assert_eq!(format_placed_at("2030-06-01T18:02:11.123Z"), "1 Jun 2030, 18:02:11 UTC");
+        assert_eq!(format_placed_at("2030-06-01T20:02:11+02:00"), "1 Jun 2030, 18:02:11 UTC");
+        assert_eq!(format_placed_at(""), "");
+        assert_eq!(party_label(1), "1 person");
+        assert_eq!(party_label(4), "4 people");
+    }
+
+    #[test]
+    fn a_good_form_becomes_the_same_request_as_the_api_would_make() {
+        let request = parse_form(&form(" Ann ", " 4 ", "2027-01-01", "19:30", "window"), NOW).unwrap();
+        let expected = ReservationRequest::parse("Ann", 4, "2027-01-01T19:30", Some("window"), NOW).unwrap();
+        assert_eq!(request, expected);
+        assert_eq!(request.id(), expected.id());
+    }
+
+    #[test]
+    fn reports_every_bad_field_in_form_order() {
+        assert_eq!(fields(parse_form(&form("", "many", "", "", &"n".repeat(201)), NOW)), ["name", "party_size", "date", "notes"]);
+        assert_eq!(fields(parse_form(&form("Ann", "", "2027-01-01", "19:30", ""), NOW)), ["party_size"]);
+        assert_eq!(fields(parse_form(&form("Ann", "0", "2027-01-01", "19:30", ""), NOW)), ["party_size"]);
+        assert_eq!(fields(parse_form(&form("Ann", "21", "2027-01-01", "19:30", ""), NOW)), ["party_size"]);
+        assert_eq!(fields(parse_form(&form("Ann", "2.5", "2027-01-01", "19:30", ""), NOW)), ["party_size"]);
+        assert_eq!(fields(parse_form(&form("Ann", "2", "2027-01-01", "", ""), NOW)), ["time"]);
+        assert_eq!(fields(parse_form(&form(&"x".repeat(41), "2", "2027-01-01", "19:30", ""), NOW)), ["name"]);
+    }
+
+    #[test]
+    fn a_time_in_the_past_is_blamed_on_the_input_at_fault() {
+        // Today, an hour ago: the day is fine, the time is not.
+        assert_eq!(fields(parse_form(&form("Ann", "2", "2026-11-23", "16:00", ""), NOW)), ["time"]);
+        // Yesterday, or too far ahead: the day itself is out of range.
+        assert_eq!(fields(parse_form(&form("Ann", "2", "2026-11-22", "19:00", ""), NOW)), ["date"]);
+        assert_eq!(fields(parse_form(&form("Ann", "2", "2029-01-01", "19:00", ""), NOW)), ["date"]);
+        assert!(parse_form(&form("Ann", "2", "2026-11-23", "17:00", ""), NOW).is_ok());
+    }
+
+    #[test]
+    fn the_flash_follows_the_booking_once_it_is_confirmed() {
+        let heading = |placed, status, reason| flash(placed, status, reason).map(|flash| flash.heading);
+        assert_eq!(heading("committed", "committed", None).unwrap(), "Your table is booked");
+        assert!(heading("pending", "pending", None).unwrap().starts_with("Received — queued"));
+        assert_eq!(heading("pending", "committed", None).unwrap(), "Your table is booked");
+        assert_eq!(heading("duplicate", "committed", None).unwrap(), "Already placed — this booking was made before");
+        let rejected = flash("pending", "rejected", Some("fully booked at 2030-06-01 19:30")).unwrap();
+        assert_eq!((rejected.tone, rejected.text.as_str()), ("rejected", "Fully booked at 2030-06-01 19:30"));
+        assert!(heading("something else", "committed", None).is_none());
+        assert_eq!(status_label("rejected", Some("fully booked")), "Rejected: fully booked");
+        assert_eq!(status_label("pending", None), "Queued — pending");
+    }
+
+    #[test]
+    fn static_files_are_versioned_by_their_content() {
+        assert_eq!(asset_version().len(), 16);
+        assert_ne!(fnv1a(b"a", 0xcbf2_9ce4_8422_2325), fnv1a(b"b", 0xcbf2_9ce4_8422_2325));
+    }
 }

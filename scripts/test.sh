@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The README's test command: installs what the tests need when it is missing, then runs every
+# test of the workspace. Safe to run again; installs nothing that is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+have_postgres() {
+  command -v initdb >/dev/null 2>&1 && command -v pg_ctl >/dev/null 2>&1 && return 0
+  compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null
+}
+
+if ! have_postgres; then
+  echo "== PostgreSQL binaries missing: installing Debian's postgresql package"
+  sudo_cmd=""
+  if [ "$(id -u)" -ne 0 ]; then sudo_cmd="sudo"; fi
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq postgresql >/dev/null
+  # The Debian package starts a cluster of its own; the tests start their own on free ports.
+  $sudo_cmd service postgresql stop >/dev/null 2>&1 || true
+fi
+
+echo "== cargo test --workspace"
+cargo test --workspace --locked
