@@ -127,8 +127,12 @@ enum PageError {
     NotFound,
     BadRequest(String),
     /// The store cannot be read and nothing else holds what was asked for.
-    Unavailable { request_id: String },
-    Internal { request_id: String },
+    Unavailable {
+        request_id: String,
+    },
+    Internal {
+        request_id: String,
+    },
 }
 
 impl IntoResponse for PageError {
@@ -148,7 +152,13 @@ impl IntoResponse for PageError {
             ),
             PageError::BadRequest(message) => (
                 StatusCode::BAD_REQUEST,
-                ErrorPage { title: "Bad request", heading: "That link doesn't look right", message, status: 400, request_id: None },
+                ErrorPage {
+                    title: "Bad request",
+                    heading: "That link doesn't look right",
+                    message,
+                    status: 400,
+                    request_id: None,
+                },
             ),
             PageError::Unavailable { request_id } => (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -242,8 +252,9 @@ pub fn parse_party_size(raw: &str) -> Result<i64, FormError> {
     if raw.is_empty() {
         return Err(FormError::new("party_size", "choose how many people are coming"));
     }
-    raw.parse::<i64>()
-        .map_err(|_| FormError::new("party_size", format!("a party is a whole number of people, 1 to {PARTY_SIZE_MAX}")))
+    raw.parse::<i64>().map_err(|_| {
+        FormError::new("party_size", format!("a party is a whole number of people, 1 to {PARTY_SIZE_MAX}"))
+    })
 }
 
 /// The form's date (`YYYY-MM-DD`) and time (`HH:MM`, seconds allowed and dropped) as the
@@ -259,8 +270,8 @@ pub fn combine_date_time(date: &str, time: &str) -> Result<String, FormError> {
     if date.is_empty() {
         return Err(FormError::new("date", "choose a date"));
     }
-    let date = Date::parse(date, format_description!("[year]-[month]-[day]"))
-        .map_err(|_| FormError::new("date", "a real date as YYYY-MM-DD, for example 2030-06-01"))?;
+    let date =
+        parse_date(date).ok_or_else(|| FormError::new("date", "a real date as YYYY-MM-DD, for example 2030-06-01"))?;
     if time.is_empty() {
         return Err(FormError::new("time", "choose a time"));
     }
@@ -271,21 +282,24 @@ pub fn combine_date_time(date: &str, time: &str) -> Result<String, FormError> {
     Ok(combined.format(format_description!("[year]-[month]-[day]T[hour]:[minute]")).expect("a date and time format"))
 }
 
-/// The domain checks date and time together; the form shows its message next to the input at
-/// fault: the date when that day alone is out of range, else the time.
-fn when_field(date: &str, now: OffsetDateTime) -> &'static str {
-    match Date::parse(date.trim(), format_description!("[year]-[month]-[day]")) {
-        Ok(date) if date < now.date() || date.year() > now.year() + 2 => "date",
-        _ => "time",
-    }
+fn parse_date(raw: &str) -> Option<Date> {
+    Date::parse(raw.trim(), format_description!("[year]-[month]-[day]")).ok()
 }
 
+/// The domain checks date and time together; the form shows its message next to the input at
+/// fault: the date when that day alone is out of range, else the time.
 fn from_domain(error: FieldError, form: &ReservationForm, now: OffsetDateTime) -> FormError {
     let field = match error.field {
-        "time" => when_field(&form.date, now),
         "name" => "name",
         "party_size" => "party_size",
         "notes" => "notes",
+        "time" => match parse_date(&form.date) {
+            Some(date) if date < now.date() => {
+                return FormError::new("date", "that day has passed; choose today or a later day");
+            }
+            Some(date) if date.year() > now.year() + 2 => "date",
+            _ => "time",
+        },
         _ => "form",
     };
     FormError { field, message: error.message }
@@ -358,6 +372,8 @@ impl BookingPage {
             .collect();
         let date_format = format_description!("[year]-[month]-[day]");
         let last_day = Date::from_calendar_date(now.year() + 2, time::Month::December, 31).unwrap_or(now.date());
+        let errors =
+            errors.into_iter().map(|error| FormError { message: first_upper(&error.message), ..error }).collect();
         BookingPage {
             form,
             errors,
@@ -378,6 +394,10 @@ impl BookingPage {
     /// The date and time share one message line under the pair.
     fn when_error(&self) -> Option<&FormError> {
         self.errors.iter().find(|error| error.field == "date" || error.field == "time")
+    }
+
+    fn party_chosen(&self) -> bool {
+        self.party_options.iter().any(|option| option.selected)
     }
 
     fn has_problems(&self) -> bool {
@@ -413,7 +433,10 @@ async fn place_reservation(
         Err(rejection) => {
             tracing::info!(rejection = %rejection.body_text(), "booking form could not be read");
             let message = "We could not read the form. Please fill it in and send it again.".to_string();
-            return Ok(page(StatusCode::BAD_REQUEST, &BookingPage::new(blank_form(now), Vec::new(), Some(message), now)));
+            return Ok(page(
+                StatusCode::BAD_REQUEST,
+                &BookingPage::new(blank_form(now), Vec::new(), Some(message), now),
+            ));
         }
     };
     let request = match parse_form(&form, now) {
@@ -437,7 +460,8 @@ async fn place_reservation(
             let message = "We could not take your booking just now: neither our database nor our backup queue \
                            answered. Nothing was booked. Please send the form again in a moment."
                 .to_string();
-            let mut response = page(StatusCode::SERVICE_UNAVAILABLE, &BookingPage::new(form, Vec::new(), Some(message), now));
+            let mut response =
+                page(StatusCode::SERVICE_UNAVAILABLE, &BookingPage::new(form, Vec::new(), Some(message), now));
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
             Ok(response)
         }
@@ -466,6 +490,10 @@ pub struct ReservationRow {
     pub status: &'static str,
     pub status_label: String,
     pub reason: Option<String>,
+    /// "store" or "queue"
+    pub stored_in: &'static str,
+    pub region: String,
+    pub node: String,
     pub stored: String,
     pub stored_detail: String,
     pub placed_at: String,
@@ -497,6 +525,9 @@ impl From<ReservationView> for ReservationRow {
             notes: view.notes,
             status: view.status,
             reason: view.reason,
+            stored_in: view.stored_in,
+            region: view.region,
+            node: view.node,
             stored,
             stored_detail,
             placed_at: view.placed_at,
@@ -637,7 +668,9 @@ async fn status_page(
     query: Result<Query<StatusQuery>, QueryRejection>,
 ) -> Result<Response, PageError> {
     let id = CommandId::parse_hex(&id).map_err(|_| {
-        PageError::BadRequest("A reservation number is 40 characters, 0-9 and a-f, as in the link you were given.".into())
+        PageError::BadRequest(
+            "A reservation number is 40 characters, 0-9 and a-f, as in the link you were given.".into(),
+        )
     })?;
     let reservation = match service::get(&platform, &id).await {
         Ok(Some(reservation)) => reservation,
@@ -755,7 +788,10 @@ mod tests {
 
     #[test]
     fn reports_every_bad_field_in_form_order() {
-        assert_eq!(fields(parse_form(&form("", "many", "", "", &"n".repeat(201)), NOW)), ["name", "party_size", "date", "notes"]);
+        assert_eq!(
+            fields(parse_form(&form("", "many", "", "", &"n".repeat(201)), NOW)),
+            ["name", "party_size", "date", "notes"]
+        );
         assert_eq!(fields(parse_form(&form("Ann", "", "2027-01-01", "19:30", ""), NOW)), ["party_size"]);
         assert_eq!(fields(parse_form(&form("Ann", "0", "2027-01-01", "19:30", ""), NOW)), ["party_size"]);
         assert_eq!(fields(parse_form(&form("Ann", "21", "2027-01-01", "19:30", ""), NOW)), ["party_size"]);
@@ -769,7 +805,11 @@ mod tests {
         // Today, an hour ago: the day is fine, the time is not.
         assert_eq!(fields(parse_form(&form("Ann", "2", "2026-11-23", "16:00", ""), NOW)), ["time"]);
         // Yesterday, or too far ahead: the day itself is out of range.
-        assert_eq!(fields(parse_form(&form("Ann", "2", "2026-11-22", "19:00", ""), NOW)), ["date"]);
+        let yesterday = parse_form(&form("Ann", "2", "2026-11-22", "19:00", ""), NOW).unwrap_err();
+        assert_eq!(
+            (yesterday[0].field, yesterday[0].message.as_str()),
+            ("date", "that day has passed; choose today or a later day")
+        );
         assert_eq!(fields(parse_form(&form("Ann", "2", "2029-01-01", "19:00", ""), NOW)), ["date"]);
         assert!(parse_form(&form("Ann", "2", "2026-11-23", "17:00", ""), NOW).is_ok());
     }
@@ -792,5 +832,78 @@ mod tests {
     fn static_files_are_versioned_by_their_content() {
         assert_eq!(asset_version().len(), 16);
         assert_ne!(fnv1a(b"a", 0xcbf2_9ce4_8422_2325), fnv1a(b"b", 0xcbf2_9ce4_8422_2325));
+    }
+
+    fn view(status: &'static str, stored_in: &'static str, reason: Option<&str>) -> ReservationView {
+        ReservationView {
+            id: "a6129e5c96440d04d1be4b81c25e580e0d348934".into(),
+            name: "Ann <b>&".into(),
+            party_size: 4,
+            time: "2027-06-01T19:30".into(),
+            notes: "window \"seat\"".into(),
+            status,
+            reason: reason.map(str::to_string),
+            region: "eu".into(),
+            stored_in,
+            node: "eu-1".into(),
+            placed_at: "2026-11-23T17:28:37.411Z".into(),
+            hlc: 1,
+        }
+    }
+
+    fn status_page(view: ReservationView, placed: &str) -> String {
+        let flash = flash(placed, view.status, view.reason.as_deref());
+        let poll_url = format!("/api/cafe/reservations/{}", view.id);
+        StatusPage { reservation: view.into(), flash, poll_url }.render().unwrap()
+    }
+
+    #[test]
+    fn a_pending_booking_page_refreshes_itself_and_a_settled_one_does_not() {
+        let pending = status_page(view("pending", "queue", None), "pending");
+        assert!(pending.contains(r#"<meta http-equiv="refresh" content="2">"#));
+        assert!(pending.contains(r#"data-status="pending""#));
+        assert!(pending.contains(r#"data-poll-url="/api/cafe/reservations/a6129e5c96440d04d1be4b81c25e580e0d348934""#));
+        assert!(pending.contains(r#"data-stored-in="queue""#));
+        assert!(pending.contains("Received — queued while our database is unavailable"));
+        assert!(pending.contains("Tuesday 1 June 2027 at 19:30"));
+
+        let committed = status_page(view("committed", "store", None), "pending");
+        assert!(!committed.contains("http-equiv=\"refresh\""));
+        assert!(!committed.contains("data-poll-url"));
+        assert!(committed.contains(r#"data-status="committed""#));
+        assert!(committed.contains("Your table is booked"));
+
+        let rejected = status_page(view("rejected", "store", Some("fully booked")), "rejected");
+        assert!(rejected.contains(r#"data-status="rejected">Rejected: fully booked<"#));
+    }
+
+    #[test]
+    fn what_people_typed_is_escaped() {
+        let page = status_page(view("committed", "store", None), "committed");
+        assert!(page.contains("Ann &#60;b&#62;&#38;"));
+        assert!(!page.contains("Ann <b>"));
+        let form = form("<script>", "2", "2027-06-01", "19:30", "</textarea><b>");
+        let page = BookingPage::new(form, Vec::new(), None, NOW).render().unwrap();
+        assert!(!page.contains("<script>") && !page.contains("</textarea><b>"));
+    }
+
+    #[test]
+    fn a_refused_form_keeps_the_input_and_links_each_message_to_its_field() {
+        let typed = ReservationForm {
+            simulate_failure: Some("on".into()),
+            ..form("", "7", "2026-11-22", "19:00", "high chair")
+        };
+        let errors = parse_form(&typed, NOW).unwrap_err();
+        let page = BookingPage::new(typed, errors, None, NOW).render().unwrap();
+        assert!(page.contains(r#"id="reservation-form""#));
+        assert!(page.contains(r#"<p class="field-error" id="name-error" data-field="name">"#));
+        assert!(page.contains(r#"aria-describedby="name-hint name-error" aria-invalid="true""#));
+        assert!(page.contains(r#"<p class="field-error" id="date-error" data-field="date">"#));
+        assert!(page.contains(r#"aria-describedby="when-hint date-error" aria-invalid="true""#));
+        assert!(page.contains(r#"<option value="7" selected>7 people</option>"#));
+        assert!(page.contains(r#"value="2026-11-22""#) && page.contains(r#"value="19:00""#));
+        assert!(page.contains(">high chair</textarea>"));
+        assert!(page.contains(r#"name="simulate_failure" type="checkbox" value="on" checked"#));
+        assert!(!page.contains(r#"data-field="party_size""#));
     }
 }

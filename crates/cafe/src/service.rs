@@ -122,6 +122,6 @@ pub async fn list(platform: &Platform, after: Option<u64>, limit: usize) -> Page
     // A queued command may have been drained between the two reads: show it once, as recorded.
     items.retain(|pending| !recorded.iter().any(|stored| stored.id == pending.id));
     items.extend(recorded);
-    items.sort_by(|a, b| b.hlc.cmp(&a.hlc));
+    items.sort_by_key(|item| std::cmp::Reverse(item.hlc));
     Page { items, next, store_available }
 }

@@ -90,7 +90,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
     if args.regions == 0 || args.nodes_per_region == 0 {
         bail!("--regions and --nodes-per-region must be at least 1");
     }
-    if args.regions * args.nodes_per_region != 1 {
+    if args.regions.checked_mul(args.nodes_per_region) != Some(1) {
         bail!(MULTI_REGION_NOT_YET);
     }
 

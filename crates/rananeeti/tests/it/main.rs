@@ -1,3 +1,10 @@
 //! The integration tests of the `rananeeti` binary crate, built into one test binary.
 
 mod postgres;
+
+mod admin;
+mod cafe_api;
+mod crash;
+mod health;
+mod outage;
+mod support;

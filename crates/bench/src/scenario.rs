@@ -1,0 +1,266 @@
+//! One store's run: start the store and a node, then the committed path beside the sqlx
+//! baseline, an outage and its drain, and the pending path; stop everything.
+
+use crate::baseline::{self, StoreKind};
+use crate::load::{self, Reservations, Stop};
+use crate::node::NodeProcess;
+use crate::report::{CommittedCell, Drain, PendingCell, StoreResults};
+use crate::tally::{Summary, Tally};
+use anyhow::{bail, Context};
+use rananeeti::postgres::{free_loopback_port, PgCluster};
+use reqwest::StatusCode;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The concurrencies every path is measured at.
+pub const CONCURRENCIES: [usize; 3] = [1, 8, 32];
+/// Timeout of one HTTP request of the load generator (the node answers within its 2 s budget).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections the load generator's client keeps per host: one per worker at most.
+const CLIENT_IDLE_CONNECTIONS_MAX: usize = 64;
+/// How long the drain may take before the benchmark reports it unfinished.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often the queue depth is read while draining.
+const DRAIN_POLL_INTERVAL: Duration = Duration::from_millis(25);
+
+/// How long each cell runs, and how big the outage is.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub cell: Duration,
+    pub warmup: Duration,
+    /// Reservations queued during the outage whose drain is timed.
+    pub drain_entries: u64,
+}
+
+impl StoreKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            StoreKind::Sqlite => "sqlite",
+            StoreKind::Postgres => "postgres",
+        }
+    }
+}
+
+/// Where the node and the baseline keep their data for one store kind.
+struct StoreUnderTest {
+    node_url: String,
+    baseline_url: String,
+    /// Stopped when dropped.
+    cluster: Option<PgCluster>,
+}
+
+async fn start_store(kind: StoreKind, dir: &Path) -> anyhow::Result<StoreUnderTest> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    match kind {
+        StoreKind::Sqlite => Ok(StoreUnderTest {
+            node_url: format!("sqlite://{}?mode=rwc", dir.join("node.db").display()),
+            baseline_url: format!("sqlite://{}?mode=rwc", dir.join("baseline.db").display()),
+            cluster: None,
+        }),
+        StoreKind::Postgres => {
+            let cluster_dir = dir.join("cluster");
+            let cluster = tokio::task::spawn_blocking(move || {
+                let port = free_loopback_port().context("finding a free loopback port")?;
+                PgCluster::init_and_start(&cluster_dir, port)
+            })
+            .await??;
+            // Same database, own table: the baseline pays for the same server and WAL.
+            Ok(StoreUnderTest { node_url: cluster.url(), baseline_url: cluster.url(), cluster: Some(cluster) })
+        }
+    }
+}
+
+fn progress(message: impl AsRef<str>) {
+    eprintln!("[bench] {}", message.as_ref());
+}
+
+fn describe(label: &str, concurrency: usize, summary: &Summary) {
+    progress(format!(
+        "{label} c={concurrency}: {:.0}/s, p50 {:.2} ms, p99 {:.2} ms, errors {}, other {}",
+        summary.ok_per_second,
+        summary.p50_ms.unwrap_or(0.0),
+        summary.p99_ms.unwrap_or(0.0),
+        summary.errors,
+        summary.other
+    ));
+    if let Some(error) = &summary.first_error {
+        progress(format!("  first error: {error}"));
+    }
+}
+
+/// What the node acknowledged, so the store can be checked after the drain.
+#[derive(Default)]
+struct Acknowledged {
+    committed: u64,
+    pending: u64,
+}
+
+impl Acknowledged {
+    /// Counts a cell whose `ok` answers were `ok_status`; the other one may be among `other`.
+    fn add(&mut self, tally: &Tally, ok_status: StatusCode) {
+        let other = |code: &str| tally.other.get(code).copied().unwrap_or(0);
+        let ok_is_committed = ok_status == StatusCode::CREATED;
+        self.committed += other("201") + if ok_is_committed { tally.ok } else { 0 };
+        self.pending += other("202") + if ok_is_committed { 0 } else { tally.ok };
+    }
+}
+
+pub async fn run(
+    kind: StoreKind,
+    plan: &Plan,
+    node_binary: &Path,
+    dir: &Path,
+    notes: &mut Vec<String>,
+) -> anyhow::Result<StoreResults> {
+    let store = start_store(kind, &dir.join("store")).await?;
+    let result = run_with_store(kind, plan, node_binary, dir, &store, notes).await;
+    if let Some(cluster) = store.cluster {
+        // pg_ctl stop blocks; keep it off the runtime's workers.
+        tokio::task::spawn_blocking(move || drop(cluster)).await?;
+    }
+    result
+}
+
+async fn run_with_store(
+    kind: StoreKind,
+    plan: &Plan,
+    node_binary: &Path,
+    dir: &Path,
+    store: &StoreUnderTest,
+    notes: &mut Vec<String>,
+) -> anyhow::Result<StoreResults> {
+    let name = kind.name();
+    let node = NodeProcess::start(node_binary, &dir.join("node"), &store.node_url).await?;
+    progress(format!("{name}: node {} up at {}", node.pid(), node.reservations_url()));
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(CLIENT_IDLE_CONNECTIONS_MAX)
+        .timeout(REQUEST_TIMEOUT)
+        .build()?;
+    let url = node.reservations_url();
+    let reservations = Arc::new(Reservations::new());
+    let mut acknowledged = Acknowledged::default();
+
+    // The committed path, and the same insert done directly.
+    let mut node_cells = Vec::new();
+    for concurrency in CONCURRENCIES {
+        let warmup = load::run(&client, &url, concurrency, Stop::After(plan.warmup), StatusCode::CREATED, &reservations).await;
+        acknowledged.add(&warmup, StatusCode::CREATED);
+        let tally = load::run(&client, &url, concurrency, Stop::After(plan.cell), StatusCode::CREATED, &reservations).await;
+        acknowledged.add(&tally, StatusCode::CREATED);
+        let summary = tally.summary();
+        describe(&format!("{name} committed"), concurrency, &summary);
+        node_cells.push((concurrency, summary));
+    }
+    let pool = baseline::pool(kind, &store.baseline_url).await?;
+    baseline::create_table(&pool).await?;
+    let sequence = Arc::new(AtomicU64::new(0));
+    let mut committed = Vec::new();
+    for (concurrency, node_summary) in node_cells {
+        baseline::run_inserts(&pool, concurrency, plan.warmup, &sequence).await;
+        let summary = baseline::run_inserts(&pool, concurrency, plan.cell, &sequence).await.summary();
+        describe(&format!("{name} sqlx baseline"), concurrency, &summary);
+        committed.push(CommittedCell { concurrency, node: node_summary, baseline: summary });
+    }
+    pool.close().await;
+
+    // An outage of a fixed size, then its drain.
+    node.set_db("down").await?;
+    let concurrency_max = *CONCURRENCIES.last().expect("concurrencies are listed");
+    let fill = load::run(
+        &client,
+        &url,
+        concurrency_max,
+        Stop::Count(plan.drain_entries),
+        StatusCode::ACCEPTED,
+        &reservations,
+    )
+    .await;
+    acknowledged.add(&fill, StatusCode::ACCEPTED);
+    if fill.errors > 0 {
+        notes.push(format!(
+            "{name}: {} errors while queueing the outage's reservations; first: {}",
+            fill.errors,
+            fill.first_error.as_deref().unwrap_or("-")
+        ));
+    }
+    let queued = node.queue().await?.depth;
+    progress(format!("{name}: {queued} reservations queued during the outage; store back up"));
+    let cleared = Instant::now();
+    node.set_db("up").await?;
+    let mut remaining = queued;
+    while remaining > 0 && cleared.elapsed() < DRAIN_TIMEOUT {
+        tokio::time::sleep(DRAIN_POLL_INTERVAL).await;
+        remaining = node.queue().await?.depth;
+    }
+    let drain_seconds = cleared.elapsed().as_secs_f64();
+    let rows = {
+        let pool = baseline::pool(kind, &store.node_url).await?;
+        let rows = baseline::count_reservations(&pool).await?;
+        pool.close().await;
+        rows
+    };
+    let drain = Drain {
+        entries: queued,
+        seconds: drain_seconds,
+        remaining,
+        rows,
+        rows_expected: acknowledged.committed + acknowledged.pending,
+    };
+    progress(format!(
+        "{name}: drained {} entries in {:.2} s ({:.0}/s); {} rows in the store, {} acknowledged",
+        queued - remaining,
+        drain_seconds,
+        drain.entries_per_second(),
+        rows,
+        drain.rows_expected
+    ));
+    if remaining > 0 {
+        notes.push(format!("{name}: the drain did not finish within {} s", DRAIN_TIMEOUT.as_secs()));
+    } else if rows as u64 != drain.rows_expected {
+        notes.push(format!(
+            "{name}: after the drain the store holds {rows} reservations but {} were acknowledged",
+            drain.rows_expected
+        ));
+    }
+
+    // The pending path: the store down, every reservation queued.
+    node.set_db("down").await?;
+    let mut pending = Vec::new();
+    for concurrency in CONCURRENCIES {
+        load::run(&client, &url, concurrency, Stop::After(plan.warmup), StatusCode::ACCEPTED, &reservations).await;
+        let fsyncs_before = node.queue().await?.fsyncs_total;
+        let tally = load::run(&client, &url, concurrency, Stop::After(plan.cell), StatusCode::ACCEPTED, &reservations).await;
+        let fsyncs_after = node.queue().await?.fsyncs_total;
+        let summary = tally.summary();
+        describe(&format!("{name} pending"), concurrency, &summary);
+        pending.push(PendingCell { concurrency, node: summary, queue_fsyncs: fsyncs_after.saturating_sub(fsyncs_before) });
+    }
+
+    let memory = node.stop()?;
+    progress(format!("{name}: node stopped; peak VmRSS {} KiB over {} samples", memory.peak_rss_kib, memory.samples));
+    if memory.samples == 0 {
+        bail!("{name}: no memory sample of the node was taken");
+    }
+    Ok(StoreResults { store: name, committed, pending, drain, memory })
+}
+
+/// The node binary: `--node-bin`, else `rananeeti` next to this executable.
+pub fn node_binary_path(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(path) = explicit {
+        if !path.is_file() {
+            bail!("--node-bin {}: no such file", path.display());
+        }
+        return Ok(path);
+    }
+    let path = std::env::current_exe().context("locating this executable")?.with_file_name("rananeeti");
+    if !path.is_file() {
+        bail!(
+            "the node binary {} is missing: build it with `cargo build --release -p rananeeti` \
+             (or pass --node-bin PATH)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
