@@ -109,16 +109,18 @@ pub async fn run_inserts(pool: &AnyPool, concurrency: usize, duration: Duration,
 
 async fn insert_one(pool: &AnyPool, sequence: u64) -> Result<(), sqlx::Error> {
     let mut transaction = pool.begin().await?;
-    sqlx::query("INSERT INTO bench_reservations (id, name, party_size, slot, notes, hlc) VALUES ($1, $2, $3, $4, $5, $6)")
-        // 40 hex digits, like a command id.
-        .bind(format!("{sequence:040x}"))
-        .bind(format!("bench baseline {sequence}"))
-        .bind(1 + (sequence % 4) as i64)
-        .bind(format!("2030-{:02}-{:02}T{:02}:{:02}", 1 + sequence % 12, 1 + sequence % 28, sequence % 24, sequence % 60))
-        .bind(format!("load generator request {sequence}, table by the window if free"))
-        .bind(sequence as i64)
-        .execute(&mut *transaction)
-        .await?;
+    sqlx::query(
+        "INSERT INTO bench_reservations (id, name, party_size, slot, notes, hlc) VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    // 40 hex digits, like a command id.
+    .bind(format!("{sequence:040x}"))
+    .bind(format!("bench baseline {sequence}"))
+    .bind(1 + (sequence % 4) as i64)
+    .bind(format!("2030-{:02}-{:02}T{:02}:{:02}", 1 + sequence % 12, 1 + sequence % 28, sequence % 24, sequence % 60))
+    .bind(format!("load generator request {sequence}, table by the window if free"))
+    .bind(sequence as i64)
+    .execute(&mut *transaction)
+    .await?;
     transaction.commit().await
 }
 
@@ -133,12 +135,19 @@ pub enum FileLayout {
 
 /// `concurrency` threads appending queue-entry-sized records through `FsyncPerWrite`, one fsync
 /// per record, for `duration`. Files go in `dir`.
-pub fn run_fsync_per_write(dir: &Path, layout: FileLayout, concurrency: usize, duration: Duration) -> anyhow::Result<Tally> {
+pub fn run_fsync_per_write(
+    dir: &Path,
+    layout: FileLayout,
+    concurrency: usize,
+    duration: Duration,
+) -> anyhow::Result<Tally> {
     assert!(concurrency > 0, "a cell needs at least one worker");
     let writers: Vec<Arc<Mutex<FsyncPerWrite>>> = match layout {
         FileLayout::SharedFile => {
             let path = dir.join("fsync-per-write.log");
-            vec![Arc::new(Mutex::new(FsyncPerWrite::create(&path).with_context(|| format!("creating {}", path.display()))?))]
+            vec![Arc::new(Mutex::new(
+                FsyncPerWrite::create(&path).with_context(|| format!("creating {}", path.display()))?,
+            ))]
         }
         FileLayout::FilePerWorker => (0..concurrency)
             .map(|worker| {

@@ -98,7 +98,8 @@ pub async fn run(
                         } else if status.is_success() {
                             tally.record_other(status.as_u16().to_string(), latency);
                         } else {
-                            tally.record_error(format!("HTTP {status}: {}", text.chars().take(200).collect::<String>()));
+                            tally
+                                .record_error(format!("HTTP {status}: {}", text.chars().take(200).collect::<String>()));
                         }
                     }
                     Err(error) => tally.record_error(format!("request failed: {error}")),

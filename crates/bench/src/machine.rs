@@ -39,7 +39,8 @@ fn filesystem_of(path: &Path) -> String {
             let device = fields.next()?;
             let mount_point = fields.next()?;
             let kind = fields.next()?;
-            path.starts_with(mount_point).then(|| (mount_point.len(), format!("{kind} on {device} (mounted at {mount_point})")))
+            path.starts_with(mount_point)
+                .then(|| (mount_point.len(), format!("{kind} on {device} (mounted at {mount_point})")))
         })
         .max_by_key(|(length, _)| *length)
         .map(|(_, description)| description)

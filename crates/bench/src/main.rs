@@ -21,7 +21,10 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 #[derive(Parser)]
-#[command(name = "rananeeti-bench", about = "Benchmarks a rananeeti node against direct-insert and fsync-per-write baselines")]
+#[command(
+    name = "rananeeti-bench",
+    about = "Benchmarks a rananeeti node against direct-insert and fsync-per-write baselines"
+)]
 struct Args {
     /// 1 s cells and a smaller outage, to check the benchmark runs.
     #[arg(long)]

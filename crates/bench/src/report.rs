@@ -173,7 +173,8 @@ impl Report {
         let _ = writeln!(out);
 
         let _ = writeln!(out, "\n## Drain after the outage\n");
-        let _ = writeln!(out, "| store | queued entries | seconds to depth 0 | entries/s | rows in store / acknowledged |");
+        let _ =
+            writeln!(out, "| store | queued entries | seconds to depth 0 | entries/s | rows in store / acknowledged |");
         let _ = writeln!(out, "|---|---:|---:|---:|---|");
         for store in &self.stores {
             let drain = &store.drain;
@@ -216,7 +217,8 @@ impl Report {
         let _ = writeln!(out, "\n## Targets\n");
         for store in &self.stores {
             if let Some(cell) = store.pending.iter().max_by_key(|cell| cell.concurrency) {
-                let baseline = find(&self.fsync_shared, cell.concurrency).map(|summary| summary.ok_per_second).unwrap_or(0.0);
+                let baseline =
+                    find(&self.fsync_shared, cell.concurrency).map(|summary| summary.ok_per_second).unwrap_or(0.0);
                 let factor = if baseline > 0.0 { cell.node.ok_per_second / baseline } else { 0.0 };
                 let _ = writeln!(
                     out,

@@ -145,9 +145,11 @@ async fn run_with_store(
     // The committed path, and the same insert done directly.
     let mut node_cells = Vec::new();
     for concurrency in CONCURRENCIES {
-        let warmup = load::run(&client, &url, concurrency, Stop::After(plan.warmup), StatusCode::CREATED, &reservations).await;
+        let warmup =
+            load::run(&client, &url, concurrency, Stop::After(plan.warmup), StatusCode::CREATED, &reservations).await;
         acknowledged.add(&warmup, StatusCode::CREATED);
-        let tally = load::run(&client, &url, concurrency, Stop::After(plan.cell), StatusCode::CREATED, &reservations).await;
+        let tally =
+            load::run(&client, &url, concurrency, Stop::After(plan.cell), StatusCode::CREATED, &reservations).await;
         acknowledged.add(&tally, StatusCode::CREATED);
         let summary = tally.summary();
         describe(&format!("{name} committed"), concurrency, &summary);
@@ -168,15 +170,9 @@ async fn run_with_store(
     // An outage of a fixed size, then its drain.
     node.set_db("down").await?;
     let concurrency_max = *CONCURRENCIES.last().expect("concurrencies are listed");
-    let fill = load::run(
-        &client,
-        &url,
-        concurrency_max,
-        Stop::Count(plan.drain_entries),
-        StatusCode::ACCEPTED,
-        &reservations,
-    )
-    .await;
+    let fill =
+        load::run(&client, &url, concurrency_max, Stop::Count(plan.drain_entries), StatusCode::ACCEPTED, &reservations)
+            .await;
     acknowledged.add(&fill, StatusCode::ACCEPTED);
     if fill.errors > 0 {
         notes.push(format!(
@@ -231,11 +227,16 @@ async fn run_with_store(
     for concurrency in CONCURRENCIES {
         load::run(&client, &url, concurrency, Stop::After(plan.warmup), StatusCode::ACCEPTED, &reservations).await;
         let fsyncs_before = node.queue().await?.fsyncs_total;
-        let tally = load::run(&client, &url, concurrency, Stop::After(plan.cell), StatusCode::ACCEPTED, &reservations).await;
+        let tally =
+            load::run(&client, &url, concurrency, Stop::After(plan.cell), StatusCode::ACCEPTED, &reservations).await;
         let fsyncs_after = node.queue().await?.fsyncs_total;
         let summary = tally.summary();
         describe(&format!("{name} pending"), concurrency, &summary);
-        pending.push(PendingCell { concurrency, node: summary, queue_fsyncs: fsyncs_after.saturating_sub(fsyncs_before) });
+        pending.push(PendingCell {
+            concurrency,
+            node: summary,
+            queue_fsyncs: fsyncs_after.saturating_sub(fsyncs_before),
+        });
     }
 
     let memory = node.stop()?;

@@ -80,7 +80,10 @@ async fn create(
     Ok(response.into_response())
 }
 
-async fn show(State(platform): State<Arc<Platform>>, Path(id): Path<String>) -> Result<Json<ReservationView>, ApiError> {
+async fn show(
+    State(platform): State<Arc<Platform>>,
+    Path(id): Path<String>,
+) -> Result<Json<ReservationView>, ApiError> {
     let id = CommandId::parse_hex(&id).map_err(|error| ApiError::invalid("id", error.to_string()))?;
     match service::get(&platform, &id).await {
         Ok(Some(reservation)) => Ok(Json(reservation)),
@@ -100,11 +103,14 @@ async fn list(
     State(platform): State<Arc<Platform>>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Page>, ApiError> {
-    let Query(query) = query.map_err(|rejection| ApiError::BadRequest { field: None, message: rejection.body_text() })?;
+    let Query(query) =
+        query.map_err(|rejection| ApiError::BadRequest { field: None, message: rejection.body_text() })?;
     let after = match query.after.as_deref() {
         None | Some("") => None,
         Some(cursor) => Some(
-            cursor.parse::<u64>().map_err(|_| ApiError::invalid("after", "use the \"next\" value of the previous page"))?,
+            cursor
+                .parse::<u64>()
+                .map_err(|_| ApiError::invalid("after", "use the \"next\" value of the previous page"))?,
         ),
     };
     let limit = query.limit.unwrap_or(PAGE_ITEMS_DEFAULT);

@@ -154,10 +154,8 @@ impl ReservationRequest {
     /// The same content gives the same id: that is what makes a second submit a duplicate.
     pub fn id(&self) -> CommandId {
         let payload = self.payload();
-        let canonical = format!(
-            "{}\u{1f}{}\u{1f}{}\u{1f}{}",
-            payload.name, payload.party_size, payload.time, payload.notes
-        );
+        let canonical =
+            format!("{}\u{1f}{}\u{1f}{}\u{1f}{}", payload.name, payload.party_size, payload.time, payload.notes);
         CommandId::digest(KIND_RESERVE, canonical.as_bytes())
     }
 }
@@ -190,7 +188,10 @@ mod tests {
         assert_eq!(field(ReservationRequest::parse("Ann", 2, "2027-02-30T19:30", None, NOW)), "time");
         assert_eq!(field(ReservationRequest::parse("Ann", 2, "2027-01-01 19:30", None, NOW)), "time");
         assert_eq!(field(ReservationRequest::parse("Ann", 2, "2026-11-23T16:59", None, NOW)), "time");
-        assert_eq!(field(ReservationRequest::parse("Ann", 2, "2027-01-01T19:30", Some(&"n".repeat(201)), NOW)), "notes");
+        assert_eq!(
+            field(ReservationRequest::parse("Ann", 2, "2027-01-01T19:30", Some(&"n".repeat(201)), NOW)),
+            "notes"
+        );
         assert!(ReservationRequest::parse("Ann", 20, "2026-11-23T17:00", Some(&"n".repeat(200)), NOW).is_ok());
     }
 }

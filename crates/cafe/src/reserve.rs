@@ -30,12 +30,13 @@ impl CommandHandler for ReserveHandler {
         Box::pin(async move {
             let payload: ReservationPayload = serde_json::from_value(command.payload.clone())
                 .map_err(|error| ApplyError::Rejected(format!("not a reservation: {error}")))?;
-            let booked: i64 =
-                sqlx::query("SELECT CAST(COALESCE(SUM(party_size), 0) AS BIGINT) AS seats FROM cafe_reservations WHERE slot = $1")
-                    .bind(&payload.time)
-                    .fetch_one(&mut *connection)
-                    .await?
-                    .try_get("seats")?;
+            let booked: i64 = sqlx::query(
+                "SELECT CAST(COALESCE(SUM(party_size), 0) AS BIGINT) AS seats FROM cafe_reservations WHERE slot = $1",
+            )
+            .bind(&payload.time)
+            .fetch_one(&mut *connection)
+            .await?
+            .try_get("seats")?;
             if booked + payload.party_size > self.seats_per_slot {
                 let free = (self.seats_per_slot - booked).max(0);
                 return Err(ApplyError::Rejected(format!(

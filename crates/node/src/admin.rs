@@ -34,7 +34,11 @@ impl std::fmt::Debug for AdminToken {
     }
 }
 
-pub async fn require_token(State(token): State<AdminToken>, request: Request, next: Next) -> Result<Response, ApiError> {
+pub async fn require_token(
+    State(token): State<AdminToken>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
     let presented = request
         .headers()
         .get(AUTHORIZATION)
@@ -66,12 +70,8 @@ struct FaultsRequest {
 #[serde(untagged)]
 enum DbFaultRequest {
     Word(DbWord),
-    Flaky {
-        flaky: f64,
-    },
-    Slow {
-        slow_ms: u64,
-    },
+    Flaky { flaky: f64 },
+    Slow { slow_ms: u64 },
 }
 
 #[derive(serde::Deserialize)]

@@ -82,9 +82,7 @@ pub fn build_router(
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(health)
-        .merge(
-            Router::new().route("/api/commands/{id}", get(command_status)).with_state(Arc::clone(&platform)),
-        )
+        .merge(Router::new().route("/api/commands/{id}", get(command_status)).with_state(Arc::clone(&platform)))
         .merge(admin::router(Arc::clone(&platform), config.admin_token.clone()));
     for app in apps {
         router = router.merge(app.router(Arc::clone(&platform)));
@@ -115,7 +113,10 @@ pub fn build_router(
                         .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
                 )
                 .layer(PropagateRequestIdLayer::new(x_request_id))
-                .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, Duration::from_millis(config.request_timeout_ms)))
+                .layer(TimeoutLayer::with_status_code(
+                    StatusCode::REQUEST_TIMEOUT,
+                    Duration::from_millis(config.request_timeout_ms),
+                ))
                 .layer(DefaultBodyLimit::max(config.body_bytes_max)),
         )
 }

@@ -26,7 +26,6 @@ pub struct PlatformMetrics {
     pub pool_rebuilds: Counter,
 }
 
-
 impl PlatformMetrics {
     pub fn new(registry: &mut Registry) -> PlatformMetrics {
         let metrics = PlatformMetrics {

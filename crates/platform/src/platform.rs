@@ -8,8 +8,8 @@ use crate::hlc::{wall_clock_ms, HlcClock};
 use crate::id::CommandId;
 use crate::metrics::{OutcomeLabels, PlatformMetrics};
 use crate::store::{is_transient, Store, StoreError};
-use rananeeti_queue::{Enqueued, Queue, QueueError};
 use futures::future::BoxFuture;
+use rananeeti_queue::{Enqueued, Queue, QueueError};
 use rand::Rng;
 use sqlx::{AnyPool, Row};
 use std::sync::Arc;
@@ -30,7 +30,13 @@ pub struct SubmitConfig {
 
 impl Default for SubmitConfig {
     fn default() -> Self {
-        SubmitConfig { budget_ms: 2000, attempts_max: 3, backoff_base_ms: 25, backoff_max_ms: 250, queue_reserve_ms: 500 }
+        SubmitConfig {
+            budget_ms: 2000,
+            attempts_max: 3,
+            backoff_base_ms: 25,
+            backoff_max_ms: 250,
+            queue_reserve_ms: 500,
+        }
     }
 }
 
@@ -86,7 +92,9 @@ pub enum Outcome {
     Duplicate(CommandState),
     /// Durably queued; will be applied when the store is back.
     Pending,
-    Rejected { reason: String },
+    Rejected {
+        reason: String,
+    },
 }
 
 impl Outcome {
@@ -164,7 +172,9 @@ impl From<StoreError> for AttemptError {
     fn from(error: StoreError) -> Self {
         match error {
             StoreError::Sqlx(error) => error.into(),
-            StoreError::Migration { source, .. } if is_transient(&source) => AttemptError::Transient(source.to_string()),
+            StoreError::Migration { source, .. } if is_transient(&source) => {
+                AttemptError::Transient(source.to_string())
+            }
             other => AttemptError::Transient(other.to_string()),
         }
     }
@@ -314,8 +324,8 @@ impl Platform {
                 }
                 if attempt < submit.attempts_max {
                     let jittered = rand::thread_rng().gen_range(0..=backoff_ms);
-                    let pause = Duration::from_millis(jittered)
-                        .min(store_deadline.saturating_duration_since(Instant::now()));
+                    let pause =
+                        Duration::from_millis(jittered).min(store_deadline.saturating_duration_since(Instant::now()));
                     tokio::time::sleep(pause).await;
                     backoff_ms = (backoff_ms * 2).min(submit.backoff_max_ms);
                 }
@@ -394,7 +404,6 @@ impl Platform {
                     Ok(Outcome::Rejected { reason })
                 }
             }
-    
         })
     }
 
@@ -547,7 +556,11 @@ impl Platform {
                 }
             };
             let Some(handler) = self.registry.get(&command.kind) else {
-                tracing::error!(kind = command.kind, seq = entry.seq, "no handler for queued command; left in the queue");
+                tracing::error!(
+                    kind = command.kind,
+                    seq = entry.seq,
+                    "no handler for queued command; left in the queue"
+                );
                 break;
             };
             match tokio::time::timeout(apply_timeout, self.apply(handler.as_ref(), &command, true)).await {
@@ -599,7 +612,8 @@ impl Platform {
         let pool = self.store.writer();
         let mut tx = pool.begin().await?;
         if insert_record(&mut tx, command, &self.config, "rejected", true).await? {
-            set_rejection_reason(&mut tx, &command.id, "could not be applied (internal error; see the node log)").await?;
+            set_rejection_reason(&mut tx, &command.id, "could not be applied (internal error; see the node log)")
+                .await?;
         }
         tx.commit().await
     }

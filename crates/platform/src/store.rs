@@ -271,7 +271,11 @@ pub fn is_transient(error: &sqlx::Error) -> bool {
             }
             // PostgreSQL classes: connection exception, operator intervention (shutdown),
             // insufficient resources, serialization failure and deadlock.
-            code.starts_with("08") || code.starts_with("57") || code.starts_with("53") || code == "40001" || code == "40P01"
+            code.starts_with("08")
+                || code.starts_with("57")
+                || code.starts_with("53")
+                || code == "40001"
+                || code == "40P01"
         }
         _ => false,
     }

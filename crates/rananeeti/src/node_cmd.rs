@@ -94,9 +94,14 @@ async fn serve(config: Config, addr_file: Option<PathBuf>) -> anyhow::Result<()>
     })
     .context("opening the fallback queue")?;
     let recovery = queue.recovery();
-    tracing::info!(entries = recovery.entries, torn_bytes_dropped = recovery.torn_bytes_dropped, "fallback queue opened");
+    tracing::info!(
+        entries = recovery.entries,
+        torn_bytes_dropped = recovery.torn_bytes_dropped,
+        "fallback queue opened"
+    );
 
-    let apps: Vec<Box<dyn App>> = vec![Box::new(CafeApp { config: CafeConfig { seats_per_slot: config.cafe.seats_per_slot } })];
+    let apps: Vec<Box<dyn App>> =
+        vec![Box::new(CafeApp { config: CafeConfig { seats_per_slot: config.cafe.seats_per_slot } })];
     let mut migrations = rananeeti_platform::schema::MIGRATIONS.to_vec();
     let mut registry = Registry::default();
     for app in &apps {
@@ -138,7 +143,10 @@ async fn serve(config: Config, addr_file: Option<PathBuf>) -> anyhow::Result<()>
                 backoff_max_ms: config.submit.backoff_max_ms,
                 queue_reserve_ms: config.submit.queue_reserve_ms,
             },
-            breaker: BreakerConfig { failures_to_open: config.breaker.failures_to_open, open_ms: config.breaker.open_ms },
+            breaker: BreakerConfig {
+                failures_to_open: config.breaker.failures_to_open,
+                open_ms: config.breaker.open_ms,
+            },
             drain: DrainConfig {
                 batch_entries_max: config.drain.batch_entries_max,
                 idle_ms: config.drain.idle_ms,
@@ -170,7 +178,8 @@ async fn serve(config: Config, addr_file: Option<PathBuf>) -> anyhow::Result<()>
 /// nobody knows, so the admin API refuses everything.
 fn load_admin_token(file: Option<&std::path::Path>) -> anyhow::Result<AdminToken> {
     if let Some(file) = file {
-        let token = std::fs::read_to_string(file).with_context(|| format!("reading admin token file {}", file.display()))?;
+        let token =
+            std::fs::read_to_string(file).with_context(|| format!("reading admin token file {}", file.display()))?;
         let token = token.trim();
         anyhow::ensure!(!token.is_empty(), "admin token file {} is empty", file.display());
         return Ok(AdminToken::new(token));
