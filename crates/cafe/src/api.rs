@@ -95,7 +95,7 @@ async fn show(
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ListQuery {
-    limit: Option<usize>,
+    limit: Option<String>,
     after: Option<String>,
 }
 
@@ -113,9 +113,12 @@ async fn list(
                 .map_err(|_| ApiError::invalid("after", "use the \"next\" value of the previous page"))?,
         ),
     };
-    let limit = query.limit.unwrap_or(PAGE_ITEMS_DEFAULT);
+    let limit = match query.limit.as_deref() {
+        None | Some("") => PAGE_ITEMS_DEFAULT,
+        Some(limit) => limit.parse::<usize>().unwrap_or(0),
+    };
     if limit == 0 || limit > service::PAGE_ITEMS_MAX {
-        return Err(ApiError::invalid("limit", format!("from 1 to {}", service::PAGE_ITEMS_MAX)));
+        return Err(ApiError::invalid("limit", format!("a whole number from 1 to {}", service::PAGE_ITEMS_MAX)));
     }
     Ok(Json(service::list(&platform, after, limit).await))
 }

@@ -43,7 +43,11 @@ pub async fn require_token(
         .headers()
         .get(AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
+        .and_then(|value| {
+            // The scheme name is case-insensitive (RFC 7235).
+            let (scheme, token) = value.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then_some(token)
+        })
         .map(str::trim);
     match presented {
         Some(presented) if token.matches(presented) => Ok(next.run(request).await),

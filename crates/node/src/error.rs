@@ -15,6 +15,10 @@ pub enum ApiError {
     BadRequest { field: Option<String>, message: String },
     #[error("not found")]
     NotFound,
+    #[error("unsupported media type")]
+    UnsupportedMediaType,
+    #[error("payload too large")]
+    PayloadTooLarge,
     #[error("unauthorized")]
     Unauthorized,
     /// The store cannot answer and nothing else can: 503, retry later.
@@ -35,6 +39,8 @@ impl ApiError {
             ApiError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -49,6 +55,8 @@ impl IntoResponse for ApiError {
             ApiError::Invalid { field, message } => (Some(field.clone()), message.clone()),
             ApiError::BadRequest { field, message } => (field.clone(), message.clone()),
             ApiError::NotFound => (None, "not found".to_string()),
+            ApiError::UnsupportedMediaType => (None, "send JSON with Content-Type: application/json".to_string()),
+            ApiError::PayloadTooLarge => (None, "the request body is too large".to_string()),
             ApiError::Unauthorized => (None, "missing or wrong bearer token".to_string()),
             ApiError::Unavailable(detail) => {
                 tracing::warn!(detail, "request answered 503");

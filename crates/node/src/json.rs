@@ -3,6 +3,7 @@
 use crate::error::ApiError;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Request};
+use axum::http::StatusCode;
 
 pub struct ApiJson<T>(pub T);
 
@@ -23,6 +24,11 @@ where
 
 fn rejection_to_error(rejection: JsonRejection) -> ApiError {
     let message = rejection.body_text();
+    match rejection.status() {
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => return ApiError::UnsupportedMediaType,
+        StatusCode::PAYLOAD_TOO_LARGE => return ApiError::PayloadTooLarge,
+        _ => {}
+    }
     let field = field_named_in(&message);
     ApiError::BadRequest { field, message: clean(&message) }
 }
@@ -37,7 +43,7 @@ fn field_named_in(message: &str) -> Option<String> {
     }
     let detail = message.rsplit("target type: ").next()?;
     let (path, _) = detail.split_once(": ")?;
-    (!path.contains(' ') && !path.is_empty()).then(|| path.to_string())
+    (!path.contains(' ') && !path.is_empty() && !path.starts_with('[')).then(|| path.to_string())
 }
 
 /// Drops axum's "Failed to deserialize the JSON body into the target type:" preamble.

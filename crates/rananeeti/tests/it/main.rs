@@ -3,6 +3,7 @@
 mod postgres;
 
 mod admin;
+mod browser;
 mod cafe_api;
 mod crash;
 mod health;
