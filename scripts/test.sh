@@ -9,13 +9,18 @@ have_postgres() {
   compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null
 }
 
-if ! have_postgres; then
-  echo "== PostgreSQL binaries missing: installing Debian's postgresql package"
-  sudo_cmd=""
-  if [ "$(id -u)" -ne 0 ]; then sudo_cmd="sudo"; fi
+sudo_cmd=""
+if [ "$(id -u)" -ne 0 ]; then sudo_cmd="sudo"; fi
+packages=()
+have_postgres || packages+=(postgresql)
+command -v chromium >/dev/null 2>&1 || packages+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || packages+=(chromium-driver)
+
+if [ "${#packages[@]}" -gt 0 ]; then
+  echo "== installing Debian packages the tests need: ${packages[*]}"
   $sudo_cmd apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq postgresql >/dev/null
-  # The Debian package starts a cluster of its own; the tests start their own on free ports.
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${packages[@]}" >/dev/null
+  # The Debian package may start a cluster of its own; the tests start their own on free ports.
   $sudo_cmd service postgresql stop >/dev/null 2>&1 || true
 fi
 

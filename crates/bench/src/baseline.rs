@@ -191,7 +191,7 @@ pub fn run_fsync_per_write(
 }
 
 /// A record the size and shape of what the node queues: a serialized reservation command.
-fn queue_entry_body(sequence: u64) -> Vec<u8> {
+pub fn queue_entry_body(sequence: u64) -> Vec<u8> {
     let command = json!({
         "kind": "cafe.reserve",
         "id": format!("{sequence:040x}"),

@@ -46,3 +46,8 @@ fn filesystem_of(path: &Path) -> String {
         .map(|(_, description)| description)
         .unwrap_or_else(|| "unknown".to_string())
 }
+
+/// The 1-minute load average (/proc/loadavg): other work on the machine competes with the node.
+pub fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
+}

@@ -2,21 +2,23 @@
 //! insert done directly with sqlx and against one fsync per queued write; prints a markdown table.
 //!
 //! `machine` describes the host, `load` is the HTTP load generator, `baseline` the two baselines,
-//! `node` runs and watches the node process, `scenario` is one store's run, `report` the output.
+//! `queue_alone` the queue without the node around it, `node` runs and watches the node process,
+//! `scenario` is one store's run, `report` the output.
 
 mod baseline;
 mod load;
 mod machine;
 mod node;
+mod queue_alone;
 mod report;
 mod scenario;
 mod tally;
 
 use anyhow::Context;
-use baseline::{FileLayout, StoreKind};
+use baseline::StoreKind;
 use clap::{Parser, ValueEnum};
 use report::Report;
-use scenario::{Plan, CONCURRENCIES};
+use scenario::Plan;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -38,6 +40,12 @@ struct Args {
     /// The `rananeeti` binary to run as the node; default: next to this executable.
     #[arg(long)]
     node_bin: Option<PathBuf>,
+    /// Reservations queued during the timed outage (default: 5000, with --quick 1000).
+    #[arg(long)]
+    outage_entries: Option<u64>,
+    /// RUST_LOG for the node, to see what logging costs; default: the node's own filter.
+    #[arg(long)]
+    node_rust_log: Option<String>,
     /// Directory for the temporary files; it must not be tmpfs, or fsync costs nothing.
     #[arg(long)]
     dir: Option<PathBuf>,
@@ -72,10 +80,22 @@ fn main() -> anyhow::Result<()> {
         .tempdir_in(&work_root)
         .with_context(|| format!("creating a temporary directory in {}", work_root.display()))?;
     let plan = if args.quick {
-        Plan { cell: Duration::from_secs(1), warmup: Duration::from_millis(250), drain_entries: 300 }
+        Plan {
+            cell: Duration::from_secs(1),
+            warmup: Duration::from_millis(250),
+            drain_entries: 1_000,
+            node_rust_log: args.node_rust_log.clone(),
+        }
     } else {
-        Plan { cell: Duration::from_secs(5), warmup: Duration::from_secs(1), drain_entries: 3000 }
+        Plan {
+            cell: Duration::from_secs(5),
+            warmup: Duration::from_millis(500),
+            drain_entries: 5_000,
+            node_rust_log: args.node_rust_log.clone(),
+        }
     };
+    let plan = Plan { drain_entries: args.outage_entries.unwrap_or(plan.drain_entries), ..plan };
+    anyhow::ensure!(plan.drain_entries > 0, "--outage-entries must be positive");
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let report = runtime.block_on(run(&args, &plan, node_binary, work_dir.path().to_path_buf()))?;
     let markdown = report.to_markdown();
@@ -100,14 +120,8 @@ async fn run(args: &Args, plan: &Plan, node_binary: PathBuf, work_dir: PathBuf) 
     );
     let mut notes = Vec::new();
 
-    // The queue baseline does not depend on the store: measured once.
-    let fsync_dir = work_dir.join("fsync-per-write");
-    std::fs::create_dir_all(&fsync_dir)?;
-    let (fsync_shared, fsync_per_worker) = {
-        let plan = plan.clone();
-        tokio::task::spawn_blocking(move || measure_fsync_per_write(&fsync_dir, &plan)).await??
-    };
-
+    let load_average_at_start = machine::load_average();
+    let fsync_at_start_ms = probe_fsync(&work_dir.join("fsync-probe-start")).await?;
     let mut stores = Vec::new();
     for kind in args.store.kinds() {
         let results = scenario::run(kind, plan, &node_binary, &work_dir.join(kind.name()), &mut notes)
@@ -116,59 +130,47 @@ async fn run(args: &Args, plan: &Plan, node_binary: PathBuf, work_dir: PathBuf) 
         stores.push(results);
     }
 
+    let fsync_at_end_ms = probe_fsync(&work_dir.join("fsync-probe-end")).await?;
+    let load_average_at_end = machine::load_average();
     let mode = if args.quick {
         format!("quick: {} ms per cell after a {} ms warm-up", plan.cell.as_millis(), plan.warmup.as_millis())
     } else {
-        format!("full: {} s per cell after a {} s warm-up", plan.cell.as_secs(), plan.warmup.as_secs())
+        format!("full: {} s per cell after a {} ms warm-up", plan.cell.as_secs(), plan.warmup.as_millis())
     };
     let mut command = String::from("cargo run --release -p rananeeti-bench --");
     if args.quick {
         command.push_str(" --quick");
     }
     command.push_str(&format!(" --store {}", format!("{:?}", args.store).to_lowercase()));
+    if let Some(entries) = args.outage_entries {
+        command.push_str(&format!(" --outage-entries {entries}"));
+    }
+    if let Some(filter) = &args.node_rust_log {
+        command.push_str(&format!(" --node-rust-log '{filter}'"));
+    }
     Ok(Report {
         machine,
         command,
         mode: format!("{mode}, outage of {} reservations, node {}", plan.drain_entries, node_binary.display()),
         started_at,
         took_seconds: started.elapsed().as_secs_f64(),
-        fsync_shared,
-        fsync_per_worker,
+        fsync_probe_ms: [fsync_at_start_ms, fsync_at_end_ms],
+        load_average: [load_average_at_start, load_average_at_end],
         stores,
         notes,
     })
 }
 
-type Cells = Vec<(usize, tally::Summary)>;
-
-/// FsyncPerWrite at each concurrency, with one shared file and with one file per worker (the
-/// same thing at concurrency 1, so measured once there).
-fn measure_fsync_per_write(dir: &std::path::Path, plan: &Plan) -> anyhow::Result<(Cells, Cells)> {
-    let mut shared = Vec::new();
-    let mut per_worker = Vec::new();
-    for concurrency in CONCURRENCIES {
-        for layout in [FileLayout::SharedFile, FileLayout::FilePerWorker] {
-            if concurrency == 1 && layout == FileLayout::FilePerWorker {
-                let (_, summary) = shared.last().cloned().expect("the shared-file cell ran first");
-                per_worker.push((concurrency, summary));
-                continue;
-            }
-            let cell_dir = dir.join(format!("{layout:?}-{concurrency}"));
-            std::fs::create_dir_all(&cell_dir)?;
-            baseline::run_fsync_per_write(&cell_dir, layout, concurrency, plan.warmup)?;
-            let summary = baseline::run_fsync_per_write(&cell_dir, layout, concurrency, plan.cell)?.summary();
-            eprintln!(
-                "[bench] FsyncPerWrite {layout:?} c={concurrency}: {:.0}/s, p50 {:.2} ms, p99 {:.2} ms, errors {}",
-                summary.ok_per_second,
-                summary.p50_ms.unwrap_or(0.0),
-                summary.p99_ms.unwrap_or(0.0),
-                summary.errors
-            );
-            match layout {
-                FileLayout::SharedFile => shared.push((concurrency, summary)),
-                FileLayout::FilePerWorker => per_worker.push((concurrency, summary)),
-            }
-        }
-    }
-    Ok((shared, per_worker))
+/// How long one small append + fsync takes on this disk now (median of FsyncPerWrite at
+/// concurrency 1 for half a second): on a shared VM disk it drifts with the neighbours' I/O.
+async fn probe_fsync(dir: &std::path::Path) -> anyhow::Result<Option<f64>> {
+    const PROBE: Duration = Duration::from_millis(500);
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let summary = baseline::run_fsync_per_write(&dir, baseline::FileLayout::SharedFile, 1, PROBE)?.summary();
+        eprintln!("[bench] fsync probe: p50 {:.2} ms", summary.p50_ms.unwrap_or(0.0));
+        Ok(summary.p50_ms)
+    })
+    .await?
 }

@@ -46,7 +46,13 @@ pub struct NodeProcess {
 impl NodeProcess {
     /// Starts `binary node` with its files under `dir` and its store at `store_url`, and waits
     /// until it answers /readyz.
-    pub async fn start(binary: &Path, dir: &Path, store_url: &str) -> anyhow::Result<NodeProcess> {
+    /// `rust_log` replaces the node's default log filter (for experiments); `None` keeps it.
+    pub async fn start(
+        binary: &Path,
+        dir: &Path,
+        store_url: &str,
+        rust_log: Option<&str>,
+    ) -> anyhow::Result<NodeProcess> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let admin_token = format!("{:032x}", rand::random::<u128>());
         let token_file = dir.join("admin-token");
@@ -77,7 +83,10 @@ impl NodeProcess {
             .stdout(log.try_clone().context("duplicating the node log handle")?)
             .stderr(log);
         // The node's defaults, not whatever this shell has set: no RUST_LOG, no RANANEETI_*.
-        command.env_remove("RUST_LOG");
+        match rust_log {
+            Some(filter) => command.env("RUST_LOG", filter),
+            None => command.env_remove("RUST_LOG"),
+        };
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("RANANEETI_") {
                 command.env_remove(key);
@@ -262,6 +271,21 @@ impl MemorySampler {
             samples: self.samples.load(Ordering::Relaxed),
         }
     }
+}
+
+/// CPU time (user + system) a process has used so far, from `/proc/{entry}/stat`; `entry` is a
+/// pid or "self".
+pub fn cpu_seconds(entry: &str) -> Option<f64> {
+    /// /proc reports CPU times in USER_HZ ticks, which Linux fixes at 100 per second.
+    const TICKS_PER_SECOND: f64 = 100.0;
+    let stat = std::fs::read_to_string(format!("/proc/{entry}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; the fields after it are plain numbers.
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // Fields 14 and 15 of the line are utime and stime; `fields` starts at field 3.
+    let user_ticks: u64 = fields.get(11)?.parse().ok()?;
+    let system_ticks: u64 = fields.get(12)?.parse().ok()?;
+    Some((user_ticks + system_ticks) as f64 / TICKS_PER_SECOND)
 }
 
 /// A `kB` line of /proc/PID/status, e.g. `VmRSS:     12345 kB`.

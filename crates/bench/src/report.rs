@@ -16,10 +16,10 @@ pub struct Report {
     pub mode: String,
     pub started_at: String,
     pub took_seconds: f64,
-    /// FsyncPerWrite with one shared file, by concurrency.
-    pub fsync_shared: Vec<(usize, Summary)>,
-    /// FsyncPerWrite with one file per worker, by concurrency.
-    pub fsync_per_worker: Vec<(usize, Summary)>,
+    /// Median latency of one append + fsync, at the start and at the end of the run.
+    pub fsync_probe_ms: [Option<f64>; 2],
+    /// The 1-minute load average at the start and at the end of the run.
+    pub load_average: [Option<f64>; 2],
     pub stores: Vec<StoreResults>,
     pub notes: Vec<String>,
 }
@@ -32,22 +32,49 @@ pub struct StoreResults {
     pub memory: MemoryReport,
 }
 
+/// CPU used during a cell, in cores (CPU seconds per second of the cell).
+#[derive(Clone, Copy, Debug)]
+pub struct CpuUse {
+    pub node_cores: Option<f64>,
+    pub load_generator_cores: Option<f64>,
+}
+
+impl CpuUse {
+    fn describe(&self) -> String {
+        let cores = |value: Option<f64>| value.map(|cores| format!("{cores:.2}")).unwrap_or_else(|| "?".to_string());
+        format!("{} / {}", cores(self.node_cores), cores(self.load_generator_cores))
+    }
+}
+
 pub struct CommittedCell {
     pub concurrency: usize,
     pub node: Summary,
+    pub cpu: CpuUse,
     pub baseline: Summary,
 }
 
 pub struct PendingCell {
     pub concurrency: usize,
     pub node: Summary,
+    pub cpu: CpuUse,
     /// Queue fsyncs the node did during the cell (from GET /admin/queue).
     pub queue_fsyncs: u64,
+    /// FsyncPerWrite at the same concurrency, one file behind a mutex: the baseline.
+    pub shared_file: Summary,
+    /// FsyncPerWrite at the same concurrency, one file per worker (measured at the highest
+    /// concurrency only).
+    pub file_per_worker: Option<Summary>,
+    /// The node's queue at the same concurrency, without HTTP or the platform.
+    pub queue_alone: Summary,
+    pub queue_alone_fsyncs: u64,
 }
 
 pub struct Drain {
     pub entries: u64,
     pub seconds: f64,
+    /// When the depth was first seen to drop, from clearing the fault (the breaker's open time
+    /// and the drainer's idle pause come first).
+    pub started_after_seconds: Option<f64>,
     /// Entries still queued when the drain timed out; 0 when it finished.
     pub remaining: u64,
     /// Rows in the store's reservation table after the drain, and how many were acknowledged
@@ -57,12 +84,30 @@ pub struct Drain {
 }
 
 impl Drain {
+    /// Entries drained per second, from clearing the fault.
     pub fn entries_per_second(&self) -> f64 {
-        if self.seconds > 0.0 {
-            (self.entries - self.remaining) as f64 / self.seconds
-        } else {
-            0.0
-        }
+        per_second(self.entries - self.remaining, self.seconds)
+    }
+
+    /// Entries drained per second once the first one left the queue.
+    pub fn entries_per_second_draining(&self) -> f64 {
+        per_second(self.entries - self.remaining, self.seconds - self.started_after_seconds.unwrap_or(0.0))
+    }
+}
+
+fn per_second(count: u64, seconds: f64) -> f64 {
+    if seconds > 0.0 {
+        count as f64 / seconds
+    } else {
+        0.0
+    }
+}
+
+fn entries_per_fsync(entries: u64, fsyncs: u64) -> String {
+    if fsyncs > 0 {
+        format!("{:.1}", entries as f64 / fsyncs as f64)
+    } else {
+        "-".to_string()
     }
 }
 
@@ -90,10 +135,6 @@ fn megabytes(kib: u64) -> String {
     format!("{:.1} MB", (kib * 1024) as f64 / 1e6)
 }
 
-fn find(cells: &[(usize, Summary)], concurrency: usize) -> Option<&Summary> {
-    cells.iter().find(|(cell_concurrency, _)| *cell_concurrency == concurrency).map(|(_, summary)| summary)
-}
-
 impl Report {
     pub fn to_markdown(&self) -> String {
         let mut out = String::new();
@@ -101,6 +142,20 @@ impl Report {
         let _ = writeln!(out, "# rananeeti benchmark\n");
         let _ = writeln!(out, "- Machine: {} cores, {}, {}", machine.cores, machine.cpu_model, machine.kernel);
         let _ = writeln!(out, "- Files (queue, SQLite, PostgreSQL, baselines): {}", machine.filesystem);
+        let _ = writeln!(
+            out,
+            "- Disk: one small append + fsync takes {} ms (median) at the start of the run, {} ms at the end",
+            ms(self.fsync_probe_ms[0]),
+            ms(self.fsync_probe_ms[1])
+        );
+        let load = |value: Option<f64>| value.map(|load| format!("{load:.2}")).unwrap_or_else(|| "?".to_string());
+        let _ = writeln!(
+            out,
+            "- Load average (1 min): {} at the start, {} at the end ({} cores; above that, other work competed)",
+            load(self.load_average[0]),
+            load(self.load_average[1]),
+            machine.cores
+        );
         let _ = writeln!(out, "- Command: `{}`", self.command);
         let _ = writeln!(out, "- Mode: {}", self.mode);
         let _ = writeln!(out, "- Started {} UTC, took {:.0} s\n", self.started_at, self.took_seconds);
@@ -108,14 +163,14 @@ impl Report {
         let _ = writeln!(out, "## Committed path: reservations/s answered 201 (store up)\n");
         let _ = writeln!(
             out,
-            "| store | concurrency | node, HTTP /s | p50 ms | p99 ms | errors | other 2xx | baseline, sqlx insert /s | baseline p50 ms | baseline p99 ms | ratio |"
+            "| store | concurrency | node, HTTP /s | p50 ms | p99 ms | errors | other 2xx | CPU cores node / load gen. | baseline, sqlx insert /s | baseline p50 ms | baseline p99 ms | ratio |"
         );
-        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|");
+        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|");
         for store in &self.stores {
             for cell in &store.committed {
                 let _ = writeln!(
                     out,
-                    "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                    "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                     store.store,
                     cell.concurrency,
                     rate(cell.node.ok_per_second),
@@ -123,6 +178,7 @@ impl Report {
                     ms(cell.node.p99_ms),
                     cell.node.errors + cell.baseline.errors,
                     cell.node.other,
+                    cell.cpu.describe(),
                     rate(cell.baseline.ok_per_second),
                     ms(cell.baseline.p50_ms),
                     ms(cell.baseline.p99_ms),
@@ -134,48 +190,66 @@ impl Report {
         let _ = writeln!(out, "\n## Pending path: reservations/s answered 202 (store down)\n");
         let _ = writeln!(
             out,
-            "| store | concurrency | node, HTTP /s | p50 ms | p99 ms | errors | other 2xx | entries per queue fsync | baseline, FsyncPerWrite one file + mutex /s | ratio | FsyncPerWrite one file per worker /s | ratio |"
+            "| store | concurrency | node, HTTP /s | p50 ms | p99 ms | errors | other 2xx | CPU cores node / load gen. | entries per queue fsync | baseline, FsyncPerWrite one file + mutex /s | ratio |"
         );
-        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|");
+        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|");
         for store in &self.stores {
             for cell in &store.pending {
-                let shared = find(&self.fsync_shared, cell.concurrency);
-                let per_worker = find(&self.fsync_per_worker, cell.concurrency);
-                let shared_rate = shared.map(|summary| summary.ok_per_second).unwrap_or(0.0);
-                let per_worker_rate = per_worker.map(|summary| summary.ok_per_second).unwrap_or(0.0);
-                let entries_per_fsync = if cell.queue_fsyncs > 0 {
-                    format!("{:.1}", cell.node.ok as f64 / cell.queue_fsyncs as f64)
-                } else {
-                    "-".to_string()
-                };
                 let _ = writeln!(
                     out,
-                    "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                    "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                     store.store,
                     cell.concurrency,
                     rate(cell.node.ok_per_second),
                     ms(cell.node.p50_ms),
                     ms(cell.node.p99_ms),
-                    cell.node.errors + shared.map(|summary| summary.errors).unwrap_or(0),
+                    cell.node.errors,
                     cell.node.other,
-                    entries_per_fsync,
-                    rate(shared_rate),
-                    ratio(cell.node.ok_per_second, shared_rate),
-                    rate(per_worker_rate),
-                    ratio(cell.node.ok_per_second, per_worker_rate),
+                    cell.cpu.describe(),
+                    entries_per_fsync(cell.node.ok, cell.queue_fsyncs),
+                    rate(cell.shared_file.ok_per_second),
+                    ratio(cell.node.ok_per_second, cell.shared_file.ok_per_second),
                 );
             }
         }
-        let _ = writeln!(out, "\nFsyncPerWrite latency, one file + mutex (p50 / p99 ms):");
-        for (concurrency, summary) in &self.fsync_shared {
-            let _ = write!(out, " c={concurrency}: {} / {};", ms(summary.p50_ms), ms(summary.p99_ms));
+
+        let _ = writeln!(out, "\n### The queue alone, and the baselines in detail\n");
+        let _ = writeln!(
+            out,
+            "| store run | concurrency | queue alone (no HTTP) /s | p50 ms | p99 ms | entries per fsync | FsyncPerWrite one file + mutex /s | p50 ms | p99 ms | FsyncPerWrite one file per worker /s | errors |"
+        );
+        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for store in &self.stores {
+            for cell in &store.pending {
+                let errors = cell.queue_alone.errors
+                    + cell.shared_file.errors
+                    + cell.file_per_worker.as_ref().map(|summary| summary.errors).unwrap_or(0);
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                    store.store,
+                    cell.concurrency,
+                    rate(cell.queue_alone.ok_per_second),
+                    ms(cell.queue_alone.p50_ms),
+                    ms(cell.queue_alone.p99_ms),
+                    entries_per_fsync(cell.queue_alone.ok, cell.queue_alone_fsyncs),
+                    rate(cell.shared_file.ok_per_second),
+                    ms(cell.shared_file.p50_ms),
+                    ms(cell.shared_file.p99_ms),
+                    cell.file_per_worker
+                        .as_ref()
+                        .map(|summary| rate(summary.ok_per_second))
+                        .unwrap_or_else(|| "-".to_string()),
+                    errors,
+                );
+            }
         }
-        let _ = writeln!(out);
 
         let _ = writeln!(out, "\n## Drain after the outage\n");
         let _ =
-            writeln!(out, "| store | queued entries | seconds to depth 0 | entries/s | rows in store / acknowledged |");
-        let _ = writeln!(out, "|---|---:|---:|---:|---|");
+            writeln!(out, "| store | queued entries | seconds to depth 0 | entries/s | depth first fell after s | entries/s from then | rows in store / acknowledged |"
+        );
+        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---|");
         for store in &self.stores {
             let drain = &store.drain;
             let seconds = if drain.remaining == 0 {
@@ -190,11 +264,13 @@ impl Report {
             };
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} |",
                 store.store,
                 drain.entries,
                 seconds,
                 rate(drain.entries_per_second()),
+                drain.started_after_seconds.map(|seconds| format!("{seconds:.2}")).unwrap_or_else(|| "-".to_string()),
+                rate(drain.entries_per_second_draining()),
                 rows
             );
         }
@@ -217,12 +293,11 @@ impl Report {
         let _ = writeln!(out, "\n## Targets\n");
         for store in &self.stores {
             if let Some(cell) = store.pending.iter().max_by_key(|cell| cell.concurrency) {
-                let baseline =
-                    find(&self.fsync_shared, cell.concurrency).map(|summary| summary.ok_per_second).unwrap_or(0.0);
+                let baseline = cell.shared_file.ok_per_second;
                 let factor = if baseline > 0.0 { cell.node.ok_per_second / baseline } else { 0.0 };
                 let _ = writeln!(
                     out,
-                    "- {}: pending path at concurrency {} is {:.2}x FsyncPerWrite (target {:.0}x): {}",
+                    "- {}: pending path at concurrency {} is {:.2}x FsyncPerWrite, one file + mutex (target {:.0}x): {}",
                     store.store,
                     cell.concurrency,
                     factor,

@@ -1,10 +1,11 @@
 //! One store's run: start the store and a node, then the committed path beside the sqlx
 //! baseline, an outage and its drain, and the pending path; stop everything.
 
-use crate::baseline::{self, StoreKind};
+use crate::baseline::{self, FileLayout, StoreKind};
 use crate::load::{self, Reservations, Stop};
-use crate::node::NodeProcess;
-use crate::report::{CommittedCell, Drain, PendingCell, StoreResults};
+use crate::node::{cpu_seconds, NodeProcess};
+use crate::queue_alone;
+use crate::report::{CommittedCell, CpuUse, Drain, PendingCell, StoreResults};
 use crate::tally::{Summary, Tally};
 use anyhow::{bail, Context};
 use rananeeti::postgres::{free_loopback_port, PgCluster};
@@ -22,8 +23,10 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const CLIENT_IDLE_CONNECTIONS_MAX: usize = 64;
 /// How long the drain may take before the benchmark reports it unfinished.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often the drain's progress is logged.
+const DRAIN_REPORT_INTERVAL: Duration = Duration::from_secs(2);
 /// How often the queue depth is read while draining.
-const DRAIN_POLL_INTERVAL: Duration = Duration::from_millis(25);
+const DRAIN_POLL_INTERVAL: Duration = Duration::from_millis(10);
 
 /// How long each cell runs, and how big the outage is.
 #[derive(Clone, Debug)]
@@ -32,6 +35,8 @@ pub struct Plan {
     pub warmup: Duration,
     /// Reservations queued during the outage whose drain is timed.
     pub drain_entries: u64,
+    /// RUST_LOG for the node; `None` runs it with its default filter (info, JSON to stdout).
+    pub node_rust_log: Option<String>,
 }
 
 impl StoreKind {
@@ -90,6 +95,18 @@ fn describe(label: &str, concurrency: usize, summary: &Summary) {
     }
 }
 
+fn describe_cpu(cpu: &CpuUse) {
+    progress(format!(
+        "  CPU: node {} cores, load generator {} cores",
+        cores(cpu.node_cores),
+        cores(cpu.load_generator_cores)
+    ));
+}
+
+fn cores(value: Option<f64>) -> String {
+    value.map(|cores| format!("{cores:.2}")).unwrap_or_else(|| "?".to_string())
+}
+
 /// What the node acknowledged, so the store can be checked after the drain.
 #[derive(Default)]
 struct Acknowledged {
@@ -105,6 +122,25 @@ impl Acknowledged {
         self.committed += other("201") + if ok_is_committed { tally.ok } else { 0 };
         self.pending += other("202") + if ok_is_committed { 0 } else { tally.ok };
     }
+}
+
+/// Runs one measured HTTP cell and the CPU the node and this process used meanwhile.
+async fn measured_cell(
+    node: &NodeProcess,
+    client: &reqwest::Client,
+    concurrency: usize,
+    duration: Duration,
+    expected: StatusCode,
+    reservations: &Arc<Reservations>,
+) -> (Tally, CpuUse) {
+    let node_entry = node.pid().to_string();
+    let before = (cpu_seconds(&node_entry), cpu_seconds("self"));
+    let tally =
+        load::run(client, &node.reservations_url(), concurrency, Stop::After(duration), expected, reservations).await;
+    let after = (cpu_seconds(&node_entry), cpu_seconds("self"));
+    let seconds = tally.elapsed.as_secs_f64().max(f64::EPSILON);
+    let cores = |before: Option<f64>, after: Option<f64>| Some((after? - before?) / seconds);
+    (tally, CpuUse { node_cores: cores(before.0, after.0), load_generator_cores: cores(before.1, after.1) })
 }
 
 pub async fn run(
@@ -132,7 +168,8 @@ async fn run_with_store(
     notes: &mut Vec<String>,
 ) -> anyhow::Result<StoreResults> {
     let name = kind.name();
-    let node = NodeProcess::start(node_binary, &dir.join("node"), &store.node_url).await?;
+    let node =
+        NodeProcess::start(node_binary, &dir.join("node"), &store.node_url, plan.node_rust_log.as_deref()).await?;
     progress(format!("{name}: node {} up at {}", node.pid(), node.reservations_url()));
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(CLIENT_IDLE_CONNECTIONS_MAX)
@@ -142,28 +179,27 @@ async fn run_with_store(
     let reservations = Arc::new(Reservations::new());
     let mut acknowledged = Acknowledged::default();
 
-    // The committed path, and the same insert done directly.
-    let mut node_cells = Vec::new();
-    for concurrency in CONCURRENCIES {
-        let warmup =
-            load::run(&client, &url, concurrency, Stop::After(plan.warmup), StatusCode::CREATED, &reservations).await;
-        acknowledged.add(&warmup, StatusCode::CREATED);
-        let tally =
-            load::run(&client, &url, concurrency, Stop::After(plan.cell), StatusCode::CREATED, &reservations).await;
-        acknowledged.add(&tally, StatusCode::CREATED);
-        let summary = tally.summary();
-        describe(&format!("{name} committed"), concurrency, &summary);
-        node_cells.push((concurrency, summary));
-    }
+    // The committed path, each cell followed at once by the same insert done directly, so both
+    // see the same disk and the same neighbours (fsync latency on a shared VM disk drifts).
     let pool = baseline::pool(kind, &store.baseline_url).await?;
     baseline::create_table(&pool).await?;
     let sequence = Arc::new(AtomicU64::new(0));
     let mut committed = Vec::new();
-    for (concurrency, node_summary) in node_cells {
+    for concurrency in CONCURRENCIES {
+        let warmup =
+            load::run(&client, &url, concurrency, Stop::After(plan.warmup), StatusCode::CREATED, &reservations).await;
+        acknowledged.add(&warmup, StatusCode::CREATED);
+        let (tally, cpu) =
+            measured_cell(&node, &client, concurrency, plan.cell, StatusCode::CREATED, &reservations).await;
+        acknowledged.add(&tally, StatusCode::CREATED);
+        let node_summary = tally.summary();
+        describe(&format!("{name} committed"), concurrency, &node_summary);
+        describe_cpu(&cpu);
+
         baseline::run_inserts(&pool, concurrency, plan.warmup, &sequence).await;
-        let summary = baseline::run_inserts(&pool, concurrency, plan.cell, &sequence).await.summary();
-        describe(&format!("{name} sqlx baseline"), concurrency, &summary);
-        committed.push(CommittedCell { concurrency, node: node_summary, baseline: summary });
+        let baseline_summary = baseline::run_inserts(&pool, concurrency, plan.cell, &sequence).await.summary();
+        describe(&format!("{name} sqlx baseline"), concurrency, &baseline_summary);
+        committed.push(CommittedCell { concurrency, node: node_summary, cpu, baseline: baseline_summary });
     }
     pool.close().await;
 
@@ -186,9 +222,18 @@ async fn run_with_store(
     let cleared = Instant::now();
     node.set_db("up").await?;
     let mut remaining = queued;
+    let mut started_after = None;
+    let mut next_report = DRAIN_REPORT_INTERVAL;
     while remaining > 0 && cleared.elapsed() < DRAIN_TIMEOUT {
         tokio::time::sleep(DRAIN_POLL_INTERVAL).await;
         remaining = node.queue().await?.depth;
+        if remaining < queued && started_after.is_none() {
+            started_after = Some(cleared.elapsed());
+        }
+        if cleared.elapsed() >= next_report {
+            progress(format!("{name}: draining, {remaining} left after {:.1} s", cleared.elapsed().as_secs_f64()));
+            next_report += DRAIN_REPORT_INTERVAL;
+        }
     }
     let drain_seconds = cleared.elapsed().as_secs_f64();
     let rows = {
@@ -200,15 +245,17 @@ async fn run_with_store(
     let drain = Drain {
         entries: queued,
         seconds: drain_seconds,
+        started_after_seconds: started_after.map(|elapsed| elapsed.as_secs_f64()),
         remaining,
         rows,
         rows_expected: acknowledged.committed + acknowledged.pending,
     };
     progress(format!(
-        "{name}: drained {} entries in {:.2} s ({:.0}/s); {} rows in the store, {} acknowledged",
+        "{name}: drained {} entries in {:.2} s ({:.0}/s), depth first fell after {:.2} s; {} rows in the store, {} acknowledged",
         queued - remaining,
         drain_seconds,
         drain.entries_per_second(),
+        drain.started_after_seconds.unwrap_or(0.0),
         rows,
         drain.rows_expected
     ));
@@ -221,21 +268,45 @@ async fn run_with_store(
         ));
     }
 
-    // The pending path: the store down, every reservation queued.
+    // The pending path: the store down, every reservation queued; each cell followed at once by
+    // FsyncPerWrite at the same concurrency, on the same disk.
     node.set_db("down").await?;
+    let fsync_dir = dir.join("fsync-per-write");
     let mut pending = Vec::new();
     for concurrency in CONCURRENCIES {
         load::run(&client, &url, concurrency, Stop::After(plan.warmup), StatusCode::ACCEPTED, &reservations).await;
         let fsyncs_before = node.queue().await?.fsyncs_total;
-        let tally =
-            load::run(&client, &url, concurrency, Stop::After(plan.cell), StatusCode::ACCEPTED, &reservations).await;
+        let (tally, cpu) =
+            measured_cell(&node, &client, concurrency, plan.cell, StatusCode::ACCEPTED, &reservations).await;
         let fsyncs_after = node.queue().await?.fsyncs_total;
         let summary = tally.summary();
         describe(&format!("{name} pending"), concurrency, &summary);
+        describe_cpu(&cpu);
+
+        let shared_file = fsync_per_write(&fsync_dir, FileLayout::SharedFile, concurrency, plan).await?;
+        describe(&format!("{name} FsyncPerWrite, one file + mutex"), concurrency, &shared_file);
+        let queue_dir = dir.join(format!("queue-alone-{concurrency}"));
+        let queue_alone = queue_alone::run(&queue_dir, concurrency, plan.warmup, plan.cell).await?;
+        let queue_alone_fsyncs = queue_alone.fsyncs;
+        let queue_alone = queue_alone.tally.summary();
+        describe(&format!("{name} queue alone"), concurrency, &queue_alone);
+        // Only at the highest concurrency: it shows what the filesystem merges by itself.
+        let file_per_worker = if concurrency == concurrency_max {
+            let summary = fsync_per_write(&fsync_dir, FileLayout::FilePerWorker, concurrency, plan).await?;
+            describe(&format!("{name} FsyncPerWrite, file per worker"), concurrency, &summary);
+            Some(summary)
+        } else {
+            None
+        };
         pending.push(PendingCell {
             concurrency,
             node: summary,
+            cpu,
             queue_fsyncs: fsyncs_after.saturating_sub(fsyncs_before),
+            shared_file,
+            file_per_worker,
+            queue_alone,
+            queue_alone_fsyncs,
         });
     }
 
@@ -245,6 +316,18 @@ async fn run_with_store(
         bail!("{name}: no memory sample of the node was taken");
     }
     Ok(StoreResults { store: name, committed, pending, drain, memory })
+}
+
+/// One FsyncPerWrite cell after its warm-up, in fresh files under `dir`, off the runtime.
+async fn fsync_per_write(dir: &Path, layout: FileLayout, concurrency: usize, plan: &Plan) -> anyhow::Result<Summary> {
+    let cell_dir = dir.join(format!("{layout:?}-{concurrency}"));
+    let (warmup, cell) = (plan.warmup, plan.cell);
+    tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(&cell_dir).with_context(|| format!("creating {}", cell_dir.display()))?;
+        baseline::run_fsync_per_write(&cell_dir, layout, concurrency, warmup)?;
+        Ok(baseline::run_fsync_per_write(&cell_dir, layout, concurrency, cell)?.summary())
+    })
+    .await?
 }
 
 /// The node binary: `--node-bin`, else `rananeeti` next to this executable.

@@ -619,8 +619,7 @@ pub fn flash(placed: &str, status: &str, reason: Option<&str>) -> Option<Flash> 
         ("pending", "pending") => Flash {
             placed: "pending",
             tone: "pending",
-            heading: "Received — queued while our database is unavailable; this page updates when it is confirmed"
-                .to_string(),
+            heading: "Received — queued while our database is unavailable".to_string(),
             text: "Your booking is safe with us. You can leave this page and come back to it.".to_string(),
         },
         ("pending", "committed") => Flash {

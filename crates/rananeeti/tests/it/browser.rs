@@ -30,7 +30,7 @@ const CHROMEDRIVER_LOG_TAIL_LINES_MAX: usize = 40;
 
 /// Flags this machine needs: no sandbox as root, and no background connections, which the
 /// closed network refuses.
-const CHROMIUM_ARGS: [&str; 9] = [
+const CHROMIUM_ARGS: [&str; 10] = [
     "--headless",
     "--no-sandbox",
     "--disable-gpu",
@@ -39,6 +39,7 @@ const CHROMIUM_ARGS: [&str; 9] = [
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
+    "--lang=en-GB",
     "--window-size=1200,1000",
 ];
 
@@ -138,8 +139,8 @@ async fn open_browser(driver: &ChromeDriver, profile_dir: &Path) -> Client {
     args.push(format!("--user-data-dir={}", profile_dir.display()));
     let mut capabilities = serde_json::Map::new();
     capabilities.insert("goog:chromeOptions".to_string(), json!({ "args": args }));
-    ClientBuilder::rustls()
-        .expect("a WebDriver client")
+    // chromedriver is on loopback over plain HTTP: no TLS stack is needed.
+    ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
         .capabilities(capabilities)
         .connect(&driver.url)
         .await
