@@ -12,7 +12,7 @@ use time::{OffsetDateTime, PrimitiveDateTime, Time};
 
 /// Distinct time slots the reservations are spread over (about 278 days of minutes), so no slot
 /// fills up and the seat check reads a handful of rows, as it would in a real cafe.
-const SLOTS: u64 = 400_000;
+pub const SLOTS: u64 = 400_000;
 
 /// When a cell stops.
 #[derive(Clone, Copy, Debug)]

@@ -47,7 +47,19 @@ fn filesystem_of(path: &Path) -> String {
         .unwrap_or_else(|| "unknown".to_string())
 }
 
-/// The 1-minute load average (/proc/loadavg): other work on the machine competes with the node.
-pub fn load_average() -> Option<f64> {
-    std::fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
+/// Jiffies the CPUs spent busy, and in all, so far (first line of /proc/stat).
+pub fn cpu_jiffies() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let values: Vec<u64> = line.split_whitespace().filter_map(|value| value.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal ...; guest time is already in user.
+    let total: u64 = values.iter().take(8).sum();
+    let idle = values.get(3)? + values.get(4).copied().unwrap_or(0);
+    Some((total - idle, total))
+}
+
+/// How busy the machine's CPUs were, 0 to 1, between two `cpu_jiffies` readings.
+pub fn busy_fraction(before: (u64, u64), after: (u64, u64)) -> Option<f64> {
+    let total = after.1.checked_sub(before.1)?;
+    (total > 0).then(|| (after.0.saturating_sub(before.0)) as f64 / total as f64)
 }

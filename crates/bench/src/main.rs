@@ -120,7 +120,7 @@ async fn run(args: &Args, plan: &Plan, node_binary: PathBuf, work_dir: PathBuf) 
     );
     let mut notes = Vec::new();
 
-    let load_average_at_start = machine::load_average();
+    let busy_before = machine_busy().await;
     let fsync_at_start_ms = probe_fsync(&work_dir.join("fsync-probe-start")).await?;
     let mut stores = Vec::new();
     for kind in args.store.kinds() {
@@ -131,7 +131,7 @@ async fn run(args: &Args, plan: &Plan, node_binary: PathBuf, work_dir: PathBuf) 
     }
 
     let fsync_at_end_ms = probe_fsync(&work_dir.join("fsync-probe-end")).await?;
-    let load_average_at_end = machine::load_average();
+    let busy_after = machine_busy().await;
     let mode = if args.quick {
         format!("quick: {} ms per cell after a {} ms warm-up", plan.cell.as_millis(), plan.warmup.as_millis())
     } else {
@@ -155,7 +155,7 @@ async fn run(args: &Args, plan: &Plan, node_binary: PathBuf, work_dir: PathBuf) 
         started_at,
         took_seconds: started.elapsed().as_secs_f64(),
         fsync_probe_ms: [fsync_at_start_ms, fsync_at_end_ms],
-        load_average: [load_average_at_start, load_average_at_end],
+        busy_outside_run: [busy_before, busy_after],
         stores,
         notes,
     })
@@ -173,4 +173,13 @@ async fn probe_fsync(dir: &std::path::Path) -> anyhow::Result<Option<f64>> {
         Ok(summary.p50_ms)
     })
     .await?
+}
+
+/// How busy the CPUs are over one second while the benchmark runs nothing: other work on the
+/// machine competes with the node for its cores.
+async fn machine_busy() -> Option<f64> {
+    const SAMPLE: Duration = Duration::from_secs(1);
+    let before = machine::cpu_jiffies()?;
+    tokio::time::sleep(SAMPLE).await;
+    machine::busy_fraction(before, machine::cpu_jiffies()?)
 }

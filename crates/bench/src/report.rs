@@ -18,8 +18,9 @@ pub struct Report {
     pub took_seconds: f64,
     /// Median latency of one append + fsync, at the start and at the end of the run.
     pub fsync_probe_ms: [Option<f64>; 2],
-    /// The 1-minute load average at the start and at the end of the run.
-    pub load_average: [Option<f64>; 2],
+    /// How busy the CPUs were (0 to 1) over a second just before and just after the run, with
+    /// nothing of the benchmark running: other work on the machine.
+    pub busy_outside_run: [Option<f64>; 2],
     pub stores: Vec<StoreResults>,
     pub notes: Vec<String>,
 }
@@ -30,6 +31,8 @@ pub struct StoreResults {
     pub pending: Vec<PendingCell>,
     pub drain: Drain,
     pub memory: MemoryReport,
+    /// Entries left in the node's queue when it was stopped (the pending path's, never drained).
+    pub queue_depth_at_stop: u64,
 }
 
 /// CPU used during a cell, in cores (CPU seconds per second of the cell).
@@ -51,6 +54,8 @@ pub struct CommittedCell {
     pub node: Summary,
     pub cpu: CpuUse,
     pub baseline: Summary,
+    /// The node's whole transaction (dedup record, seat check, row) done directly with sqlx.
+    pub node_transaction: Option<Summary>,
 }
 
 pub struct PendingCell {
@@ -148,13 +153,12 @@ impl Report {
             ms(self.fsync_probe_ms[0]),
             ms(self.fsync_probe_ms[1])
         );
-        let load = |value: Option<f64>| value.map(|load| format!("{load:.2}")).unwrap_or_else(|| "?".to_string());
+        let busy = |value: Option<f64>| value.map(|busy| format!("{:.0}%", busy * 100.0)).unwrap_or_else(|| "?".to_string());
         let _ = writeln!(
             out,
-            "- Load average (1 min): {} at the start, {} at the end ({} cores; above that, other work competed)",
-            load(self.load_average[0]),
-            load(self.load_average[1]),
-            machine.cores
+            "- Other work on the machine: CPUs {} busy in the second before the run, {} in the second after",
+            busy(self.busy_outside_run[0]),
+            busy(self.busy_outside_run[1])
         );
         let _ = writeln!(out, "- Command: `{}`", self.command);
         let _ = writeln!(out, "- Mode: {}", self.mode);
@@ -176,13 +180,41 @@ impl Report {
                     rate(cell.node.ok_per_second),
                     ms(cell.node.p50_ms),
                     ms(cell.node.p99_ms),
-                    cell.node.errors + cell.baseline.errors,
+                    cell.node.errors
+                        + cell.baseline.errors
+                        + cell.node_transaction.as_ref().map(|summary| summary.errors).unwrap_or(0),
                     cell.node.other,
                     cell.cpu.describe(),
                     rate(cell.baseline.ok_per_second),
                     ms(cell.baseline.p50_ms),
                     ms(cell.baseline.p99_ms),
                     ratio(cell.node.ok_per_second, cell.baseline.ok_per_second),
+                );
+            }
+        }
+
+        let _ = writeln!(out, "\n### Where the committed path's time goes\n");
+        let _ = writeln!(
+            out,
+            "| store | concurrency | node, HTTP /s (p50 ms) | node's transaction, direct sqlx /s (p50 ms) | one-row insert, direct sqlx /s (p50 ms) | HTTP + platform: node / transaction | the node's SQL: transaction / insert |"
+        );
+        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|");
+        for store in &self.stores {
+            for cell in &store.committed {
+                let Some(transaction) = &cell.node_transaction else { continue };
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {} ({}) | {} ({}) | {} ({}) | {} | {} |",
+                    store.store,
+                    cell.concurrency,
+                    rate(cell.node.ok_per_second),
+                    ms(cell.node.p50_ms),
+                    rate(transaction.ok_per_second),
+                    ms(transaction.p50_ms),
+                    rate(cell.baseline.ok_per_second),
+                    ms(cell.baseline.p50_ms),
+                    ratio(cell.node.ok_per_second, transaction.ok_per_second),
+                    ratio(transaction.ok_per_second, cell.baseline.ok_per_second),
                 );
             }
         }
@@ -276,17 +308,18 @@ impl Report {
         }
 
         let _ = writeln!(out, "\n## Node memory over the whole run\n");
-        let _ = writeln!(out, "| store | peak VmRSS (sampled every 100 ms) | VmHWM (kernel's peak) | samples |");
-        let _ = writeln!(out, "|---|---:|---:|---:|");
+        let _ = writeln!(out, "| store | peak VmRSS (sampled every 100 ms) | VmHWM (kernel's peak) | samples | entries in the queue at the end |");
+        let _ = writeln!(out, "|---|---:|---:|---:|---:|");
         for store in &self.stores {
             let memory = &store.memory;
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} |",
                 store.store,
                 megabytes(memory.peak_rss_kib),
                 megabytes(memory.high_water_kib),
-                memory.samples
+                memory.samples,
+                store.queue_depth_at_stop
             );
         }
 

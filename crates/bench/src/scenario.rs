@@ -181,8 +181,9 @@ async fn run_with_store(
 
     // The committed path, each cell followed at once by the same insert done directly, so both
     // see the same disk and the same neighbours (fsync latency on a shared VM disk drifts).
+    let concurrency_max = *CONCURRENCIES.last().expect("concurrencies are listed");
     let pool = baseline::pool(kind, &store.baseline_url).await?;
-    baseline::create_table(&pool).await?;
+    baseline::create_tables(&pool, kind).await?;
     let sequence = Arc::new(AtomicU64::new(0));
     let mut committed = Vec::new();
     for concurrency in CONCURRENCIES {
@@ -199,13 +200,27 @@ async fn run_with_store(
         baseline::run_inserts(&pool, concurrency, plan.warmup, &sequence).await;
         let baseline_summary = baseline::run_inserts(&pool, concurrency, plan.cell, &sequence).await.summary();
         describe(&format!("{name} sqlx baseline"), concurrency, &baseline_summary);
-        committed.push(CommittedCell { concurrency, node: node_summary, cpu, baseline: baseline_summary });
+        // The node's own transaction without HTTP: at the ends only, to keep the run short.
+        let node_transaction = if concurrency == CONCURRENCIES[0] || concurrency == concurrency_max {
+            baseline::run_node_transactions(&pool, concurrency, plan.warmup, &sequence).await;
+            let summary = baseline::run_node_transactions(&pool, concurrency, plan.cell, &sequence).await.summary();
+            describe(&format!("{name} node transaction, direct"), concurrency, &summary);
+            Some(summary)
+        } else {
+            None
+        };
+        committed.push(CommittedCell {
+            concurrency,
+            node: node_summary,
+            cpu,
+            baseline: baseline_summary,
+            node_transaction,
+        });
     }
     pool.close().await;
 
     // An outage of a fixed size, then its drain.
     node.set_db("down").await?;
-    let concurrency_max = *CONCURRENCIES.last().expect("concurrencies are listed");
     let fill =
         load::run(&client, &url, concurrency_max, Stop::Count(plan.drain_entries), StatusCode::ACCEPTED, &reservations)
             .await;
@@ -310,12 +325,13 @@ async fn run_with_store(
         });
     }
 
+    let queue_depth_at_stop = node.queue().await?.depth;
     let memory = node.stop()?;
     progress(format!("{name}: node stopped; peak VmRSS {} KiB over {} samples", memory.peak_rss_kib, memory.samples));
     if memory.samples == 0 {
         bail!("{name}: no memory sample of the node was taken");
     }
-    Ok(StoreResults { store: name, committed, pending, drain, memory })
+    Ok(StoreResults { store: name, committed, pending, drain, memory, queue_depth_at_stop })
 }
 
 /// One FsyncPerWrite cell after its warm-up, in fresh files under `dir`, off the runtime.

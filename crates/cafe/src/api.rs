@@ -46,9 +46,9 @@ pub fn simulates_store_failure(headers: &HeaderMap) -> bool {
 }
 
 pub fn submit_error(error: SubmitError) -> ApiError {
-    match error {
-        SubmitError::Queue(error) => ApiError::Unavailable(error.to_string()),
-        other => ApiError::Internal(other.to_string()),
+    match &error {
+        SubmitError::Queue(_) | SubmitError::QueueTimeout => ApiError::Unavailable(error.to_string()),
+        _ => ApiError::Internal(error.to_string()),
     }
 }
 
@@ -110,7 +110,9 @@ async fn list(
         Some(cursor) => Some(
             cursor
                 .parse::<u64>()
-                .map_err(|_| ApiError::invalid("after", "use the \"next\" value of the previous page"))?,
+                .ok()
+                .filter(|cursor| *cursor <= i64::MAX as u64)
+                .ok_or_else(|| ApiError::invalid("after", "use the \"next\" value of the previous page"))?,
         ),
     };
     let limit = match query.limit.as_deref() {

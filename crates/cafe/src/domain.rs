@@ -99,6 +99,9 @@ impl Notes {
         if chars > NOTES_CHARS_MAX {
             return Err(field_error("notes", format!("at most {NOTES_CHARS_MAX} characters (these have {chars})")));
         }
+        if notes.chars().any(|c| c.is_control() && c != '\n' && c != '\t' && c != '\r') {
+            return Err(field_error("notes", "notes cannot contain control characters"));
+        }
         Ok(Notes(notes.to_string()))
     }
 
@@ -193,5 +196,7 @@ mod tests {
             "notes"
         );
         assert!(ReservationRequest::parse("Ann", 20, "2026-11-23T17:00", Some(&"n".repeat(200)), NOW).is_ok());
+        assert_eq!(field(ReservationRequest::parse("Ann", 2, "2027-01-01T19:30", Some("a\u{0}b"), NOW)), "notes");
+        assert!(ReservationRequest::parse("Ann", 2, "2027-01-01T19:30", Some("line\nnext"), NOW).is_ok());
     }
 }

@@ -455,7 +455,7 @@ async fn place_reservation(
             };
             Ok(Redirect::to(&format!("/cafe/reservations/{}?placed={placed}", submitted.id.to_hex())).into_response())
         }
-        Err(SubmitError::Queue(error)) => {
+        Err(error @ (SubmitError::Queue(_) | SubmitError::QueueTimeout)) => {
             tracing::error!(%error, request_id = request_id(&headers), "booking neither stored nor queued");
             let message = "We could not take your booking just now: neither our database nor our backup queue \
                            answered. Nothing was booked. Please send the form again in a moment."

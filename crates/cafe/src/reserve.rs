@@ -30,15 +30,28 @@ impl CommandHandler for ReserveHandler {
         Box::pin(async move {
             let payload: ReservationPayload = serde_json::from_value(command.payload.clone())
                 .map_err(|error| ApplyError::Rejected(format!("not a reservation: {error}")))?;
-            let booked: i64 = sqlx::query(
-                "SELECT CAST(COALESCE(SUM(party_size), 0) AS BIGINT) AS seats FROM cafe_reservations WHERE slot = $1",
-            )
-            .bind(&payload.time)
-            .fetch_one(&mut *connection)
-            .await?
-            .try_get("seats")?;
-            if booked + payload.party_size > self.seats_per_slot {
-                let free = (self.seats_per_slot - booked).max(0);
+            // Book the seats on the slot's counter row with one conditional UPDATE: on PostgreSQL
+            // (READ COMMITTED) a concurrent booking of the same slot waits for the row and the
+            // condition is checked again on the row it committed, so two bookings never both take
+            // the last seats. On SQLite the dedup insert already holds the write lock.
+            sqlx::query("INSERT INTO cafe_slots (slot, booked) VALUES ($1, 0) ON CONFLICT (slot) DO NOTHING")
+                .bind(&payload.time)
+                .execute(&mut *connection)
+                .await?;
+            let booked =
+                sqlx::query("UPDATE cafe_slots SET booked = booked + $1 WHERE slot = $2 AND booked + $1 <= $3")
+                    .bind(payload.party_size)
+                    .bind(&payload.time)
+                    .bind(self.seats_per_slot)
+                    .execute(&mut *connection)
+                    .await?;
+            if booked.rows_affected() == 0 {
+                let taken: i64 = sqlx::query("SELECT booked FROM cafe_slots WHERE slot = $1")
+                    .bind(&payload.time)
+                    .fetch_one(&mut *connection)
+                    .await?
+                    .try_get("booked")?;
+                let free = (self.seats_per_slot - taken).max(0);
                 return Err(ApplyError::Rejected(format!(
                     "fully booked at {}: {free} of {} seats left for a party of {}",
                     payload.time.replace('T', " "),
@@ -62,10 +75,18 @@ impl CommandHandler for ReserveHandler {
     }
 }
 
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    component: "cafe",
-    version: 1,
-    sqlite: "CREATE TABLE cafe_reservations (
+const SLOTS_SQL: &str = "CREATE TABLE cafe_slots (
+        slot TEXT PRIMARY KEY,
+        booked BIGINT NOT NULL CHECK (booked >= 0)
+    );
+    INSERT INTO cafe_slots (slot, booked)
+        SELECT slot, CAST(SUM(party_size) AS BIGINT) FROM cafe_reservations GROUP BY slot";
+
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        component: "cafe",
+        version: 1,
+        sqlite: "CREATE TABLE cafe_reservations (
         id TEXT PRIMARY KEY,
         name TEXT NOT NULL,
         party_size BIGINT NOT NULL,
@@ -74,7 +95,7 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
         hlc BIGINT NOT NULL
     );
     CREATE INDEX cafe_reservations_slot ON cafe_reservations (slot);",
-    postgres: "CREATE TABLE cafe_reservations (
+        postgres: "CREATE TABLE cafe_reservations (
         id TEXT PRIMARY KEY,
         name TEXT NOT NULL,
         party_size BIGINT NOT NULL,
@@ -83,4 +104,6 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
         hlc BIGINT NOT NULL
     );
     CREATE INDEX cafe_reservations_slot ON cafe_reservations (slot);",
-}];
+    },
+    Migration { component: "cafe", version: 2, sqlite: SLOTS_SQL, postgres: SLOTS_SQL },
+];

@@ -34,7 +34,9 @@ impl BreakerState {
 struct Inner {
     consecutive_failures: u32,
     opened_at: Option<Instant>,
-    probe_in_flight: bool,
+    /// When the half-open probe was let through. A probe whose outcome is never recorded (its
+    /// future dropped, its caller gave up) expires after `open_ms`, so the breaker cannot stick.
+    probe_started_at: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -55,7 +57,7 @@ impl CircuitBreaker {
         assert!(config.failures_to_open > 0, "failures_to_open must be positive");
         CircuitBreaker {
             config,
-            inner: Mutex::new(Inner { consecutive_failures: 0, opened_at: None, probe_in_flight: false }),
+            inner: Mutex::new(Inner { consecutive_failures: 0, opened_at: None, probe_started_at: None }),
         }
     }
 
@@ -74,18 +76,18 @@ impl CircuitBreaker {
 
     /// Whether a store attempt may go ahead now. In half-open state one probe goes at a time.
     pub fn allow(&self) -> bool {
+        let open_for = Duration::from_millis(self.config.open_ms);
         let mut inner = self.lock();
         match inner.opened_at {
             None => true,
-            Some(opened) if opened.elapsed() < Duration::from_millis(self.config.open_ms) => false,
-            Some(_) => {
-                if inner.probe_in_flight {
-                    false
-                } else {
-                    inner.probe_in_flight = true;
+            Some(opened) if opened.elapsed() < open_for => false,
+            Some(_) => match inner.probe_started_at {
+                Some(started) if started.elapsed() < open_for => false,
+                _ => {
+                    inner.probe_started_at = Some(Instant::now());
                     true
                 }
-            }
+            },
         }
     }
 
@@ -93,14 +95,13 @@ impl CircuitBreaker {
         let mut inner = self.lock();
         inner.consecutive_failures = 0;
         inner.opened_at = None;
-        inner.probe_in_flight = false;
+        inner.probe_started_at = None;
     }
 
     pub fn record_failure(&self) -> Transition {
         let mut inner = self.lock();
         inner.consecutive_failures = inner.consecutive_failures.saturating_add(1);
-        let was_half_open_probe = inner.probe_in_flight;
-        inner.probe_in_flight = false;
+        let was_half_open_probe = inner.probe_started_at.take().is_some();
         if was_half_open_probe {
             // The probe failed: stay open for another period.
             inner.opened_at = Some(Instant::now());
@@ -133,6 +134,17 @@ mod tests {
         breaker.record_success();
         assert_eq!(breaker.state(), BreakerState::Closed);
         assert!(breaker.allow());
+    }
+
+    #[test]
+    fn a_probe_whose_outcome_is_never_recorded_expires() {
+        let breaker = CircuitBreaker::new(BreakerConfig { failures_to_open: 1, open_ms: 20 });
+        breaker.record_failure();
+        std::thread::sleep(Duration::from_millis(25));
+        assert!(breaker.allow(), "the probe");
+        assert!(!breaker.allow());
+        std::thread::sleep(Duration::from_millis(25));
+        assert!(breaker.allow(), "a lost probe must not keep the breaker shut forever");
     }
 
     #[test]

@@ -141,12 +141,17 @@ pub enum SubmitError {
     /// Not acknowledged: neither the store nor the queue took it.
     #[error("neither the store nor the fallback queue could take the command: {0}")]
     Queue(QueueError),
+    /// Not acknowledged: the queue did not answer within the budget.
+    #[error("the fallback queue did not answer within the budget")]
+    QueueTimeout,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreUnavailable {
     #[error("store unavailable (injected fault)")]
     Injected,
+    #[error("store did not answer in time")]
+    Timeout,
     #[error("store unavailable: {0}")]
     Store(#[from] StoreError),
 }
@@ -198,7 +203,17 @@ pub struct Platform {
     metrics: PlatformMetrics,
     drain_wakeup: Arc<tokio::sync::Notify>,
     queue_fsyncs_seen: std::sync::atomic::AtomicU64,
+    /// Queue entries already reported as impossible to apply, so the log says it once.
+    stuck_reported: std::sync::Mutex<std::collections::HashSet<u64>>,
 }
+
+const STUCK_REPORTED_MAX: usize = 10_000;
+
+/// The queue gets at least this long, even when the store attempts used the whole budget.
+const QUEUE_WAIT_MIN: Duration = Duration::from_millis(100);
+
+/// A status read from the store gives up after this long and falls back to the queue.
+const STATUS_READ_TIMEOUT: Duration = Duration::from_millis(1000);
 
 impl Platform {
     /// Starts the platform and its drainer (which stops when the last `Arc<Platform>` is dropped).
@@ -221,6 +236,7 @@ impl Platform {
             metrics,
             drain_wakeup: Arc::new(tokio::sync::Notify::new()),
             queue_fsyncs_seen: std::sync::atomic::AtomicU64::new(0),
+            stuck_reported: std::sync::Mutex::new(std::collections::HashSet::new()),
         });
         tokio::spawn(drain_loop(Arc::downgrade(&platform)));
         platform
@@ -309,6 +325,8 @@ impl Platform {
                         return Ok(Submitted { id, outcome });
                     }
                     Ok(Err(AttemptError::Permanent(error))) => {
+                        // The store answered: it is up, the command is at fault (a bug).
+                        self.store_succeeded();
                         tracing::error!(%error, attempt, "store refused the command");
                         return Err(SubmitError::Store(error));
                     }
@@ -332,7 +350,11 @@ impl Platform {
             }
         }
 
-        let outcome = self.enqueue(&command).await?;
+        // Bounded too: a stalled disk gets a 503 (not acknowledged), never a hung client. The
+        // entry may still land; a retry of the same command is then answered *duplicate*.
+        let remaining = (started + budget).saturating_duration_since(Instant::now()).max(QUEUE_WAIT_MIN);
+        let outcome =
+            tokio::time::timeout(remaining, self.enqueue(&command)).await.map_err(|_| SubmitError::QueueTimeout)??;
         Ok(Submitted { id, outcome })
     }
 
@@ -443,7 +465,10 @@ impl Platform {
     /// Where a command stands, looked up in the store and then in this node's queue. `None` when
     /// neither knows it; `Err` when the store could not be asked and the queue does not hold it.
     pub async fn status(&self, id: &CommandId) -> Result<Option<CommandStatus>, StoreUnavailable> {
-        let from_store = self.status_in_store(id).await;
+        let from_store = match tokio::time::timeout(STATUS_READ_TIMEOUT, self.status_in_store(id)).await {
+            Ok(result) => result,
+            Err(_elapsed) => Err(StoreUnavailable::Timeout),
+        };
         if let Ok(Some(status)) = from_store {
             return Ok(Some(status));
         }
@@ -545,63 +570,77 @@ impl Platform {
         };
         let apply_timeout = Duration::from_millis(self.config.drain.apply_timeout_ms);
         let mut done = Vec::with_capacity(entries.len());
-        let mut store_failed = false;
+        // None: no store call was made this round, so the breaker learns nothing from it.
+        let mut store_reached: Option<bool> = None;
         for entry in &entries {
-            let command: Command = match serde_json::from_slice(&entry.body) {
-                Ok(command) => command,
-                Err(error) => {
-                    // Checked on write; a body that no longer decodes is a bug, kept for an operator.
-                    tracing::error!(%error, seq = entry.seq, "queued command does not decode; left in the queue");
-                    break;
-                }
-            };
-            let Some(handler) = self.registry.get(&command.kind) else {
-                tracing::error!(
-                    kind = command.kind,
-                    seq = entry.seq,
-                    "no handler for queued command; left in the queue"
-                );
-                break;
+            let Some((command, handler)) = self.decode_queued(entry) else {
+                // Kept in the queue for an operator (visible in /admin/queue and in the oldest-age
+                // metric); it must not hold back the entries behind it.
+                continue;
             };
             match tokio::time::timeout(apply_timeout, self.apply(handler.as_ref(), &command, true)).await {
                 Ok(Ok(outcome)) => {
                     tracing::info!(id = %command.id, outcome = outcome.as_str(), "queued command applied");
+                    store_reached = Some(true);
                     done.push(entry.clone());
                 }
                 Ok(Err(AttemptError::Permanent(error))) => {
                     // A command the store can never take would block every one behind it.
                     tracing::error!(%error, id = %command.id, "queued command refused by the store; recorded as rejected");
-                    if self.record_internal_rejection(&command).await.is_ok() {
+                    let recorded = tokio::time::timeout(apply_timeout, self.record_internal_rejection(&command)).await;
+                    if matches!(recorded, Ok(Ok(()))) {
+                        store_reached = Some(true);
                         done.push(entry.clone());
                     } else {
-                        store_failed = true;
+                        store_reached = Some(false);
                         break;
                     }
                 }
                 Ok(Err(AttemptError::Transient(reason))) => {
                     tracing::warn!(reason, "drain paused: store unavailable");
-                    store_failed = true;
+                    store_reached = Some(false);
                     break;
                 }
                 Err(_elapsed) => {
                     tracing::warn!("drain paused: apply timed out");
-                    store_failed = true;
+                    store_reached = Some(false);
                     break;
                 }
             }
         }
-        if !done.is_empty() {
-            if let Err(error) = self.queue.remove(&done) {
-                tracing::error!(%error, "could not remove drained entries; they will be deduplicated");
-            }
-            self.metrics.queue_drained.inc_by(done.len() as u64);
+        match store_reached {
+            Some(true) => self.store_succeeded(),
+            Some(false) => self.store_failed(),
+            None => {}
         }
-        if store_failed {
-            self.store_failed();
-        } else {
-            self.store_succeeded();
+        if done.is_empty() {
+            return 0;
         }
+        if let Err(error) = self.queue.remove(&done) {
+            // Not removed: the next round applies them again as duplicates. Pause instead of
+            // spinning on them.
+            tracing::error!(%error, "could not remove drained entries; they will be deduplicated");
+            return 0;
+        }
+        self.metrics.queue_drained.inc_by(done.len() as u64);
         done.len()
+    }
+
+    /// The command and its handler, or `None` (logged once per entry) when the body no longer
+    /// decodes or names a kind this node does not know.
+    fn decode_queued(&self, entry: &rananeeti_queue::Entry) -> Option<(Command, Arc<dyn CommandHandler>)> {
+        let problem = match serde_json::from_slice::<Command>(&entry.body) {
+            Ok(command) => match self.registry.get(&command.kind) {
+                Some(handler) => return Some((command, Arc::clone(handler))),
+                None => format!("no handler for kind {}", command.kind),
+            },
+            Err(error) => format!("body does not decode: {error}"),
+        };
+        let mut reported = self.stuck_reported.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if reported.len() < STUCK_REPORTED_MAX && reported.insert(entry.seq) {
+            tracing::error!(seq = entry.seq, problem, "queued command cannot be applied; left in the queue");
+        }
+        None
     }
 
     fn record_internal_rejection<'a>(&'a self, command: &'a Command) -> BoxFuture<'a, Result<(), sqlx::Error>> {

@@ -42,6 +42,9 @@ pub struct StoreConfig {
     pub connections_max: u32,
     /// SQLite: how long a writer waits for the file lock.
     pub busy_timeout_ms: u64,
+    /// PostgreSQL: longest a statement may run (also bounds lock waits), so a dropped attempt
+    /// does not leave work running on the server.
+    pub statement_timeout_ms: u64,
     /// How long taking a connection from the pool (or opening one) may take.
     pub acquire_timeout_ms: u64,
 }
@@ -224,6 +227,7 @@ fn build_pools(kind: StoreKind, config: &StoreConfig) -> Result<Pools, StoreErro
 fn build_pool(kind: StoreKind, config: &StoreConfig, url: &str) -> Result<AnyPool, StoreError> {
     assert!(config.connections_max > 0, "connections_max must be positive");
     let busy_timeout_ms = config.busy_timeout_ms;
+    let statement_timeout_ms = config.statement_timeout_ms;
     let options = AnyPoolOptions::new()
         .max_connections(config.connections_max)
         .min_connections(0)
@@ -238,6 +242,8 @@ fn build_pool(kind: StoreKind, config: &StoreConfig, url: &str) -> Result<AnyPoo
                     connection.execute("PRAGMA journal_mode = WAL").await?;
                     connection.execute("PRAGMA synchronous = FULL").await?;
                     connection.execute(format!("PRAGMA busy_timeout = {busy_timeout_ms}").as_str()).await?;
+                } else {
+                    connection.execute(format!("SET statement_timeout = {statement_timeout_ms}").as_str()).await?;
                 }
                 Ok(())
             })
@@ -254,29 +260,47 @@ fn redact(message: &str) -> String {
         .join(" ")
 }
 
-/// Whether a store error means "unavailable for now" (retry or queue), as opposed to a bug.
+/// Whether a store error means "unavailable for now" (retry, then queue), as opposed to "this
+/// command is at fault" (a bug: answered as an error, never queued). Only errors about the data
+/// or the SQL itself are the command's fault; everything else (connection lost, shutdown,
+/// read-only after a failover, bad login, disk full, locked) is the store's state.
 pub fn is_transient(error: &sqlx::Error) -> bool {
     match error {
-        sqlx::Error::Io(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed
-        | sqlx::Error::Protocol(_)
-        | sqlx::Error::Tls(_) => true,
+        sqlx::Error::RowNotFound
+        | sqlx::Error::TypeNotFound { .. }
+        | sqlx::Error::ColumnIndexOutOfBounds { .. }
+        | sqlx::Error::ColumnNotFound(_)
+        | sqlx::Error::ColumnDecode { .. }
+        | sqlx::Error::Encode(_)
+        | sqlx::Error::Decode(_) => false,
         sqlx::Error::Database(database) => {
-            let Some(code) = database.code() else { return false };
+            let Some(code) = database.code() else { return true };
             if let Ok(sqlite_code) = code.parse::<i64>() {
-                // BUSY, LOCKED, IOERR, FULL, CANTOPEN (primary codes, low byte).
-                return matches!(sqlite_code & 0xff, 5 | 6 | 10 | 13 | 14);
+                // SQL error, too big, constraint, datatype mismatch, bind range (primary codes).
+                return !matches!(sqlite_code & 0xff, 1 | 18 | 19 | 20 | 25);
             }
-            // PostgreSQL classes: connection exception, operator intervention (shutdown),
-            // insufficient resources, serialization failure and deadlock.
-            code.starts_with("08")
-                || code.starts_with("57")
-                || code.starts_with("53")
-                || code == "40001"
-                || code == "40P01"
+            // PostgreSQL classes: data exception, integrity violation, syntax or access rule,
+            // feature not supported.
+            !(code.starts_with("22") || code.starts_with("23") || code.starts_with("42") || code.starts_with("0A"))
         }
-        _ => false,
+        _ => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_urls_with_credentials() {
+        assert_eq!(redact("cannot connect to postgres://u:secret@h:5/db now"), "cannot connect to <url> now");
+        assert_eq!(redact("plain message"), "plain message");
+    }
+
+    #[test]
+    fn only_data_and_sql_errors_are_the_commands_fault() {
+        assert!(is_transient(&sqlx::Error::PoolTimedOut));
+        assert!(is_transient(&sqlx::Error::Io(std::io::Error::other("reset"))));
+        assert!(!is_transient(&sqlx::Error::RowNotFound));
     }
 }

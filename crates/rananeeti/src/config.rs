@@ -53,6 +53,7 @@ pub struct StoreSection {
     pub reader_url: Option<String>,
     pub connections_max: u32,
     pub busy_timeout_ms: u64,
+    pub statement_timeout_ms: u64,
     pub acquire_timeout_ms: u64,
 }
 
@@ -62,7 +63,8 @@ impl Default for StoreSection {
             writer_url: None,
             reader_url: None,
             connections_max: 8,
-            busy_timeout_ms: 5000,
+            busy_timeout_ms: 1000,
+            statement_timeout_ms: 1500,
             acquire_timeout_ms: 1000,
         }
     }
@@ -189,6 +191,9 @@ impl Config {
             ("queue.waiting_entries_max", self.queue.waiting_entries_max as u64),
             ("queue.entries_max", self.queue.entries_max),
             ("drain.batch_entries_max", self.drain.batch_entries_max as u64),
+            ("drain.idle_ms", self.drain.idle_ms),
+            ("drain.apply_timeout_ms", self.drain.apply_timeout_ms),
+            ("breaker.open_ms", self.breaker.open_ms),
             ("http.body_bytes_max", self.http.body_bytes_max as u64),
             ("cafe.seats_per_slot", self.cafe.seats_per_slot.max(0) as u64),
         ];
@@ -196,6 +201,9 @@ impl Config {
             if value == 0 {
                 anyhow::bail!("configuration: {name} must be positive");
             }
+        }
+        if self.http.request_timeout_ms <= self.submit.budget_ms {
+            anyhow::bail!("configuration: http.request_timeout_ms must be more than submit.budget_ms");
         }
         if self.submit.queue_reserve_ms >= self.submit.budget_ms {
             anyhow::bail!("configuration: submit.queue_reserve_ms must be less than submit.budget_ms");

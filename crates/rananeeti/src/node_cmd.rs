@@ -120,6 +120,7 @@ async fn serve(config: Config, addr_file: Option<PathBuf>) -> anyhow::Result<()>
             reader_url: config.store.reader_url.clone(),
             connections_max: config.store.connections_max,
             busy_timeout_ms: config.store.busy_timeout_ms,
+            statement_timeout_ms: config.store.statement_timeout_ms,
             acquire_timeout_ms: config.store.acquire_timeout_ms,
         },
         migrations,

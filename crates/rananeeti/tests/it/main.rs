@@ -8,4 +8,5 @@ mod cafe_api;
 mod crash;
 mod health;
 mod outage;
+mod seats;
 mod support;
