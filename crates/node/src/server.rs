@@ -126,7 +126,7 @@ async fn healthz() -> Json<serde_json::Value> {
 }
 
 /// Ready while the node can take requests: a store outage does not make it unready, because
-/// writes then go to the fallback queue; shutting down does.
+/// writes then go to the fallback queue; shutting down, or a queue that can take nothing, does.
 async fn readyz(State(health): State<Arc<Health>>) -> Response {
     let platform = &health.platform;
     let breaker = platform.breaker_state();
@@ -136,9 +136,16 @@ async fn readyz(State(health): State<Arc<Health>>) -> Response {
         "store": match breaker { BreakerState::Closed => "up", BreakerState::HalfOpen => "recovering", BreakerState::Open => "down" },
         "queue_depth": platform.queue().depth(),
     });
-    if health.shutting_down.load(Ordering::SeqCst) {
+    let unready = if health.shutting_down.load(Ordering::SeqCst) {
+        Some("shutting down")
+    } else if !platform.queue().writer_alive() {
+        Some("the fallback queue's writer has stopped; writes cannot be queued")
+    } else {
+        None
+    };
+    if let Some(reason) = unready {
         let mut body = body;
-        body["reason"] = json!("shutting down");
+        body["reason"] = json!(reason);
         return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
     }
     (StatusCode::OK, Json(body)).into_response()

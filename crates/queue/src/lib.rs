@@ -217,6 +217,12 @@ impl Queue {
         answer.await.map_err(|_| QueueError::Closed)?
     }
 
+    /// False once the writer thread has stopped (after a failed commit): enqueues then fail with
+    /// `Closed`, and the node should be taken out of service.
+    pub fn writer_alive(&self) -> bool {
+        self.inner.requests.as_ref().is_some_and(|requests| !requests.is_closed())
+    }
+
     pub fn get(&self, id: &[u8; 20]) -> Result<Option<Entry>, QueueError> {
         self.inner.store.get(id)
     }
