@@ -2,21 +2,22 @@
 //! insert done directly with sqlx and against one fsync per queued write; prints a markdown table.
 //!
 //! `machine` describes the host, `load` is the HTTP load generator, `baseline` the two baselines,
-//! `queue_alone` the queue without the node around it, `node` runs and watches the node process,
-//! `scenario` is one store's run, `report` the output.
+//! `platform_alone` and `queue_alone` the node's parts without HTTP around them, `node` runs and
+//! watches the node process, `scenario` is one store's run, `report` the output.
 
 mod baseline;
 mod load;
 mod machine;
 mod node;
+mod platform_alone;
 mod queue_alone;
 mod report;
 mod scenario;
 mod tally;
 
 use anyhow::Context;
-use baseline::StoreKind;
 use clap::{Parser, ValueEnum};
+use rananeeti_platform::StoreKind;
 use report::Report;
 use scenario::Plan;
 use std::path::PathBuf;
@@ -124,9 +125,9 @@ async fn run(args: &Args, plan: &Plan, node_binary: PathBuf, work_dir: PathBuf) 
     let fsync_at_start_ms = probe_fsync(&work_dir.join("fsync-probe-start")).await?;
     let mut stores = Vec::new();
     for kind in args.store.kinds() {
-        let results = scenario::run(kind, plan, &node_binary, &work_dir.join(kind.name()), &mut notes)
+        let results = scenario::run(kind, plan, &node_binary, &work_dir.join(kind.as_str()), &mut notes)
             .await
-            .with_context(|| format!("benchmarking the node on {}", kind.name()))?;
+            .with_context(|| format!("benchmarking the node on {}", kind.as_str()))?;
         stores.push(results);
     }
 
@@ -153,6 +154,7 @@ async fn run(args: &Args, plan: &Plan, node_binary: PathBuf, work_dir: PathBuf) 
         command,
         mode: format!("{mode}, outage of {} reservations, node {}", plan.drain_entries, node_binary.display()),
         started_at,
+        code_version: code_version(),
         took_seconds: started.elapsed().as_secs_f64(),
         fsync_probe_ms: [fsync_at_start_ms, fsync_at_end_ms],
         busy_outside_run: [busy_before, busy_after],
@@ -182,4 +184,15 @@ async fn machine_busy() -> Option<f64> {
     let before = machine::cpu_jiffies()?;
     tokio::time::sleep(SAMPLE).await;
     machine::busy_fraction(before, machine::cpu_jiffies()?)
+}
+
+/// `git describe --always --dirty` of the workspace this benchmark was built from, if git can say.
+fn code_version() -> Option<String> {
+    let output = std::process::Command::new("git")
+        .args(["-C", env!("CARGO_MANIFEST_DIR"), "describe", "--always", "--dirty"])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    let version = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    (output.status.success() && !version.is_empty()).then(|| format!("git {version}"))
 }

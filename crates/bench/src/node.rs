@@ -22,7 +22,7 @@ const ADMIN_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Lines of the node log quoted when it fails to start.
 const LOG_TAIL_LINES_MAX: usize = 20;
 /// The cafe's seats per slot for the benchmark: large enough that no load is ever refused.
-const SEATS_PER_SLOT: i64 = 1_000_000;
+pub const SEATS_PER_SLOT: i64 = 1_000_000;
 
 /// What the memory sampler saw over the node's whole life.
 #[derive(Clone, Copy, Debug, Default)]

@@ -10,11 +10,39 @@ pub const PENDING_RATIO_TARGET: f64 = 5.0;
 /// The node's peak resident memory must stay under this many bytes (100 MB).
 pub const NODE_RSS_BYTES_MAX: u64 = 100_000_000;
 
+/// How the numbers were made, printed with them so a saved report stands alone.
+const METHOD: [&str; 9] = [
+    "One `rananeeti node` process over loopback, default configuration except `[cafe] seats_per_slot = 1000000`; \
+     it logs JSON at info level to a file. The node, PostgreSQL and the load generator share the machine's cores.",
+    "A cell: N workers (tokio tasks, one reqwest client) each post reservations back to back for the cell's time \
+     after a warm-up; every body is distinct (name, notes, and the slot, one minute apart), so none is a duplicate. \
+     Rates count only the expected answer (201 on the committed path, 202 on the pending path); other 2xx are \
+     listed; errors are non-2xx answers and failed requests. Latency is per request at the client, nearest rank.",
+    "Committed baseline: the same N workers, through a writer pool built by the platform's `Store` with the \
+     node's defaults (8 connections; SQLite WAL, synchronous=FULL), each doing BEGIN; INSERT of one row into a \
+     table shaped like cafe_reservations; COMMIT. Run right after the node's cell, on the same store.",
+    "The platform alone: the node's write path built in the benchmark's process as `rananeeti node` builds it \
+     (default configuration, the cafe's handler), driven through `cafe::service::place` as the API handler is, \
+     on a database of its own on the same store; it splits the gap into HTTP and the platform's own work.",
+    "Pending baseline: FsyncPerWrite (crates/queue/src/baseline.rs), one file behind a mutex shared by N threads: \
+     a single log like the node's one queue, without group commit. Records are the size of a queued command. \
+     One file per worker is shown at the highest concurrency: there the filesystem merges concurrent fsyncs.",
+    "The queue alone: `Queue::enqueue` from N tasks on a fresh queue with the node's limits, no HTTP, no platform.",
+    "Entries per fsync: 202 answers divided by the queue's group commits (`fsyncs_total` of GET /admin/queue).",
+    "Drain: with {\"db\":\"down\"}, a fixed number of reservations is queued at the highest concurrency; then \
+     {\"db\":\"up\"} and GET /admin/queue every 10 ms until depth 0. The time includes the breaker's open \
+     interval (1 s) before the drainer tries the store again; afterwards the store's rows are counted against \
+     what the node acknowledged (201, or 202 and drained).",
+    "Memory: VmRSS of the node from /proc/PID/status every 100 ms from start to stop; VmHWM is the kernel's peak.",
+];
+
 pub struct Report {
     pub machine: Machine,
     pub command: String,
     pub mode: String,
     pub started_at: String,
+    /// `git describe` of the sources the benchmark was built from, when known.
+    pub code_version: Option<String>,
     pub took_seconds: f64,
     /// Median latency of one append + fsync, at the start and at the end of the run.
     pub fsync_probe_ms: [Option<f64>; 2],
@@ -54,8 +82,8 @@ pub struct CommittedCell {
     pub node: Summary,
     pub cpu: CpuUse,
     pub baseline: Summary,
-    /// The node's whole transaction (dedup record, seat check, row) done directly with sqlx.
-    pub node_transaction: Option<Summary>,
+    /// The node's write path in this process, without HTTP (`cafe::service::place`).
+    pub platform_alone: Option<Summary>,
 }
 
 pub struct PendingCell {
@@ -70,8 +98,13 @@ pub struct PendingCell {
     /// concurrency only).
     pub file_per_worker: Option<Summary>,
     /// The node's queue at the same concurrency, without HTTP or the platform.
-    pub queue_alone: Summary,
-    pub queue_alone_fsyncs: u64,
+    pub queue_alone: Option<QueueAlone>,
+}
+
+/// The queue measured alone, and the fsyncs it did meanwhile.
+pub struct QueueAlone {
+    pub summary: Summary,
+    pub fsyncs: u64,
 }
 
 pub struct Drain {
@@ -153,13 +186,15 @@ impl Report {
             ms(self.fsync_probe_ms[0]),
             ms(self.fsync_probe_ms[1])
         );
-        let busy = |value: Option<f64>| value.map(|busy| format!("{:.0}%", busy * 100.0)).unwrap_or_else(|| "?".to_string());
+        let busy =
+            |value: Option<f64>| value.map(|busy| format!("{:.0}%", busy * 100.0)).unwrap_or_else(|| "?".to_string());
         let _ = writeln!(
             out,
             "- Other work on the machine: CPUs {} busy in the second before the run, {} in the second after",
             busy(self.busy_outside_run[0]),
             busy(self.busy_outside_run[1])
         );
+        let _ = writeln!(out, "- Code: {}", self.code_version.as_deref().unwrap_or("unknown"));
         let _ = writeln!(out, "- Command: `{}`", self.command);
         let _ = writeln!(out, "- Mode: {}", self.mode);
         let _ = writeln!(out, "- Started {} UTC, took {:.0} s\n", self.started_at, self.took_seconds);
@@ -167,7 +202,7 @@ impl Report {
         let _ = writeln!(out, "## Committed path: reservations/s answered 201 (store up)\n");
         let _ = writeln!(
             out,
-            "| store | concurrency | node, HTTP /s | p50 ms | p99 ms | errors | other 2xx | CPU cores node / load gen. | baseline, sqlx insert /s | baseline p50 ms | baseline p99 ms | ratio |"
+            "| store | concurrency | node, HTTP /s | p50 ms | p99 ms | errors node / baselines | other 2xx | CPU cores node / load gen. | baseline, sqlx insert /s | baseline p50 ms | baseline p99 ms | ratio |"
         );
         let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|");
         for store in &self.stores {
@@ -180,9 +215,11 @@ impl Report {
                     rate(cell.node.ok_per_second),
                     ms(cell.node.p50_ms),
                     ms(cell.node.p99_ms),
-                    cell.node.errors
-                        + cell.baseline.errors
-                        + cell.node_transaction.as_ref().map(|summary| summary.errors).unwrap_or(0),
+                    format_args!(
+                        "{} / {}",
+                        cell.node.errors,
+                        cell.baseline.errors + cell.platform_alone.as_ref().map(|summary| summary.errors).unwrap_or(0)
+                    ),
                     cell.node.other,
                     cell.cpu.describe(),
                     rate(cell.baseline.ok_per_second),
@@ -196,12 +233,12 @@ impl Report {
         let _ = writeln!(out, "\n### Where the committed path's time goes\n");
         let _ = writeln!(
             out,
-            "| store | concurrency | node, HTTP /s (p50 ms) | node's transaction, direct sqlx /s (p50 ms) | one-row insert, direct sqlx /s (p50 ms) | HTTP + platform: node / transaction | the node's SQL: transaction / insert |"
+            "| store | concurrency | node, HTTP /s (p50 ms) | platform alone, no HTTP /s (p50 ms) | one-row insert, direct sqlx /s (p50 ms) | HTTP's share: node / platform alone | the platform's share: platform alone / insert |"
         );
         let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|");
         for store in &self.stores {
             for cell in &store.committed {
-                let Some(transaction) = &cell.node_transaction else { continue };
+                let Some(platform) = &cell.platform_alone else { continue };
                 let _ = writeln!(
                     out,
                     "| {} | {} | {} ({}) | {} ({}) | {} ({}) | {} | {} |",
@@ -209,12 +246,12 @@ impl Report {
                     cell.concurrency,
                     rate(cell.node.ok_per_second),
                     ms(cell.node.p50_ms),
-                    rate(transaction.ok_per_second),
-                    ms(transaction.p50_ms),
+                    rate(platform.ok_per_second),
+                    ms(platform.p50_ms),
                     rate(cell.baseline.ok_per_second),
                     ms(cell.baseline.p50_ms),
-                    ratio(cell.node.ok_per_second, transaction.ok_per_second),
-                    ratio(transaction.ok_per_second, cell.baseline.ok_per_second),
+                    ratio(cell.node.ok_per_second, platform.ok_per_second),
+                    ratio(platform.ok_per_second, cell.baseline.ok_per_second),
                 );
             }
         }
@@ -253,18 +290,21 @@ impl Report {
         let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         for store in &self.stores {
             for cell in &store.pending {
-                let errors = cell.queue_alone.errors
+                let errors = cell.queue_alone.as_ref().map(|queue| queue.summary.errors).unwrap_or(0)
                     + cell.shared_file.errors
                     + cell.file_per_worker.as_ref().map(|summary| summary.errors).unwrap_or(0);
+                let queue = |value: fn(&QueueAlone) -> String| {
+                    cell.queue_alone.as_ref().map(value).unwrap_or_else(|| "-".to_string())
+                };
                 let _ = writeln!(
                     out,
                     "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                     store.store,
                     cell.concurrency,
-                    rate(cell.queue_alone.ok_per_second),
-                    ms(cell.queue_alone.p50_ms),
-                    ms(cell.queue_alone.p99_ms),
-                    entries_per_fsync(cell.queue_alone.ok, cell.queue_alone_fsyncs),
+                    queue(|queue| rate(queue.summary.ok_per_second)),
+                    queue(|queue| ms(queue.summary.p50_ms)),
+                    queue(|queue| ms(queue.summary.p99_ms)),
+                    queue(|queue| entries_per_fsync(queue.summary.ok, queue.fsyncs)),
                     rate(cell.shared_file.ok_per_second),
                     ms(cell.shared_file.p50_ms),
                     ms(cell.shared_file.p99_ms),
@@ -337,6 +377,14 @@ impl Report {
                     PENDING_RATIO_TARGET,
                     if factor >= PENDING_RATIO_TARGET { "met" } else { "NOT met" }
                 );
+                if let Some(queue) = &cell.queue_alone {
+                    let _ = writeln!(
+                        out,
+                        "  (the queue alone, without HTTP: {} at the same concurrency, {} entries per fsync)",
+                        ratio(queue.summary.ok_per_second, baseline),
+                        entries_per_fsync(queue.summary.ok, queue.fsyncs)
+                    );
+                }
             }
             let peak_bytes = store.memory.peak_rss_kib.max(store.memory.high_water_kib) * 1024;
             let _ = writeln!(
@@ -346,6 +394,11 @@ impl Report {
                 megabytes(peak_bytes / 1024),
                 if peak_bytes < NODE_RSS_BYTES_MAX { "met" } else { "NOT met" }
             );
+        }
+
+        let _ = writeln!(out, "\n## Method\n");
+        for line in METHOD {
+            let _ = writeln!(out, "- {line}");
         }
 
         if !self.notes.is_empty() {

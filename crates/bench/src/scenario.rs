@@ -1,14 +1,16 @@
 //! One store's run: start the store and a node, then the committed path beside the sqlx
-//! baseline, an outage and its drain, and the pending path; stop everything.
+//! baseline (and the platform alone), an outage and its drain, and the pending path beside
+//! FsyncPerWrite (and the queue alone); stop everything.
 
-use crate::baseline::{self, FileLayout, StoreKind};
+use crate::baseline::{self, FileLayout};
 use crate::load::{self, Reservations, Stop};
 use crate::node::{cpu_seconds, NodeProcess};
-use crate::queue_alone;
-use crate::report::{CommittedCell, CpuUse, Drain, PendingCell, StoreResults};
+use crate::report::{CommittedCell, CpuUse, Drain, PendingCell, QueueAlone, StoreResults};
 use crate::tally::{Summary, Tally};
+use crate::{platform_alone, queue_alone};
 use anyhow::{bail, Context};
 use rananeeti::postgres::{free_loopback_port, PgCluster};
+use rananeeti_platform::StoreKind;
 use reqwest::StatusCode;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
@@ -28,6 +30,9 @@ const DRAIN_REPORT_INTERVAL: Duration = Duration::from_secs(2);
 /// How often the queue depth is read while draining.
 const DRAIN_POLL_INTERVAL: Duration = Duration::from_millis(10);
 
+/// The PostgreSQL database of the in-process platform.
+const PLATFORM_ALONE_DATABASE: &str = "bench_platform_alone";
+
 /// How long each cell runs, and how big the outage is.
 #[derive(Clone, Debug)]
 pub struct Plan {
@@ -39,19 +44,12 @@ pub struct Plan {
     pub node_rust_log: Option<String>,
 }
 
-impl StoreKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            StoreKind::Sqlite => "sqlite",
-            StoreKind::Postgres => "postgres",
-        }
-    }
-}
-
-/// Where the node and the baseline keep their data for one store kind.
+/// Where the node, the baseline and the in-process platform keep their data for one store kind.
 struct StoreUnderTest {
     node_url: String,
     baseline_url: String,
+    /// A database of its own, so the node's rows can be counted after the drain.
+    platform_alone_url: String,
     /// Stopped when dropped.
     cluster: Option<PgCluster>,
 }
@@ -62,6 +60,7 @@ async fn start_store(kind: StoreKind, dir: &Path) -> anyhow::Result<StoreUnderTe
         StoreKind::Sqlite => Ok(StoreUnderTest {
             node_url: format!("sqlite://{}?mode=rwc", dir.join("node.db").display()),
             baseline_url: format!("sqlite://{}?mode=rwc", dir.join("baseline.db").display()),
+            platform_alone_url: format!("sqlite://{}?mode=rwc", dir.join("platform-alone.db").display()),
             cluster: None,
         }),
         StoreKind::Postgres => {
@@ -72,7 +71,20 @@ async fn start_store(kind: StoreKind, dir: &Path) -> anyhow::Result<StoreUnderTe
             })
             .await??;
             // Same database, own table: the baseline pays for the same server and WAL.
-            Ok(StoreUnderTest { node_url: cluster.url(), baseline_url: cluster.url(), cluster: Some(cluster) })
+            let url = cluster.url();
+            let pool = baseline::pool(&url)?;
+            sqlx::query(&format!("CREATE DATABASE {PLATFORM_ALONE_DATABASE}"))
+                .execute(&pool)
+                .await
+                .context("creating the in-process platform's database")?;
+            pool.close().await;
+            let (server, _database) = url.rsplit_once('/').context("a PostgreSQL URL ends with its database")?;
+            Ok(StoreUnderTest {
+                node_url: url.clone(),
+                baseline_url: url.clone(),
+                platform_alone_url: format!("{server}/{PLATFORM_ALONE_DATABASE}"),
+                cluster: Some(cluster),
+            })
         }
     }
 }
@@ -167,7 +179,7 @@ async fn run_with_store(
     store: &StoreUnderTest,
     notes: &mut Vec<String>,
 ) -> anyhow::Result<StoreResults> {
-    let name = kind.name();
+    let name = kind.as_str();
     let node =
         NodeProcess::start(node_binary, &dir.join("node"), &store.node_url, plan.node_rust_log.as_deref()).await?;
     progress(format!("{name}: node {} up at {}", node.pid(), node.reservations_url()));
@@ -182,8 +194,9 @@ async fn run_with_store(
     // The committed path, each cell followed at once by the same insert done directly, so both
     // see the same disk and the same neighbours (fsync latency on a shared VM disk drifts).
     let concurrency_max = *CONCURRENCIES.last().expect("concurrencies are listed");
-    let pool = baseline::pool(kind, &store.baseline_url).await?;
-    baseline::create_tables(&pool, kind).await?;
+    let pool = baseline::pool(&store.baseline_url)?;
+    baseline::create_table(&pool).await?;
+    let platform = platform_alone::start(&store.platform_alone_url, &dir.join("platform-alone-queue")).await?;
     let sequence = Arc::new(AtomicU64::new(0));
     let mut committed = Vec::new();
     for concurrency in CONCURRENCIES {
@@ -200,11 +213,11 @@ async fn run_with_store(
         baseline::run_inserts(&pool, concurrency, plan.warmup, &sequence).await;
         let baseline_summary = baseline::run_inserts(&pool, concurrency, plan.cell, &sequence).await.summary();
         describe(&format!("{name} sqlx baseline"), concurrency, &baseline_summary);
-        // The node's own transaction without HTTP: at the ends only, to keep the run short.
-        let node_transaction = if concurrency == CONCURRENCIES[0] || concurrency == concurrency_max {
-            baseline::run_node_transactions(&pool, concurrency, plan.warmup, &sequence).await;
-            let summary = baseline::run_node_transactions(&pool, concurrency, plan.cell, &sequence).await.summary();
-            describe(&format!("{name} node transaction, direct"), concurrency, &summary);
+        // The node's write path without HTTP: at the ends only, to keep the run short.
+        let platform_alone = if concurrency == CONCURRENCIES[0] || concurrency == concurrency_max {
+            platform_alone::run(&platform, concurrency, plan.warmup, &reservations).await;
+            let summary = platform_alone::run(&platform, concurrency, plan.cell, &reservations).await.summary();
+            describe(&format!("{name} platform alone"), concurrency, &summary);
             Some(summary)
         } else {
             None
@@ -214,10 +227,11 @@ async fn run_with_store(
             node: node_summary,
             cpu,
             baseline: baseline_summary,
-            node_transaction,
+            platform_alone,
         });
     }
     pool.close().await;
+    drop(platform);
 
     // An outage of a fixed size, then its drain.
     node.set_db("down").await?;
@@ -252,7 +266,7 @@ async fn run_with_store(
     }
     let drain_seconds = cleared.elapsed().as_secs_f64();
     let rows = {
-        let pool = baseline::pool(kind, &store.node_url).await?;
+        let pool = baseline::pool(&store.node_url)?;
         let rows = baseline::count_reservations(&pool).await?;
         pool.close().await;
         rows
@@ -300,11 +314,16 @@ async fn run_with_store(
 
         let shared_file = fsync_per_write(&fsync_dir, FileLayout::SharedFile, concurrency, plan).await?;
         describe(&format!("{name} FsyncPerWrite, one file + mutex"), concurrency, &shared_file);
-        let queue_dir = dir.join(format!("queue-alone-{concurrency}"));
-        let queue_alone = queue_alone::run(&queue_dir, concurrency, plan.warmup, plan.cell).await?;
-        let queue_alone_fsyncs = queue_alone.fsyncs;
-        let queue_alone = queue_alone.tally.summary();
-        describe(&format!("{name} queue alone"), concurrency, &queue_alone);
+        // Above concurrency 1 only: there is nothing to group at 1, and the run stays short.
+        let queue_alone = if concurrency > 1 {
+            let queue_dir = dir.join(format!("queue-alone-{concurrency}"));
+            let cell = queue_alone::run(&queue_dir, concurrency, plan.warmup, plan.cell).await?;
+            let summary = cell.tally.summary();
+            describe(&format!("{name} queue alone"), concurrency, &summary);
+            Some(QueueAlone { summary, fsyncs: cell.fsyncs })
+        } else {
+            None
+        };
         // Only at the highest concurrency: it shows what the filesystem merges by itself.
         let file_per_worker = if concurrency == concurrency_max {
             let summary = fsync_per_write(&fsync_dir, FileLayout::FilePerWorker, concurrency, plan).await?;
@@ -321,7 +340,6 @@ async fn run_with_store(
             shared_file,
             file_per_worker,
             queue_alone,
-            queue_alone_fsyncs,
         });
     }
 
