@@ -30,21 +30,25 @@ impl CommandHandler for ReserveHandler {
         Box::pin(async move {
             let payload: ReservationPayload = serde_json::from_value(command.payload.clone())
                 .map_err(|error| ApplyError::Rejected(format!("not a reservation: {error}")))?;
-            // Book the seats on the slot's counter row with one conditional UPDATE: on PostgreSQL
+            if payload.party_size > self.seats_per_slot {
+                return Err(ApplyError::Rejected(format!(
+                    "a party of {} is larger than the {} seats of a time slot",
+                    payload.party_size, self.seats_per_slot
+                )));
+            }
+            // Book the seats on the slot's counter row with one conditional upsert: on PostgreSQL
             // (READ COMMITTED) a concurrent booking of the same slot waits for the row and the
             // condition is checked again on the row it committed, so two bookings never both take
             // the last seats. On SQLite the dedup insert already holds the write lock.
-            sqlx::query("INSERT INTO cafe_slots (slot, booked) VALUES ($1, 0) ON CONFLICT (slot) DO NOTHING")
-                .bind(&payload.time)
-                .execute(&mut *connection)
-                .await?;
-            let booked =
-                sqlx::query("UPDATE cafe_slots SET booked = booked + $1 WHERE slot = $2 AND booked + $1 <= $3")
-                    .bind(payload.party_size)
-                    .bind(&payload.time)
-                    .bind(self.seats_per_slot)
-                    .execute(&mut *connection)
-                    .await?;
+            let booked = sqlx::query(
+                "INSERT INTO cafe_slots (slot, booked) VALUES ($1, $2) ON CONFLICT (slot) DO UPDATE \
+                 SET booked = cafe_slots.booked + excluded.booked WHERE cafe_slots.booked + excluded.booked <= $3",
+            )
+            .bind(&payload.time)
+            .bind(payload.party_size)
+            .bind(self.seats_per_slot)
+            .execute(&mut *connection)
+            .await?;
             if booked.rows_affected() == 0 {
                 let taken: i64 = sqlx::query("SELECT booked FROM cafe_slots WHERE slot = $1")
                     .bind(&payload.time)

@@ -233,7 +233,9 @@ fn build_pool(kind: StoreKind, config: &StoreConfig, url: &str) -> Result<AnyPoo
         .min_connections(0)
         .acquire_timeout(Duration::from_millis(config.acquire_timeout_ms))
         .idle_timeout(Duration::from_secs(60))
-        .test_before_acquire(true)
+        // No ping before every use (a round trip per write): a connection that died with the
+        // server fails its first statement, which is retried, and the breaker rebuilds the pool.
+        .test_before_acquire(false)
         .after_connect(move |connection, _meta| {
             Box::pin(async move {
                 if kind == StoreKind::Sqlite {
