@@ -10,3 +10,4 @@ mod health;
 mod outage;
 mod seats;
 mod support;
+mod up;
