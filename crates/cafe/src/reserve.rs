@@ -63,6 +63,49 @@ impl CommandHandler for ReserveHandler {
                     payload.party_size
                 )));
             }
+            Self::insert_reservation(command, &payload, connection).await?;
+            Ok(())
+        })
+    }
+
+    /// The booking was decided in its own region: count its seats and insert it, without the
+    /// seat rule (two regions booking one slot while cut off from each other can overbook it;
+    /// that is what `local` means, and the counter shows it).
+    fn apply_replicated<'a>(
+        &'a self,
+        command: &'a Command,
+        connection: &'a mut AnyConnection,
+    ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
+        Box::pin(async move {
+            let payload: ReservationPayload = serde_json::from_value(command.payload.clone())
+                .map_err(|error| sqlx::Error::Decode(Box::new(error)))?;
+            sqlx::query(
+                "INSERT INTO cafe_slots (slot, booked) VALUES ($1, $2) ON CONFLICT (slot) DO UPDATE \
+                 SET booked = cafe_slots.booked + excluded.booked",
+            )
+            .bind(&payload.time)
+            .bind(payload.party_size)
+            .execute(&mut *connection)
+            .await?;
+            Self::insert_reservation(command, &payload, connection).await
+        })
+    }
+}
+
+const SLOTS_SQL: &str = "CREATE TABLE cafe_slots (
+        slot TEXT PRIMARY KEY,
+        booked BIGINT NOT NULL CHECK (booked >= 0)
+    );
+    INSERT INTO cafe_slots (slot, booked)
+        SELECT slot, CAST(SUM(party_size) AS BIGINT) FROM cafe_reservations GROUP BY slot";
+
+impl ReserveHandler {
+    fn insert_reservation<'a>(
+        command: &'a Command,
+        payload: &'a ReservationPayload,
+        connection: &'a mut AnyConnection,
+    ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
+        Box::pin(async move {
             sqlx::query(
                 "INSERT INTO cafe_reservations (id, name, party_size, slot, notes, hlc) VALUES ($1, $2, $3, $4, $5, $6)",
             )
@@ -78,13 +121,6 @@ impl CommandHandler for ReserveHandler {
         })
     }
 }
-
-const SLOTS_SQL: &str = "CREATE TABLE cafe_slots (
-        slot TEXT PRIMARY KEY,
-        booked BIGINT NOT NULL CHECK (booked >= 0)
-    );
-    INSERT INTO cafe_slots (slot, booked)
-        SELECT slot, CAST(SUM(party_size) AS BIGINT) FROM cafe_reservations GROUP BY slot";
 
 pub const MIGRATIONS: &[Migration] = &[
     Migration {

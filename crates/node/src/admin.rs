@@ -13,7 +13,8 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
-/// The admin bearer token. Never logged, never echoed.
+/// A bearer token (the admin token, or the cluster token between nodes). Never logged, never
+/// echoed.
 #[derive(Clone)]
 pub struct AdminToken(Arc<str>);
 
@@ -21,6 +22,11 @@ impl AdminToken {
     pub fn new(token: &str) -> AdminToken {
         assert!(!token.is_empty(), "the admin token is empty");
         AdminToken(Arc::from(token))
+    }
+
+    /// The token itself, to present it to a peer. Never log it.
+    pub fn expose(&self) -> &str {
+        &self.0
     }
 
     fn matches(&self, presented: &str) -> bool {

@@ -29,6 +29,8 @@ pub struct NodeHttpConfig {
     /// Written with the bound address once listening (for port 0 and for supervisors).
     pub addr_file: Option<PathBuf>,
     pub admin_token: AdminToken,
+    /// The token peers present to pull this region's outbox; no outbox endpoint without it.
+    pub cluster_token: Option<AdminToken>,
     pub body_bytes_max: usize,
     pub request_timeout_ms: u64,
 }
@@ -84,6 +86,9 @@ pub fn build_router(
         .with_state(health)
         .merge(Router::new().route("/api/commands/{id}", get(command_status)).with_state(Arc::clone(&platform)))
         .merge(admin::router(Arc::clone(&platform), config.admin_token.clone()));
+    if let Some(cluster_token) = &config.cluster_token {
+        router = router.merge(crate::replication::router(Arc::clone(&platform), cluster_token.clone()));
+    }
     for app in apps {
         router = router.merge(app.router(Arc::clone(&platform)));
     }

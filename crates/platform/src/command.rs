@@ -56,6 +56,15 @@ pub trait CommandHandler: Send + Sync + 'static {
         command: &'a Command,
         connection: &'a mut AnyConnection,
     ) -> BoxFuture<'a, Result<(), ApplyError>>;
+
+    /// Applies a command that a peer region already committed (pulled from its outbox). Its rules
+    /// were decided there: this applies the effect and must not reject. No default, so every
+    /// kind says what replaying it means.
+    fn apply_replicated<'a>(
+        &'a self,
+        command: &'a Command,
+        connection: &'a mut AnyConnection,
+    ) -> BoxFuture<'a, Result<(), sqlx::Error>>;
 }
 
 /// Handlers by kind.

@@ -11,6 +11,7 @@ pub mod hlc;
 pub mod id;
 pub mod metrics;
 mod platform;
+pub mod replication;
 pub mod schema;
 pub mod store;
 
@@ -24,6 +25,7 @@ pub use platform::{
     CommandState, CommandStatus, DrainConfig, Outcome, Platform, PlatformConfig, StoreUnavailable, SubmitConfig,
     SubmitError, SubmitOptions, Submitted,
 };
+pub use replication::{Applied, OutboxEntry, OutboxPage, ReplicationError};
 pub use store::{Migration, Store, StoreConfig, StoreError, StoreKind};
 
 /// Re-exported so apps write their SQL against the platform's own sqlx.

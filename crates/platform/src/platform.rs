@@ -193,13 +193,13 @@ pub struct SubmitOptions {
 }
 
 pub struct Platform {
-    config: PlatformConfig,
-    store: Store,
+    pub(crate) config: PlatformConfig,
+    pub(crate) store: Store,
     queue: Queue,
-    registry: Registry,
-    faults: Faults,
+    pub(crate) registry: Registry,
+    pub(crate) faults: Faults,
     breaker: CircuitBreaker,
-    clock: HlcClock,
+    pub(crate) clock: HlcClock,
     metrics: PlatformMetrics,
     drain_wakeup: Arc<tokio::sync::Notify>,
     queue_fsyncs_seen: std::sync::atomic::AtomicU64,
@@ -213,7 +213,7 @@ const STUCK_REPORTED_MAX: usize = 10_000;
 const QUEUE_WAIT_MIN: Duration = Duration::from_millis(100);
 
 /// A status read from the store gives up after this long and falls back to the queue.
-const STATUS_READ_TIMEOUT: Duration = Duration::from_millis(1000);
+const STATUS_READ_TIMEOUT: Duration = Duration::from_millis(2000);
 
 impl Platform {
     /// Starts the platform and its drainer (which stops when the last `Arc<Platform>` is dropped).
@@ -409,6 +409,7 @@ impl Platform {
             }
             match handler.apply(command, &mut tx).await {
                 Ok(()) => {
+                    append_outbox(&mut tx, self.store.kind(), command).await?;
                     tx.commit().await?;
                     Ok(Outcome::Committed)
                 }
@@ -665,13 +666,14 @@ fn insert_record<'a>(
     status: &'a str,
     via_queue: bool,
 ) -> BoxFuture<'a, Result<bool, sqlx::Error>> {
-    Box::pin(insert_record_inner(connection, command, config, status, via_queue))
+    Box::pin(insert_record_inner(connection, command, &config.region, &config.node, status, via_queue))
 }
 
-async fn insert_record_inner(
+pub(crate) async fn insert_record_inner(
     connection: &mut sqlx::AnyConnection,
     command: &Command,
-    config: &PlatformConfig,
+    applied_region: &str,
+    applied_node: &str,
     status: &str,
     via_queue: bool,
 ) -> Result<bool, sqlx::Error> {
@@ -685,8 +687,8 @@ async fn insert_record_inner(
     .bind(status)
     .bind(&command.origin_region)
     .bind(&command.origin_node)
-    .bind(&config.region)
-    .bind(&config.node)
+    .bind(applied_region)
+    .bind(applied_node)
     .bind(command.hlc.0 as i64)
     .bind(command.payload.to_string())
     .bind(via_queue as i64)
@@ -694,6 +696,28 @@ async fn insert_record_inner(
     .execute(&mut *connection)
     .await?;
     Ok(result.rows_affected() == 1)
+}
+
+/// The outbox row that replicates a committed command to the other regions. Written last in the
+/// apply transaction. On PostgreSQL an advisory lock held to COMMIT makes outbox sequence order
+/// the commit order, so a peer that has pulled up to seq N never misses a lower seq that commits
+/// later; SQLite's single writer gives that by itself.
+fn append_outbox<'a>(
+    connection: &'a mut sqlx::AnyConnection,
+    store: crate::store::StoreKind,
+    command: &'a Command,
+) -> BoxFuture<'a, Result<(), sqlx::Error>> {
+    Box::pin(async move {
+        if store == crate::store::StoreKind::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock(7277001)").execute(&mut *connection).await?;
+        }
+        sqlx::query("INSERT INTO rn_outbox (id, command) VALUES ($1, $2)")
+            .bind(command.id.to_hex())
+            .bind(serde_json::to_string(command).expect("a command always serializes"))
+            .execute(&mut *connection)
+            .await?;
+        Ok(())
+    })
 }
 
 fn set_rejection_reason<'a>(

@@ -2,10 +2,33 @@
 
 use crate::store::Migration;
 
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    component: "platform",
-    version: 1,
-    sqlite: "CREATE TABLE rn_commands (
+/// Version 2: the transactional outbox (what this region applied, in commit order, for peers to
+/// pull) and the checkpoint of what was pulled from each peer region.
+const OUTBOX_SQLITE: &str = "CREATE TABLE rn_outbox (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL,
+        command TEXT NOT NULL
+    );
+    CREATE TABLE rn_checkpoints (
+        peer_region TEXT PRIMARY KEY,
+        seq BIGINT NOT NULL
+    )";
+
+const OUTBOX_POSTGRES: &str = "CREATE TABLE rn_outbox (
+        seq BIGSERIAL PRIMARY KEY,
+        id TEXT NOT NULL,
+        command TEXT NOT NULL
+    );
+    CREATE TABLE rn_checkpoints (
+        peer_region TEXT PRIMARY KEY,
+        seq BIGINT NOT NULL
+    )";
+
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        component: "platform",
+        version: 1,
+        sqlite: "CREATE TABLE rn_commands (
         id TEXT PRIMARY KEY,
         kind TEXT NOT NULL,
         status TEXT NOT NULL CHECK (status IN ('committed', 'rejected')),
@@ -20,7 +43,7 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
         applied_at_ms BIGINT NOT NULL
     );
     CREATE INDEX rn_commands_kind_hlc ON rn_commands (kind, hlc);",
-    postgres: "CREATE TABLE rn_commands (
+        postgres: "CREATE TABLE rn_commands (
         id TEXT PRIMARY KEY,
         kind TEXT NOT NULL,
         status TEXT NOT NULL CHECK (status IN ('committed', 'rejected')),
@@ -35,4 +58,6 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
         applied_at_ms BIGINT NOT NULL
     );
     CREATE INDEX rn_commands_kind_hlc ON rn_commands (kind, hlc);",
-}];
+    },
+    Migration { component: "platform", version: 2, sqlite: OUTBOX_SQLITE, postgres: OUTBOX_POSTGRES },
+];

@@ -16,7 +16,24 @@ pub struct Config {
     pub queue: QueueSection,
     pub drain: DrainSection,
     pub http: HttpSection,
+    pub replication: ReplicationSection,
     pub cafe: CafeSection,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReplicationSection {
+    /// The other regions and their nodes' URLs; this node pulls each one's outbox.
+    pub peers: Vec<rananeeti_node::replication::PeerRegion>,
+    pub batch_entries_max: usize,
+    pub long_poll_ms: u64,
+    pub retry_ms: u64,
+}
+
+impl Default for ReplicationSection {
+    fn default() -> Self {
+        ReplicationSection { peers: Vec::new(), batch_entries_max: 256, long_poll_ms: 1000, retry_ms: 200 }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -30,6 +47,8 @@ pub struct NodeSection {
     pub data_dir: PathBuf,
     /// File holding the admin bearer token. Without one the admin API refuses every request.
     pub admin_token_file: Option<PathBuf>,
+    /// File holding the cluster token nodes present to each other (replication).
+    pub cluster_token_file: Option<PathBuf>,
 }
 
 impl Default for NodeSection {
@@ -40,6 +59,7 @@ impl Default for NodeSection {
             name: "r1-n1".into(),
             data_dir: PathBuf::from("rananeeti-data/r1/r1-n1"),
             admin_token_file: None,
+            cluster_token_file: None,
         }
     }
 }
@@ -181,6 +201,14 @@ impl Config {
         Ok(config)
     }
 
+    /// What can only be checked once the command-line flags are applied.
+    pub fn check_complete(&self) -> anyhow::Result<()> {
+        if !self.replication.peers.is_empty() && self.node.cluster_token_file.is_none() {
+            anyhow::bail!("configuration: replication.peers needs node.cluster_token_file (or --cluster-token-file)");
+        }
+        self.check()
+    }
+
     fn check(&self) -> anyhow::Result<()> {
         let positive = [
             ("store.connections_max", self.store.connections_max as u64),
@@ -194,6 +222,8 @@ impl Config {
             ("drain.idle_ms", self.drain.idle_ms),
             ("drain.apply_timeout_ms", self.drain.apply_timeout_ms),
             ("breaker.open_ms", self.breaker.open_ms),
+            ("replication.batch_entries_max", self.replication.batch_entries_max as u64),
+            ("replication.retry_ms", self.replication.retry_ms),
             ("http.body_bytes_max", self.http.body_bytes_max as u64),
             ("cafe.seats_per_slot", self.cafe.seats_per_slot.max(0) as u64),
         ];
@@ -204,6 +234,14 @@ impl Config {
         }
         if self.http.request_timeout_ms <= self.submit.budget_ms {
             anyhow::bail!("configuration: http.request_timeout_ms must be more than submit.budget_ms");
+        }
+        for peer in &self.replication.peers {
+            if peer.region == self.node.region {
+                anyhow::bail!("configuration: replication.peers names this node's own region {}", peer.region);
+            }
+            if peer.urls.is_empty() {
+                anyhow::bail!("configuration: replication peer {} has no urls", peer.region);
+            }
         }
         if self.submit.queue_reserve_ms >= self.submit.budget_ms {
             anyhow::bail!("configuration: submit.queue_reserve_ms must be less than submit.budget_ms");

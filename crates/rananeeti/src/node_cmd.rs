@@ -4,6 +4,7 @@ use crate::config::Config;
 use anyhow::Context;
 use rananeeti_cafe::{CafeApp, CafeConfig};
 use rananeeti_node::admin::AdminToken;
+use rananeeti_node::replication::{self, ReplicationConfig, ReplicationMetrics};
 use rananeeti_node::{App, NodeHttpConfig};
 use rananeeti_platform::{
     BreakerConfig, DrainConfig, Platform, PlatformConfig, PlatformMetrics, Registry, Store, StoreConfig, SubmitConfig,
@@ -38,6 +39,13 @@ pub struct NodeArgs {
     /// File holding the admin bearer token.
     #[arg(long)]
     pub admin_token_file: Option<PathBuf>,
+    /// File holding the cluster token nodes present to each other (replication).
+    #[arg(long)]
+    pub cluster_token_file: Option<PathBuf>,
+    /// A peer region to replicate from, as REGION=URL[,URL...]; repeatable. Replaces the
+    /// configuration's replication.peers when given.
+    #[arg(long = "peer", value_name = "REGION=URLS")]
+    pub peers: Vec<String>,
     /// After binding, write the listening address (e.g. 127.0.0.1:41234) to this file, atomically.
     #[arg(long)]
     pub addr_file: Option<PathBuf>,
@@ -67,7 +75,22 @@ pub fn resolve(args: &NodeArgs) -> anyhow::Result<Config> {
     if let Some(file) = &args.admin_token_file {
         config.node.admin_token_file = Some(file.clone());
     }
+    if let Some(file) = &args.cluster_token_file {
+        config.node.cluster_token_file = Some(file.clone());
+    }
+    if !args.peers.is_empty() {
+        config.replication.peers = args.peers.iter().map(|peer| parse_peer(peer)).collect::<anyhow::Result<_>>()?;
+    }
+    config.check_complete()?;
     Ok(config)
+}
+
+fn parse_peer(text: &str) -> anyhow::Result<rananeeti_node::replication::PeerRegion> {
+    let (region, urls) =
+        text.split_once('=').with_context(|| format!("--peer {text}: expected REGION=URL[,URL...]"))?;
+    let urls: Vec<String> = urls.split(',').map(str::trim).filter(|url| !url.is_empty()).map(String::from).collect();
+    anyhow::ensure!(!region.trim().is_empty() && !urls.is_empty(), "--peer {text}: expected REGION=URL[,URL...]");
+    Ok(rananeeti_node::replication::PeerRegion { region: region.trim().to_string(), urls })
 }
 
 pub fn run(args: NodeArgs) -> anyhow::Result<()> {
@@ -85,6 +108,7 @@ async fn serve(config: Config, addr_file: Option<PathBuf>) -> anyhow::Result<()>
     let data_dir = &config.node.data_dir;
     std::fs::create_dir_all(data_dir).with_context(|| format!("creating data directory {}", data_dir.display()))?;
     let admin_token = load_admin_token(config.node.admin_token_file.as_deref())?;
+    let cluster_token = config.node.cluster_token_file.as_deref().map(read_token_file).transpose()?;
 
     let queue = Queue::open(QueueConfig {
         dir: data_dir.join("queue"),
@@ -160,11 +184,28 @@ async fn serve(config: Config, addr_file: Option<PathBuf>) -> anyhow::Result<()>
         metrics,
     );
     tracing::info!(store = store_kind.as_str(), region = platform.region(), node = platform.node(), "platform started");
+    if let Some(cluster_token) = &cluster_token {
+        if !config.replication.peers.is_empty() {
+            let metrics = ReplicationMetrics::new(&mut metrics_registry);
+            replication::start(
+                std::sync::Arc::clone(&platform),
+                ReplicationConfig {
+                    peers: config.replication.peers.clone(),
+                    batch_entries_max: config.replication.batch_entries_max,
+                    long_poll_ms: config.replication.long_poll_ms,
+                    retry_ms: config.replication.retry_ms,
+                },
+                cluster_token.clone(),
+                metrics,
+            );
+        }
+    }
     rananeeti_node::serve(
         NodeHttpConfig {
             listen: config.node.listen.clone(),
             addr_file,
             admin_token,
+            cluster_token,
             body_bytes_max: config.http.body_bytes_max,
             request_timeout_ms: config.http.request_timeout_ms,
         },
@@ -175,15 +216,18 @@ async fn serve(config: Config, addr_file: Option<PathBuf>) -> anyhow::Result<()>
     .await
 }
 
+fn read_token_file(file: &std::path::Path) -> anyhow::Result<AdminToken> {
+    let token = std::fs::read_to_string(file).with_context(|| format!("reading token file {}", file.display()))?;
+    let token = token.trim();
+    anyhow::ensure!(!token.is_empty(), "token file {} is empty", file.display());
+    Ok(AdminToken::new(token))
+}
+
 /// The admin token from its file, else `RANANEETI_ADMIN_TOKEN`; without either, a random token
 /// nobody knows, so the admin API refuses everything.
 fn load_admin_token(file: Option<&std::path::Path>) -> anyhow::Result<AdminToken> {
     if let Some(file) = file {
-        let token =
-            std::fs::read_to_string(file).with_context(|| format!("reading admin token file {}", file.display()))?;
-        let token = token.trim();
-        anyhow::ensure!(!token.is_empty(), "admin token file {} is empty", file.display());
-        return Ok(AdminToken::new(token));
+        return read_token_file(file);
     }
     if let Ok(token) = std::env::var("RANANEETI_ADMIN_TOKEN") {
         if !token.trim().is_empty() {

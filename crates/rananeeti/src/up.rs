@@ -42,9 +42,6 @@ const NODE_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Random bytes in a generated admin token (hex-encoded in the file).
 const ADMIN_TOKEN_BYTES: usize = 32;
 
-const MULTI_REGION_NOT_YET: &str = "multi-region deployments arrive with replication; \
-     run with --regions 1 --nodes-per-region 1 for now";
-
 #[derive(clap::Args, Debug)]
 pub struct UpArgs {
     /// Number of regions (r1..rN), each with its own store.
@@ -90,8 +87,9 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
     if args.regions == 0 || args.nodes_per_region == 0 {
         bail!("--regions and --nodes-per-region must be at least 1");
     }
-    if args.regions.checked_mul(args.nodes_per_region) != Some(1) {
-        bail!(MULTI_REGION_NOT_YET);
+    const NODES_MAX: u32 = 64;
+    if args.regions.checked_mul(args.nodes_per_region).is_none_or(|nodes| nodes > NODES_MAX) {
+        bail!("at most {NODES_MAX} nodes in one local deployment");
     }
 
     // One thread: every child is spawned from it, which is what the parent-death signal set on
@@ -111,6 +109,9 @@ struct NodePlan {
     addr_file: PathBuf,
     store_url: String,
     admin_token_file: PathBuf,
+    cluster_token_file: PathBuf,
+    /// The other regions' node URLs, as `--peer REGION=URL,URL` values.
+    peers: Vec<String>,
     config: Option<PathBuf>,
 }
 
@@ -168,6 +169,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         Some(given) => given_admin_token_file(given)?,
         None => ensure_admin_token(&data)?,
     };
+    let cluster_token_file = ensure_token(&data, "cluster-token")?;
     let config = args
         .config
         .as_deref()
@@ -211,6 +213,8 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
                 data_dir: node_dir,
                 store_url: database.url.clone(),
                 admin_token_file: admin_token_file.clone(),
+                cluster_token_file: cluster_token_file.clone(),
+                peers: Vec::new(),
                 config: config.clone(),
                 name,
             };
@@ -218,6 +222,18 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             plans.push(plan);
         }
         topology.regions.push(RegionTopology { name: region, nodes, database });
+    }
+    // Every node pulls every other region's outbox, from any of that region's nodes.
+    for plan in &mut plans {
+        plan.peers = topology
+            .regions
+            .iter()
+            .filter(|region| region.name != plan.region)
+            .map(|region| {
+                let urls: Vec<&str> = region.nodes.iter().map(|node| node.url.as_str()).collect();
+                format!("{}={}", region.name, urls.join(","))
+            })
+            .collect();
     }
 
     let mut running = Vec::new();
@@ -257,6 +273,11 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     let base_url = format!("http://127.0.0.1:{}/", args.port);
     println!("rananeeti is up: {base_url}  (admin token in {})", admin_token_file.display());
     println!("cafe: {base_url}cafe");
+    if plans.len() > 1 {
+        for plan in &plans {
+            println!("  region {} node {}: {}/", plan.region, plan.name, plan.url());
+        }
+    }
     let _ = std::io::stdout().flush();
 
     let supervisors: Vec<_> = running
@@ -276,10 +297,10 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Port of the node at `node_index`: with one node it answers on the deployment's port itself.
+/// Port of the node at `node_index`: the deployment's port, then the ones after it. (Until the
+/// gateway exists, each node's own URL serves the apps.)
 fn node_port(base_port: u16, node_index: u32, nodes_total: u32) -> anyhow::Result<u16> {
-    // Several nodes will sit behind a gateway on the base port; `run` admits one node for now.
-    assert_eq!(nodes_total, 1, "one node per deployment until the gateway exists");
+    assert!(node_index < nodes_total, "node {node_index} of {nodes_total}");
     let port = u32::from(base_port) + node_index;
     u16::try_from(port).with_context(|| format!("node port {port} is out of range"))
 }
@@ -334,7 +355,12 @@ fn spawn_node(executable: &Path, plan: &NodePlan) -> anyhow::Result<Child> {
         .arg("--admin-token-file")
         .arg(&plan.admin_token_file)
         .arg("--addr-file")
-        .arg(&plan.addr_file);
+        .arg(&plan.addr_file)
+        .arg("--cluster-token-file")
+        .arg(&plan.cluster_token_file);
+    for peer in &plan.peers {
+        command.arg("--peer").arg(peer);
+    }
     if let Some(config) = &plan.config {
         command.arg("--config").arg(config);
     }
@@ -572,7 +598,12 @@ fn lock_data_dir(data: &Path) -> anyhow::Result<nix::fcntl::Flock<File>> {
 /// `DIR/admin-token`: kept from an earlier run when it is private to us, else a fresh random
 /// token, created 0600 from the start.
 fn ensure_admin_token(data: &Path) -> anyhow::Result<PathBuf> {
-    let path = data.join("admin-token");
+    ensure_token(data, "admin-token")
+}
+
+/// DIR/`file_name`: a random token, mode 0600, kept across runs when it is private and non-empty.
+fn ensure_token(data: &Path, file_name: &str) -> anyhow::Result<PathBuf> {
+    let path = data.join(file_name);
     match fs::symlink_metadata(&path) {
         Ok(metadata) => {
             let private =
@@ -583,7 +614,7 @@ fn ensure_admin_token(data: &Path) -> anyhow::Result<PathBuf> {
             }
             tracing::warn!(
                 path = %path.display(),
-                "existing admin token is empty or readable by others; replacing it"
+                "existing token is empty or readable by others; replacing it"
             );
         }
         Err(error) if error.kind() == ErrorKind::NotFound => {}
@@ -592,7 +623,7 @@ fn ensure_admin_token(data: &Path) -> anyhow::Result<PathBuf> {
         }
     }
     write_new_admin_token(&path)?;
-    tracing::info!(path = %path.display(), "generated a new admin token");
+    tracing::info!(path = %path.display(), "generated a new token");
     Ok(path)
 }
 

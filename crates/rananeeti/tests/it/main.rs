@@ -8,6 +8,7 @@ mod cafe_api;
 mod crash;
 mod health;
 mod outage;
+mod regions;
 mod seats;
 mod support;
 mod up;

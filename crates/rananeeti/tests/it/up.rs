@@ -103,16 +103,3 @@ async fn up_supervises_a_node_on_sqlite() {
 async fn up_supervises_a_node_on_postgres() {
     up_supervises_one_node("postgres").await;
 }
-
-#[test]
-fn up_refuses_more_than_one_node_for_now_with_a_clear_message() {
-    let dir = tempfile::tempdir().unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_rananeeti"))
-        .args(["up", "--regions", "2", "--nodes-per-region", "2", "--data"])
-        .arg(dir.path().join("data"))
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("--regions 1 --nodes-per-region 1"), "{stderr}");
-}

@@ -1,0 +1,201 @@
+//! Regions: `rananeeti up` with 2 regions x 2 nodes replicates every write to the other region,
+//! keeps taking writes in both while replication is cut, and converges once it is restored, with
+//! nothing lost and nothing doubled (checked in each region's database directly).
+
+use crate::support::{eventually, post_many, reservation};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use rananeeti::postgres::free_loopback_port;
+use rananeeti::topology::Topology;
+use serde_json::{json, Value};
+use sqlx::{Connection, Row};
+use std::collections::{BTreeSet, HashMap};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::time::Duration;
+
+const START_TIMEOUT: Duration = Duration::from_secs(90);
+const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
+const WRITES_PER_REGION_PER_PHASE: usize = 60;
+const PORT_ATTEMPTS_MAX: usize = 5;
+
+struct Up {
+    child: Child,
+    topology: Topology,
+    token: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGINT);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+    }
+}
+
+async fn start_up(regions: u32, nodes: u32, store: &str) -> Up {
+    sqlx::any::install_default_drivers();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let expected_nodes = (regions * nodes) as usize;
+    // The nodes take the deployment's port and the ones after it; another test may take one of
+    // those meanwhile, which `up` refuses clearly. Then try other ports.
+    for _attempt in 0..PORT_ATTEMPTS_MAX {
+        let port = free_loopback_port().unwrap();
+        if u32::from(port) + expected_nodes as u32 > u32::from(u16::MAX) {
+            continue;
+        }
+        let log_path = dir.path().join("up.log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_rananeeti"))
+            .args(["up", "--store", store, "--regions"])
+            .arg(regions.to_string())
+            .arg("--nodes-per-region")
+            .arg(nodes.to_string())
+            .arg("--port")
+            .arg(port.to_string())
+            .arg("--data")
+            .arg(&data)
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap();
+        let topology_path = data.join("topology.json");
+        let started = std::time::Instant::now();
+        loop {
+            if let Ok(topology) = Topology::read(&topology_path) {
+                let running =
+                    topology.regions.iter().flat_map(|region| &region.nodes).filter(|node| node.pid.is_some());
+                if running.count() == expected_nodes {
+                    let token = std::fs::read_to_string(data.join("admin-token")).unwrap().trim().to_string();
+                    return Up { child, topology, token, _dir: dir };
+                }
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                assert!(log.contains("is not available"), "up exited with {status}:\n{log}");
+                break;
+            }
+            assert!(started.elapsed() < START_TIMEOUT, "up did not start every node within {START_TIMEOUT:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    panic!("no free run of {expected_nodes} ports after {PORT_ATTEMPTS_MAX} attempts");
+}
+
+impl Up {
+    fn region_urls(&self, region: usize) -> Vec<String> {
+        self.topology.regions[region].nodes.iter().map(|node| node.url.clone()).collect()
+    }
+
+    async fn set_replication(&self, state: &str) {
+        let client = reqwest::Client::new();
+        for node in self.topology.regions.iter().flat_map(|region| &region.nodes) {
+            let response = client
+                .post(format!("{}/admin/faults", node.url))
+                .bearer_auth(&self.token)
+                .json(&json!({ "replication": state }))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200, "setting replication {state} on {}", node.name);
+        }
+    }
+
+    /// Reservation ids in one region's database, with how many rows each has.
+    async fn ids_in_region(&self, region: usize) -> (HashMap<String, usize>, HashMap<String, usize>) {
+        let mut connection = sqlx::AnyConnection::connect(&self.topology.regions[region].database.url).await.unwrap();
+        let count = |rows: Vec<sqlx::any::AnyRow>| {
+            let mut counts = HashMap::new();
+            for row in rows {
+                *counts.entry(row.get::<String, _>("id")).or_insert(0) += 1;
+            }
+            counts
+        };
+        let reservations = sqlx::query("SELECT id FROM cafe_reservations").fetch_all(&mut connection).await.unwrap();
+        let reservations = count(reservations);
+        let commands = sqlx::query("SELECT id FROM rn_commands WHERE status = 'committed'")
+            .fetch_all(&mut connection)
+            .await
+            .unwrap();
+        (reservations, count(commands))
+    }
+}
+
+/// Posts `count` reservations spread over the region's nodes; returns the acknowledged ids.
+async fn write_to_region(urls: &[String], tag: &str, first: usize, count: usize) -> BTreeSet<String> {
+    let mut ids = BTreeSet::new();
+    let per_node = count.div_ceil(urls.len());
+    let mut writers = Vec::new();
+    for (index, url) in urls.iter().enumerate() {
+        let start = first + index * per_node;
+        let bodies: Vec<Value> = (start..(start + per_node).min(first + count)).map(|i| reservation(tag, i)).collect();
+        writers.push(post_many(reqwest::Client::new(), url.clone(), bodies, 8, Arc::new(AtomicUsize::new(0))));
+    }
+    for answers in futures::future::join_all(writers).await {
+        for (body, answer) in answers {
+            let answer = answer.unwrap_or_else(|error| panic!("writing {body}: {error}"));
+            assert_eq!(answer.status, 201, "committed in its own region: {}", answer.body);
+            ids.insert(answer.id());
+        }
+    }
+    ids
+}
+
+async fn regions_converge_after_replication_is_cut_and_restored(store: &str) {
+    let up = start_up(2, 2, store).await;
+    let (r1, r2) = (up.region_urls(0), up.region_urls(1));
+    let n = WRITES_PER_REGION_PER_PHASE;
+
+    // Both regions take writes at once, and replicate.
+    let (a, b) = tokio::join!(write_to_region(&r1, "r1", 0, n), write_to_region(&r2, "r2", 10_000, n));
+    let mut acknowledged: BTreeSet<String> = a.union(&b).cloned().collect();
+
+    // Cut: both regions keep taking writes, and stop seeing each other's.
+    up.set_replication("cut").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (a, b) = tokio::join!(write_to_region(&r1, "r1-cut", 20_000, n), write_to_region(&r2, "r2-cut", 30_000, n));
+    let (r1_rows, _) = up.ids_in_region(0).await;
+    assert!(b.iter().all(|id| !r1_rows.contains_key(id)), "while cut, r2's new writes do not reach r1");
+    acknowledged.extend(a);
+    acknowledged.extend(b);
+
+    // Restored: they converge, each id exactly once in each region.
+    up.set_replication("ok").await;
+    for region in 0..2 {
+        eventually(&format!("region {} to hold every acknowledged write", region + 1), CONVERGE_TIMEOUT, || async {
+            let (reservations, _) = up.ids_in_region(region).await;
+            acknowledged.iter().all(|id| reservations.contains_key(id)).then_some(())
+        })
+        .await;
+        let (reservations, commands) = up.ids_in_region(region).await;
+        for id in &acknowledged {
+            assert_eq!(reservations.get(id), Some(&1), "region {}: reservation {id} exactly once", region + 1);
+            assert_eq!(commands.get(id), Some(&1), "region {}: command {id} recorded once", region + 1);
+        }
+        assert_eq!(reservations.len(), acknowledged.len(), "region {}: nothing that was not acknowledged", region + 1);
+    }
+
+    // Lag is exported per peer.
+    let metrics = reqwest::get(format!("{}/metrics", r1[0])).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("rananeeti_replication_lag_seconds{peer=\"r2\"}"), "{metrics}");
+    assert!(metrics.contains("rananeeti_replication_applied_total{peer=\"r2\"}"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn regions_converge_after_replication_is_cut_and_restored_sqlite() {
+    regions_converge_after_replication_is_cut_and_restored("sqlite").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn regions_converge_after_replication_is_cut_and_restored_postgres() {
+    regions_converge_after_replication_is_cut_and_restored("postgres").await;
+}
