@@ -69,7 +69,14 @@ async fn create(
     let id = submitted.id.to_hex();
     let response = match submitted.outcome {
         Outcome::Committed => (StatusCode::CREATED, Json(json!({ "id": id, "status": "committed" }))),
-        Outcome::Pending => (StatusCode::ACCEPTED, Json(json!({ "id": id, "status": "pending" }))),
+        Outcome::Pending => {
+            let mut body = json!({ "id": id, "status": "pending" });
+            if let Some(copied) = submitted.copied {
+                // Whether a peer node also holds it (queue copies): false means this node only.
+                body["copied"] = json!(copied);
+            }
+            (StatusCode::ACCEPTED, Json(body))
+        }
         Outcome::Duplicate(current) => {
             (StatusCode::OK, Json(json!({ "id": id, "status": "duplicate", "current": current.as_str() })))
         }

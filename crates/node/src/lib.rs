@@ -7,6 +7,7 @@ pub mod admin;
 pub mod app;
 pub mod error;
 pub mod json;
+pub mod queue_copies;
 pub mod replication;
 pub mod server;
 pub mod telemetry;

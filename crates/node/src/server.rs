@@ -28,6 +28,8 @@ pub struct NodeHttpConfig {
     pub listen: String,
     /// Written with the bound address once listening (for port 0 and for supervisors).
     pub addr_file: Option<PathBuf>,
+    /// Set to this node's URL once listening (for peers to call it back).
+    pub advertised_url: Option<Arc<std::sync::OnceLock<String>>>,
     pub admin_token: AdminToken,
     /// The token peers present to pull this region's outbox; no outbox endpoint without it.
     pub cluster_token: Option<AdminToken>,
@@ -59,6 +61,9 @@ pub async fn serve(
     if let Some(path) = &config.addr_file {
         write_atomically(path, address.to_string().as_bytes())?;
     }
+    if let Some(url) = &config.advertised_url {
+        let _ = url.set(format!("http://{address}"));
+    }
     tracing::info!(%address, node = platform.node(), region = platform.region(), "listening");
 
     let shutdown_health = Arc::clone(&health);
@@ -88,6 +93,7 @@ pub fn build_router(
         .merge(admin::router(Arc::clone(&platform), config.admin_token.clone()));
     if let Some(cluster_token) = &config.cluster_token {
         router = router.merge(crate::replication::router(Arc::clone(&platform), cluster_token.clone()));
+        router = router.merge(crate::queue_copies::router(Arc::clone(&platform), cluster_token.clone()));
     }
     for app in apps {
         router = router.merge(app.router(Arc::clone(&platform)));

@@ -6,6 +6,7 @@
 
 pub mod breaker;
 pub mod command;
+pub mod copies;
 pub mod faults;
 pub mod hlc;
 pub mod id;
@@ -17,6 +18,7 @@ pub mod store;
 
 pub use breaker::{BreakerConfig, BreakerState};
 pub use command::{ApplyError, Command, CommandHandler, NewCommand, Registry, WritePattern};
+pub use copies::{CopyDurability, HeldCopy, QueueCopier};
 pub use faults::{DbFault, Faults};
 pub use hlc::{Hlc, HlcClock};
 pub use id::{CommandId, InvalidCommandId};

@@ -24,6 +24,7 @@ pub struct PlatformMetrics {
     pub queue_drained: Counter,
     pub queue_fsyncs: Counter,
     pub pool_rebuilds: Counter,
+    pub queue_copy_failures: Counter,
 }
 
 impl PlatformMetrics {
@@ -38,6 +39,7 @@ impl PlatformMetrics {
             queue_drained: Counter::default(),
             queue_fsyncs: Counter::default(),
             pool_rebuilds: Counter::default(),
+            queue_copy_failures: Counter::default(),
         };
         let platform = registry.sub_registry_with_prefix("rananeeti");
         platform.register("submit_outcomes", "Submitted commands by outcome", metrics.submit_outcomes.clone());
@@ -56,6 +58,11 @@ impl PlatformMetrics {
         );
         platform.register("queue_drained", "Queue entries applied by the drainer", metrics.queue_drained.clone());
         platform.register("queue_fsyncs", "Fsyncs done by the queue writer", metrics.queue_fsyncs.clone());
+        platform.register(
+            "queue_copy_failures",
+            "Queued commands whose copy to the peer node failed",
+            metrics.queue_copy_failures.clone(),
+        );
         platform.register("store_pool_rebuilds", "Store pools rebuilt after an outage", metrics.pool_rebuilds.clone());
         metrics
     }

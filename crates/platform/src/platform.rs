@@ -3,6 +3,7 @@
 
 use crate::breaker::{BreakerConfig, BreakerState, CircuitBreaker, Transition};
 use crate::command::{ApplyError, Command, CommandHandler, NewCommand, Registry};
+use crate::copies::{CopyDurability, QueueCopier};
 use crate::faults::{Faults, StoreAccess};
 use crate::hlc::{wall_clock_ms, HlcClock};
 use crate::id::CommandId;
@@ -112,6 +113,8 @@ impl Outcome {
 pub struct Submitted {
     pub id: CommandId,
     pub outcome: Outcome,
+    /// For a newly queued command when queue copies are on: whether the peer node holds a copy.
+    pub copied: Option<bool>,
 }
 
 /// Where a command is held: the region's store, or a node's fallback queue.
@@ -158,7 +161,7 @@ pub enum StoreUnavailable {
 
 /// Why one store attempt failed.
 #[derive(Debug)]
-enum AttemptError {
+pub(crate) enum AttemptError {
     Transient(String),
     Permanent(sqlx::Error),
 }
@@ -195,7 +198,7 @@ pub struct SubmitOptions {
 pub struct Platform {
     pub(crate) config: PlatformConfig,
     pub(crate) store: Store,
-    queue: Queue,
+    pub(crate) queue: Queue,
     pub(crate) registry: Registry,
     pub(crate) faults: Faults,
     breaker: CircuitBreaker,
@@ -203,6 +206,8 @@ pub struct Platform {
     metrics: PlatformMetrics,
     drain_wakeup: Arc<tokio::sync::Notify>,
     queue_fsyncs_seen: std::sync::atomic::AtomicU64,
+    copier: std::sync::OnceLock<(Arc<dyn QueueCopier>, CopyDurability)>,
+    pub(crate) copies: std::sync::OnceLock<Queue>,
     /// Queue entries already reported as impossible to apply, so the log says it once.
     stuck_reported: std::sync::Mutex<std::collections::HashSet<u64>>,
 }
@@ -237,6 +242,8 @@ impl Platform {
             drain_wakeup: Arc::new(tokio::sync::Notify::new()),
             queue_fsyncs_seen: std::sync::atomic::AtomicU64::new(0),
             stuck_reported: std::sync::Mutex::new(std::collections::HashSet::new()),
+            copier: std::sync::OnceLock::new(),
+            copies: std::sync::OnceLock::new(),
         });
         tokio::spawn(drain_loop(Arc::downgrade(&platform)));
         platform
@@ -295,7 +302,7 @@ impl Platform {
         let id = new.id;
         // Already waiting in this node's queue: the first submit was acknowledged as pending.
         if self.queue.get(id.as_bytes()).map_err(SubmitError::Queue)?.is_some() {
-            return Ok(Submitted { id, outcome: Outcome::Duplicate(CommandState::Pending) });
+            return Ok(Submitted { id, outcome: Outcome::Duplicate(CommandState::Pending), copied: None });
         }
         let command = Command {
             kind: new.kind.to_string(),
@@ -322,7 +329,7 @@ impl Platform {
                 match tokio::time::timeout(remaining, self.apply(handler.as_ref(), &command, false)).await {
                     Ok(Ok(outcome)) => {
                         self.store_succeeded();
-                        return Ok(Submitted { id, outcome });
+                        return Ok(Submitted { id, outcome, copied: None });
                     }
                     Ok(Err(AttemptError::Permanent(error))) => {
                         // The store answered: it is up, the command is at fault (a bug).
@@ -355,7 +362,63 @@ impl Platform {
         let remaining = (started + budget).saturating_duration_since(Instant::now()).max(QUEUE_WAIT_MIN);
         let outcome =
             tokio::time::timeout(remaining, self.enqueue(&command)).await.map_err(|_| SubmitError::QueueTimeout)??;
-        Ok(Submitted { id, outcome })
+        let copied = match (&outcome, self.copier.get()) {
+            (Outcome::Pending, Some((copier, durability))) => {
+                Some(self.copy(copier, *durability, &command, started + budget).await)
+            }
+            _ => None,
+        };
+        Ok(Submitted { id, outcome, copied })
+    }
+
+    /// Copies a newly queued command to the peer node: waited for (within what is left of the
+    /// budget) with `sync` durability, sent in the background with `async`.
+    async fn copy(
+        &self,
+        copier: &Arc<dyn QueueCopier>,
+        durability: CopyDurability,
+        command: &Command,
+        deadline: Instant,
+    ) -> bool {
+        let copy = {
+            let copier = Arc::clone(copier);
+            let command = command.clone();
+            async move { copier.copy(&command).await }
+        };
+        let copied = match durability {
+            CopyDurability::Async => {
+                let failures = self.metrics.queue_copy_failures.clone();
+                tokio::spawn(async move {
+                    if let Err(reason) = copy.await {
+                        failures.inc();
+                        tracing::warn!(reason, "queue copy to the peer failed");
+                    }
+                });
+                return false;
+            }
+            CopyDurability::Sync => {
+                let remaining = deadline.saturating_duration_since(Instant::now()).max(QUEUE_WAIT_MIN);
+                tokio::time::timeout(remaining, copy).await.unwrap_or_else(|_| Err("timed out".to_string()))
+            }
+        };
+        match copied {
+            Ok(()) => true,
+            Err(reason) => {
+                self.metrics.queue_copy_failures.inc();
+                tracing::warn!(reason, id = %command.id, "queue copy to the peer failed: this write is held by this node only");
+                false
+            }
+        }
+    }
+
+    /// Copies of this node's queued commands go to `copier`. Set once, at start.
+    pub fn set_copier(&self, copier: Arc<dyn QueueCopier>, durability: CopyDurability) {
+        assert!(self.copier.set((copier, durability)).is_ok(), "queue copier set twice");
+    }
+
+    /// Copies that peers send are kept in `copies`. Set once, at start.
+    pub fn set_copy_store(&self, copies: Queue) {
+        assert!(self.copies.set(copies).is_ok(), "copy store set twice");
     }
 
     async fn enqueue(&self, command: &Command) -> Result<Outcome, SubmitError> {
@@ -389,7 +452,7 @@ impl Platform {
     /// Applies a command with its dedup record in one transaction.
     /// Boxed so the future is `Send` for every lifetime (sqlx executors and HRTBs otherwise
     /// stop the drainer from being spawned).
-    fn apply<'a>(
+    pub(crate) fn apply<'a>(
         &'a self,
         handler: &'a dyn CommandHandler,
         command: &'a Command,
@@ -624,6 +687,10 @@ impl Platform {
             return 0;
         }
         self.metrics.queue_drained.inc_by(done.len() as u64);
+        if let Some((copier, _)) = self.copier.get() {
+            let ids = done.iter().map(|entry| CommandId::from_bytes(entry.id)).collect();
+            tokio::spawn(copier.forget(ids));
+        }
         done.len()
     }
 

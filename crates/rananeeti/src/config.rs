@@ -132,11 +132,27 @@ pub struct QueueSection {
     pub group_commit_entries_max: usize,
     pub waiting_entries_max: usize,
     pub entries_max: u64,
+    /// The peer node that keeps copies of this node's queued commands (URL).
+    pub copy_peer_url: Option<String>,
+    /// `sync`: *pending* is answered once the peer holds the copy; `async`: after the local fsync.
+    pub copy_durability: rananeeti_platform::CopyDurability,
+    /// How long the origin of held copies must be unreachable before they are adopted.
+    pub adopt_after_ms: u64,
+    /// How often held copies are checked against their origins.
+    pub adopt_check_ms: u64,
 }
 
 impl Default for QueueSection {
     fn default() -> Self {
-        QueueSection { group_commit_entries_max: 1024, waiting_entries_max: 8192, entries_max: 1_000_000 }
+        QueueSection {
+            group_commit_entries_max: 1024,
+            waiting_entries_max: 8192,
+            entries_max: 1_000_000,
+            copy_peer_url: None,
+            copy_durability: rananeeti_platform::CopyDurability::Sync,
+            adopt_after_ms: 5000,
+            adopt_check_ms: 1000,
+        }
     }
 }
 
@@ -203,6 +219,9 @@ impl Config {
 
     /// What can only be checked once the command-line flags are applied.
     pub fn check_complete(&self) -> anyhow::Result<()> {
+        if self.queue.copy_peer_url.is_some() && self.node.cluster_token_file.is_none() {
+            anyhow::bail!("configuration: queue.copy_peer_url needs node.cluster_token_file (or --cluster-token-file)");
+        }
         if !self.replication.peers.is_empty() && self.node.cluster_token_file.is_none() {
             anyhow::bail!("configuration: replication.peers needs node.cluster_token_file (or --cluster-token-file)");
         }
@@ -224,6 +243,7 @@ impl Config {
             ("breaker.open_ms", self.breaker.open_ms),
             ("replication.batch_entries_max", self.replication.batch_entries_max as u64),
             ("replication.retry_ms", self.replication.retry_ms),
+            ("queue.adopt_check_ms", self.queue.adopt_check_ms),
             ("http.body_bytes_max", self.http.body_bytes_max as u64),
             ("cafe.seats_per_slot", self.cafe.seats_per_slot.max(0) as u64),
         ];

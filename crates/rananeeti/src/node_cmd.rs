@@ -4,6 +4,7 @@ use crate::config::Config;
 use anyhow::Context;
 use rananeeti_cafe::{CafeApp, CafeConfig};
 use rananeeti_node::admin::AdminToken;
+use rananeeti_node::queue_copies::{self, HttpCopier, QueueCopiesConfig};
 use rananeeti_node::replication::{self, ReplicationConfig, ReplicationMetrics};
 use rananeeti_node::{App, NodeHttpConfig};
 use rananeeti_platform::{
@@ -46,6 +47,9 @@ pub struct NodeArgs {
     /// configuration's replication.peers when given.
     #[arg(long = "peer", value_name = "REGION=URLS")]
     pub peers: Vec<String>,
+    /// The peer node that keeps copies of this node's queued commands (URL).
+    #[arg(long)]
+    pub queue_peer: Option<String>,
     /// After binding, write the listening address (e.g. 127.0.0.1:41234) to this file, atomically.
     #[arg(long)]
     pub addr_file: Option<PathBuf>,
@@ -77,6 +81,9 @@ pub fn resolve(args: &NodeArgs) -> anyhow::Result<Config> {
     }
     if let Some(file) = &args.cluster_token_file {
         config.node.cluster_token_file = Some(file.clone());
+    }
+    if let Some(url) = &args.queue_peer {
+        config.queue.copy_peer_url = Some(url.clone());
     }
     if !args.peers.is_empty() {
         config.replication.peers = args.peers.iter().map(|peer| parse_peer(peer)).collect::<anyhow::Result<_>>()?;
@@ -184,7 +191,35 @@ async fn serve(config: Config, addr_file: Option<PathBuf>) -> anyhow::Result<()>
         metrics,
     );
     tracing::info!(store = store_kind.as_str(), region = platform.region(), node = platform.node(), "platform started");
+    let advertised_url = std::sync::Arc::new(std::sync::OnceLock::new());
     if let Some(cluster_token) = &cluster_token {
+        // Any node may keep copies for a peer, whether or not it sends its own anywhere.
+        let copies = Queue::open(QueueConfig {
+            dir: data_dir.join("queue-copies"),
+            group_commit_entries_max: config.queue.group_commit_entries_max,
+            waiting_entries_max: config.queue.waiting_entries_max,
+            entries_max: config.queue.entries_max,
+        })
+        .context("opening the store of queue copies")?;
+        platform.set_copy_store(copies);
+        queue_copies::start_adopter(
+            std::sync::Arc::clone(&platform),
+            QueueCopiesConfig {
+                peer_url: config.queue.copy_peer_url.clone().unwrap_or_default(),
+                adopt_after_ms: config.queue.adopt_after_ms,
+                adopt_check_ms: config.queue.adopt_check_ms,
+            },
+            cluster_token.clone(),
+        );
+        if let Some(peer_url) = &config.queue.copy_peer_url {
+            let copier = HttpCopier::new(
+                peer_url.clone(),
+                cluster_token.clone(),
+                config.node.name.clone(),
+                std::sync::Arc::clone(&advertised_url),
+            );
+            platform.set_copier(std::sync::Arc::new(copier), config.queue.copy_durability);
+        }
         if !config.replication.peers.is_empty() {
             let metrics = ReplicationMetrics::new(&mut metrics_registry);
             replication::start(
@@ -204,6 +239,7 @@ async fn serve(config: Config, addr_file: Option<PathBuf>) -> anyhow::Result<()>
         NodeHttpConfig {
             listen: config.node.listen.clone(),
             addr_file,
+            advertised_url: Some(advertised_url),
             admin_token,
             cluster_token,
             body_bytes_max: config.http.body_bytes_max,

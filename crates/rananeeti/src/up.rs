@@ -112,6 +112,9 @@ struct NodePlan {
     cluster_token_file: PathBuf,
     /// The other regions' node URLs, as `--peer REGION=URL,URL` values.
     peers: Vec<String>,
+    /// The node that keeps copies of this node's queue: the next node of its region, or the
+    /// first node of the next region when the region has one node.
+    queue_peer: Option<String>,
     config: Option<PathBuf>,
 }
 
@@ -215,6 +218,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
                 admin_token_file: admin_token_file.clone(),
                 cluster_token_file: cluster_token_file.clone(),
                 peers: Vec::new(),
+                queue_peer: None,
                 config: config.clone(),
                 name,
             };
@@ -222,6 +226,21 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             plans.push(plan);
         }
         topology.regions.push(RegionTopology { name: region, nodes, database });
+    }
+    let regions_total = topology.regions.len();
+    for (region_index, region) in topology.regions.iter().enumerate() {
+        for (node_index, node) in region.nodes.iter().enumerate() {
+            let queue_peer = if region.nodes.len() > 1 {
+                Some(region.nodes[(node_index + 1) % region.nodes.len()].url.clone())
+            } else if regions_total > 1 {
+                Some(topology.regions[(region_index + 1) % regions_total].nodes[0].url.clone())
+            } else {
+                None
+            };
+            if let Some(plan) = plans.iter_mut().find(|plan| plan.name == node.name) {
+                plan.queue_peer = queue_peer;
+            }
+        }
     }
     // Every node pulls every other region's outbox, from any of that region's nodes.
     for plan in &mut plans {
@@ -360,6 +379,9 @@ fn spawn_node(executable: &Path, plan: &NodePlan) -> anyhow::Result<Child> {
         .arg(&plan.cluster_token_file);
     for peer in &plan.peers {
         command.arg("--peer").arg(peer);
+    }
+    if let Some(queue_peer) = &plan.queue_peer {
+        command.arg("--queue-peer").arg(queue_peer);
     }
     if let Some(config) = &plan.config {
         command.arg("--config").arg(config);

@@ -7,6 +7,7 @@ mod browser;
 mod cafe_api;
 mod crash;
 mod health;
+mod node_loss;
 mod outage;
 mod regions;
 mod seats;

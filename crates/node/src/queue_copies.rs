@@ -1,0 +1,220 @@
+//! Queue copies, transport side: the copier that sends each newly queued command to the peer
+//! node, the endpoints a peer serves (take a copy, forget copies, which ids do you still hold),
+//! and the adopter that applies copies whose origin no longer holds them (restarted with its disk
+//! lost) or has been unreachable for `adopt_after_ms` (dead).
+
+use crate::admin::{require_token, AdminToken};
+use crate::error::ApiError;
+use crate::json::ApiJson;
+use axum::extract::State;
+use axum::routing::post;
+use axum::{Json, Router};
+use futures::future::BoxFuture;
+use rananeeti_platform::{Command, CommandId, HeldCopy, Platform, QueueCopier};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+const COPY_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+const HOLDS_REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
+const ADOPT_BATCH_MAX: usize = 1000;
+const IDS_PER_REQUEST_MAX: usize = 1000;
+
+#[derive(Clone, Debug)]
+pub struct QueueCopiesConfig {
+    /// The peer node that keeps this node's copies.
+    pub peer_url: String,
+    /// How long an origin must be unreachable before its copies are adopted.
+    pub adopt_after_ms: u64,
+    /// How often held copies are checked against their origins.
+    pub adopt_check_ms: u64,
+}
+
+/// Sends copies over HTTP with the cluster token.
+pub struct HttpCopier {
+    client: reqwest::Client,
+    peer_url: String,
+    token: AdminToken,
+    origin_node: String,
+    /// Set once the node knows the address it listens on.
+    origin_url: Arc<OnceLock<String>>,
+}
+
+impl HttpCopier {
+    pub fn new(peer_url: String, token: AdminToken, origin_node: String, origin_url: Arc<OnceLock<String>>) -> Self {
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(500))
+            .timeout(COPY_REQUEST_TIMEOUT)
+            .build()
+            .expect("an HTTP client without TLS builds");
+        HttpCopier { client, peer_url, token, origin_node, origin_url }
+    }
+}
+
+impl QueueCopier for HttpCopier {
+    fn copy<'a>(&'a self, command: &'a Command) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            let origin_url = self.origin_url.get().cloned().unwrap_or_default();
+            let copy = HeldCopy { origin_node: self.origin_node.clone(), origin_url, command: command.clone() };
+            let response = self
+                .client
+                .post(format!("{}/internal/queue/copies", self.peer_url))
+                .bearer_auth(self.token.expose())
+                .json(&copy)
+                .send()
+                .await
+                .map_err(|error| format!("peer unreachable: {}", error.without_url()))?;
+            if response.status().is_success() {
+                Ok(())
+            } else {
+                Err(format!("peer answered {}", response.status()))
+            }
+        })
+    }
+
+    fn forget(&self, ids: Vec<CommandId>) -> BoxFuture<'static, ()> {
+        let request = self
+            .client
+            .post(format!("{}/internal/queue/copies/forget", self.peer_url))
+            .bearer_auth(self.token.expose())
+            .json(&json!({ "ids": ids }));
+        Box::pin(async move {
+            if let Err(error) = request.send().await {
+                // The copies stay and are adopted later as duplicates: harmless.
+                tracing::debug!(error = %error.without_url(), "could not tell the peer to forget copies");
+            }
+        })
+    }
+}
+
+/// The endpoints a peer serves, behind the cluster token.
+pub fn router(platform: Arc<Platform>, cluster_token: AdminToken) -> Router {
+    Router::new()
+        .route("/internal/queue/copies", post(take_copy))
+        .route("/internal/queue/copies/forget", post(forget))
+        .route("/internal/queue/holds", post(holds))
+        .route_layer(axum::middleware::from_fn_with_state(cluster_token, require_token))
+        .with_state(platform)
+}
+
+async fn take_copy(
+    State(platform): State<Arc<Platform>>,
+    ApiJson(copy): ApiJson<HeldCopy>,
+) -> Result<Json<Value>, ApiError> {
+    platform.accept_copy(copy).await.map_err(|error| ApiError::Unavailable(error.to_string()))?;
+    Ok(Json(json!({ "held": true })))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Ids {
+    ids: Vec<CommandId>,
+}
+
+async fn forget(State(platform): State<Arc<Platform>>, ApiJson(body): ApiJson<Ids>) -> Result<Json<Value>, ApiError> {
+    if body.ids.len() > IDS_PER_REQUEST_MAX {
+        return Err(ApiError::invalid("ids", format!("at most {IDS_PER_REQUEST_MAX}")));
+    }
+    let forgotten = platform.forget_copies(&body.ids).map_err(|error| ApiError::Internal(error.to_string()))?;
+    Ok(Json(json!({ "forgotten": forgotten })))
+}
+
+async fn holds(State(platform): State<Arc<Platform>>, ApiJson(body): ApiJson<Ids>) -> Result<Json<Value>, ApiError> {
+    if body.ids.len() > IDS_PER_REQUEST_MAX {
+        return Err(ApiError::invalid("ids", format!("at most {IDS_PER_REQUEST_MAX}")));
+    }
+    let held = platform.holds(&body.ids).map_err(|error| ApiError::Internal(error.to_string()))?;
+    Ok(Json(json!({ "held": held })))
+}
+
+/// Checks held copies against their origins and adopts the ones the origin no longer holds.
+pub fn start_adopter(platform: Arc<Platform>, config: QueueCopiesConfig, token: AdminToken) {
+    let client = reqwest::Client::builder()
+        .connect_timeout(Duration::from_millis(300))
+        .timeout(HOLDS_REQUEST_TIMEOUT)
+        .build()
+        .expect("an HTTP client without TLS builds");
+    tokio::spawn(async move {
+        let mut unreachable_since: HashMap<String, Instant> = HashMap::new();
+        loop {
+            tokio::time::sleep(Duration::from_millis(config.adopt_check_ms)).await;
+            if platform.copies_depth() == 0 {
+                unreachable_since.clear();
+                continue;
+            }
+            adopt_round(&platform, &client, &token, &config, &mut unreachable_since).await;
+        }
+    });
+}
+
+async fn adopt_round(
+    platform: &Platform,
+    client: &reqwest::Client,
+    token: &AdminToken,
+    config: &QueueCopiesConfig,
+    unreachable_since: &mut HashMap<String, Instant>,
+) {
+    let copies = match platform.held_copies(ADOPT_BATCH_MAX) {
+        Ok(copies) => copies,
+        Err(error) => {
+            tracing::error!(%error, "could not read held copies");
+            return;
+        }
+    };
+    let mut by_origin: HashMap<String, Vec<_>> = HashMap::new();
+    for (entry, copy) in copies {
+        by_origin.entry(copy.origin_url.clone()).or_default().push((entry, copy));
+    }
+    for (origin_url, copies) in by_origin {
+        let ids: Vec<CommandId> = copies.iter().map(|(_, copy)| copy.command.id).collect();
+        let still_held = ask_holds(client, token, &origin_url, &ids).await;
+        let adopt: Vec<_> = match still_held {
+            Some(held) => {
+                unreachable_since.remove(&origin_url);
+                copies.into_iter().filter(|(_, copy)| !held.contains(&copy.command.id)).collect()
+            }
+            None => {
+                let since = *unreachable_since.entry(origin_url.clone()).or_insert_with(Instant::now);
+                if since.elapsed() < Duration::from_millis(config.adopt_after_ms) {
+                    continue;
+                }
+                copies
+            }
+        };
+        for (entry, copy) in adopt {
+            match platform.adopt_copy(&entry, &copy).await {
+                Ok(true) => {}
+                Ok(false) => return, // the store cannot take it now; next round
+                Err(error) => {
+                    tracing::error!(%error, "could not drop an adopted copy");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The ids the origin still holds, or `None` when it cannot be asked.
+async fn ask_holds(
+    client: &reqwest::Client,
+    token: &AdminToken,
+    origin_url: &str,
+    ids: &[CommandId],
+) -> Option<Vec<CommandId>> {
+    if origin_url.is_empty() {
+        return None;
+    }
+    let response = client
+        .post(format!("{origin_url}/internal/queue/holds"))
+        .bearer_auth(token.expose())
+        .json(&json!({ "ids": ids }))
+        .send()
+        .await
+        .ok()?;
+    if !response.status().is_success() {
+        return None;
+    }
+    let body: Value = response.json().await.ok()?;
+    serde_json::from_value(body.get("held")?.clone()).ok()
+}

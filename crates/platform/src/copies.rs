@@ -1,0 +1,112 @@
+//! Queue copies: each entry of a node's fallback queue is copied to a peer node, so a node that
+//! dies with its disk loses nothing it acknowledged. The peer keeps copies in a queue of its own
+//! and adopts them (applies them through the same dedup'd apply) when their origin no longer holds
+//! them. The transport is the node crate's; this is the store side.
+
+use crate::command::Command;
+use crate::id::CommandId;
+use crate::platform::{AttemptError, Platform};
+use futures::future::BoxFuture;
+use rananeeti_queue::{Entry, Queue, QueueError};
+use std::time::Duration;
+
+/// Sends copies of queued commands to the peer node, and tells it to forget drained ones.
+pub trait QueueCopier: Send + Sync + 'static {
+    fn copy<'a>(&'a self, command: &'a Command) -> BoxFuture<'a, Result<(), String>>;
+    /// Best effort: a copy that is not forgotten is adopted later as a harmless duplicate.
+    fn forget(&self, ids: Vec<CommandId>) -> BoxFuture<'static, ()>;
+}
+
+/// When *pending* is answered: after the peer has the copy (`Sync`), or after the local fsync,
+/// with the copy sent in the background (`Async`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CopyDurability {
+    Sync,
+    Async,
+}
+
+/// A copy held for another node.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct HeldCopy {
+    pub origin_node: String,
+    /// Where the origin answers, to ask whether it still holds the command.
+    pub origin_url: String,
+    pub command: Command,
+}
+
+const ADOPT_APPLY_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Platform {
+    /// Stores a copy of another node's queued command, durably (fsynced) when it returns.
+    pub async fn accept_copy(&self, copy: HeldCopy) -> Result<(), QueueError> {
+        let copies = self.copies.get().ok_or(QueueError::Closed)?;
+        let id = *copy.command.id.as_bytes();
+        let body = serde_json::to_vec(&copy).expect("a copy always serializes");
+        copies.enqueue(id, crate::hlc::wall_clock_ms() as i64, body).await?;
+        Ok(())
+    }
+
+    /// Drops copies whose origin drained them.
+    pub fn forget_copies(&self, ids: &[CommandId]) -> Result<usize, QueueError> {
+        let Some(copies) = self.copies.get() else { return Ok(0) };
+        let mut held = Vec::new();
+        for id in ids {
+            if let Some(entry) = copies.get(id.as_bytes())? {
+                held.push(entry);
+            }
+        }
+        copies.remove(&held)?;
+        Ok(held.len())
+    }
+
+    /// Which of `ids` this node's own queue still holds.
+    pub fn holds(&self, ids: &[CommandId]) -> Result<Vec<CommandId>, QueueError> {
+        let mut held = Vec::new();
+        for id in ids {
+            if self.queue.get(id.as_bytes())?.is_some() {
+                held.push(*id);
+            }
+        }
+        Ok(held)
+    }
+
+    /// Copies held for other nodes, oldest first.
+    pub fn held_copies(&self, limit: usize) -> Result<Vec<(Entry, HeldCopy)>, QueueError> {
+        let Some(copies) = self.copies.get() else { return Ok(Vec::new()) };
+        Ok(copies
+            .peek(None, limit)?
+            .into_iter()
+            .filter_map(|entry| {
+                let copy = serde_json::from_slice::<HeldCopy>(&entry.body).ok()?;
+                Some((entry, copy))
+            })
+            .collect())
+    }
+
+    pub fn copies_depth(&self) -> u64 {
+        self.copies.get().map(Queue::depth).unwrap_or(0)
+    }
+
+    /// Applies an adopted copy (a duplicate if its origin applied it after all) and drops it.
+    /// `Ok(false)` when the store cannot take it now: try again later.
+    pub async fn adopt_copy(&self, entry: &Entry, copy: &HeldCopy) -> Result<bool, QueueError> {
+        let command = &copy.command;
+        let Some(handler) = self.registry.get(&command.kind) else {
+            tracing::error!(kind = command.kind, id = %command.id, "adopted copy of an unknown kind; kept");
+            return Ok(false);
+        };
+        match tokio::time::timeout(ADOPT_APPLY_TIMEOUT, self.apply(handler.as_ref(), command, true)).await {
+            Ok(Ok(outcome)) => {
+                tracing::info!(id = %command.id, origin = copy.origin_node, outcome = outcome.as_str(), "adopted a queued command");
+            }
+            Ok(Err(AttemptError::Permanent(error))) => {
+                tracing::error!(%error, id = %command.id, "adopted copy refused by the store; kept");
+                return Ok(false);
+            }
+            Ok(Err(AttemptError::Transient(_))) | Err(_) => return Ok(false),
+        }
+        self.copies.get().ok_or(QueueError::Closed)?.remove(std::slice::from_ref(entry))?;
+        Ok(true)
+    }
+}
