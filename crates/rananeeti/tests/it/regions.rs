@@ -199,3 +199,82 @@ async fn regions_converge_after_replication_is_cut_and_restored_sqlite() {
 async fn regions_converge_after_replication_is_cut_and_restored_postgres() {
     regions_converge_after_replication_is_cut_and_restored("postgres").await;
 }
+
+const CHAOS_DURATION: Duration = Duration::from_secs(20);
+const KILL_INTERVAL: Duration = Duration::from_millis(1500);
+
+/// Writers in both regions while random nodes are killed with SIGKILL (and restarted by `up`):
+/// afterwards every acknowledged write is in both regions' databases exactly once.
+async fn random_kills_during_replication_lose_and_double_nothing(store: &str) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let up = start_up(2, 2, store).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let acknowledged = Arc::new(std::sync::Mutex::new(BTreeSet::new()));
+    let mut writers = Vec::new();
+    for (region, first) in [(0usize, 40_000usize), (1, 50_000)] {
+        let urls = up.region_urls(region);
+        let stop = Arc::clone(&stop);
+        let acknowledged = Arc::clone(&acknowledged);
+        writers.push(tokio::spawn(async move {
+            let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+            let mut i = first;
+            while !stop.load(Ordering::SeqCst) {
+                let url = &urls[i % urls.len()];
+                let body = reservation("chaos", i);
+                if let Ok(answer) = crate::support::post_reservation(&client, url, &body, false).await {
+                    if answer.acknowledged() {
+                        acknowledged.lock().unwrap().insert(answer.id());
+                    }
+                }
+                i += 1;
+            }
+        }));
+    }
+    let topology_path = up._dir.path().join("data").join("topology.json");
+    let chaos_started = std::time::Instant::now();
+    let mut kills = 0;
+    let mut seed = std::process::id() as usize;
+    while chaos_started.elapsed() < CHAOS_DURATION {
+        tokio::time::sleep(KILL_INTERVAL).await;
+        let Ok(topology) = Topology::read(&topology_path) else { continue };
+        let nodes: Vec<u32> =
+            topology.regions.iter().flat_map(|region| &region.nodes).filter_map(|node| node.pid).collect();
+        if nodes.is_empty() {
+            continue;
+        }
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let victim = nodes[(seed >> 33) % nodes.len()];
+        if kill(Pid::from_raw(victim as i32), Signal::SIGKILL).is_ok() {
+            kills += 1;
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    assert!(kills >= 5, "the chaos killed {kills} nodes");
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    assert!(acknowledged.len() > 100, "writes went through between the kills: {}", acknowledged.len());
+    for region in 0..2 {
+        eventually(&format!("region {} to hold every acknowledged write", region + 1), CONVERGE_TIMEOUT, || async {
+            let (reservations, _) = up.ids_in_region(region).await;
+            acknowledged.iter().all(|id| reservations.contains_key(id)).then_some(())
+        })
+        .await;
+        let (reservations, commands) = up.ids_in_region(region).await;
+        for id in &acknowledged {
+            assert_eq!(reservations.get(id), Some(&1), "region {}: reservation {id} exactly once", region + 1);
+            assert_eq!(commands.get(id), Some(&1), "region {}: command {id} recorded once", region + 1);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn random_kills_during_replication_lose_and_double_nothing_sqlite() {
+    random_kills_during_replication_lose_and_double_nothing("sqlite").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn random_kills_during_replication_lose_and_double_nothing_postgres() {
+    random_kills_during_replication_lose_and_double_nothing("postgres").await;
+}
