@@ -2,13 +2,14 @@
 
 use crate::domain::{FieldError, ReservationRequest};
 use crate::service::{self, Page, ReservationView, PAGE_ITEMS_DEFAULT};
+use crate::special::{self, SpecialPayload};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use rananeeti_node::{ApiError, ApiJson};
-use rananeeti_platform::{CommandId, Outcome, Platform, SubmitError};
+use rananeeti_platform::{CommandId, NewCommand, Outcome, Platform, SubmitError, SubmitOptions};
 use serde_json::json;
 use std::sync::Arc;
 
@@ -16,6 +17,7 @@ pub fn router(platform: Arc<Platform>) -> Router {
     Router::new()
         .route("/api/cafe/reservations", get(list).post(create))
         .route("/api/cafe/reservations/{id}", get(show))
+        .route("/api/cafe/specials/{day}", get(show_special).put(set_special))
         .with_state(platform)
 }
 
@@ -130,4 +132,64 @@ async fn list(
         return Err(ApiError::invalid("limit", format!("a whole number from 1 to {}", service::PAGE_ITEMS_MAX)));
     }
     Ok(Json(service::list(&platform, after, limit).await))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetSpecial {
+    dish: String,
+    price_cents: i64,
+}
+
+/// Sets the day's special. The write is `local`: any region takes it; concurrent ones resolve
+/// by last-writer-wins and the loser is in `GET /admin/conflicts`.
+async fn set_special(
+    State(platform): State<Arc<Platform>>,
+    Path(day): Path<String>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<SetSpecial>,
+) -> Result<Response, ApiError> {
+    // What this write replaces, as seen here now (0 when unknown or none).
+    let replaces_hlc = match platform.reader().await {
+        Ok(pool) => special::get(&pool, day.trim()).await.ok().flatten().map(|current| current.hlc).unwrap_or(0),
+        Err(_) => 0,
+    };
+    let payload = SpecialPayload::parse(&day, &body.dish, body.price_cents, replaces_hlc)?;
+    let id = payload.id();
+    let submitted = platform
+        .submit(
+            NewCommand {
+                kind: special::KIND_SET_SPECIAL,
+                id,
+                payload: serde_json::to_value(&payload).expect("a special serializes"),
+            },
+            SubmitOptions { simulate_store_failure: simulates_store_failure(&headers) },
+        )
+        .await
+        .map_err(submit_error)?;
+    let id = submitted.id.to_hex();
+    let (status, body) = match submitted.outcome {
+        Outcome::Committed => (StatusCode::CREATED, json!({ "id": id, "status": "committed" })),
+        Outcome::Pending => (StatusCode::ACCEPTED, json!({ "id": id, "status": "pending" })),
+        Outcome::Duplicate(current) => {
+            (StatusCode::OK, json!({ "id": id, "status": "duplicate", "current": current.as_str() }))
+        }
+        Outcome::Rejected { reason } => {
+            (StatusCode::CONFLICT, json!({ "id": id, "status": "rejected", "reason": reason }))
+        }
+    };
+    Ok((status, Json(body)).into_response())
+}
+
+async fn show_special(
+    State(platform): State<Arc<Platform>>,
+    Path(day): Path<String>,
+) -> Result<Json<special::Special>, ApiError> {
+    let day = SpecialPayload::parse(&day, "-", 0, 0)?.day;
+    let pool = platform.reader().await.map_err(|error| ApiError::Unavailable(error.to_string()))?;
+    match special::get(&pool, &day).await {
+        Ok(Some(special)) => Ok(Json(special)),
+        Ok(None) => Err(ApiError::NotFound),
+        Err(error) => Err(ApiError::Unavailable(error.to_string())),
+    }
 }

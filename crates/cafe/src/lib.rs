@@ -9,6 +9,7 @@ pub mod domain;
 pub mod pages;
 pub mod reserve;
 pub mod service;
+pub mod special;
 
 use axum::Router;
 use rananeeti_platform::{CommandHandler, Migration, Platform};
@@ -36,11 +37,14 @@ impl rananeeti_node::App for CafeApp {
     }
 
     fn handlers(&self) -> Vec<Arc<dyn CommandHandler>> {
-        vec![Arc::new(reserve::ReserveHandler { seats_per_slot: self.config.seats_per_slot })]
+        vec![
+            Arc::new(reserve::ReserveHandler { seats_per_slot: self.config.seats_per_slot }),
+            Arc::new(special::SetSpecialHandler),
+        ]
     }
 
     fn migrations(&self) -> Vec<Migration> {
-        reserve::MIGRATIONS.to_vec()
+        reserve::MIGRATIONS.iter().chain(special::MIGRATIONS).copied().collect()
     }
 
     fn router(&self, platform: Arc<Platform>) -> Router {

@@ -65,6 +65,7 @@ pub fn router(platform: Arc<Platform>, token: AdminToken) -> Router {
     Router::new()
         .route("/admin/faults", get(get_faults).post(set_faults))
         .route("/admin/queue", get(get_queue))
+        .route("/admin/conflicts", get(get_conflicts))
         .route_layer(axum::middleware::from_fn_with_state(token, require_token))
         .with_state(platform)
 }
@@ -188,4 +189,29 @@ async fn get_queue(State(platform): State<Arc<Platform>>) -> Result<Json<Value>,
 
 fn hex_id(bytes: &[u8; 20]) -> String {
     rananeeti_platform::CommandId::from_bytes(*bytes).to_hex()
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConflictsQuery {
+    after: Option<u64>,
+    limit: Option<usize>,
+}
+
+const CONFLICTS_LISTED_MAX: usize = 1000;
+
+/// The conflict log of this node's region: concurrent last-writer-wins writes that lost.
+async fn get_conflicts(
+    State(platform): State<Arc<Platform>>,
+    query: Result<axum::extract::Query<ConflictsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let axum::extract::Query(query) =
+        query.map_err(|rejection| ApiError::BadRequest { field: None, message: rejection.body_text() })?;
+    let limit = query.limit.unwrap_or(100).clamp(1, CONFLICTS_LISTED_MAX);
+    let items = platform
+        .conflicts(query.after.unwrap_or(0), limit)
+        .await
+        .map_err(|error| ApiError::Unavailable(error.to_string()))?;
+    let next = (items.len() == limit).then(|| items.last().map(|conflict| conflict.seq)).flatten();
+    Ok(Json(json!({ "region": platform.region(), "items": items, "next": next })))
 }

@@ -6,6 +6,7 @@
 
 pub mod breaker;
 pub mod command;
+pub mod conflicts;
 pub mod copies;
 pub mod faults;
 pub mod hlc;

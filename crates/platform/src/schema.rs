@@ -24,6 +24,29 @@ const OUTBOX_POSTGRES: &str = "CREATE TABLE rn_outbox (
         seq BIGINT NOT NULL
     )";
 
+/// Version 3: the conflict log of last-writer-wins kinds.
+const CONFLICTS_SQLITE: &str = "CREATE TABLE rn_conflicts (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind TEXT NOT NULL,
+        entity TEXT NOT NULL,
+        winner_id TEXT NOT NULL,
+        winner_hlc BIGINT NOT NULL,
+        loser_id TEXT NOT NULL,
+        loser_hlc BIGINT NOT NULL,
+        loser_payload TEXT NOT NULL
+    )";
+
+const CONFLICTS_POSTGRES: &str = "CREATE TABLE rn_conflicts (
+        seq BIGSERIAL PRIMARY KEY,
+        kind TEXT NOT NULL,
+        entity TEXT NOT NULL,
+        winner_id TEXT NOT NULL,
+        winner_hlc BIGINT NOT NULL,
+        loser_id TEXT NOT NULL,
+        loser_hlc BIGINT NOT NULL,
+        loser_payload TEXT NOT NULL
+    )";
+
 pub const MIGRATIONS: &[Migration] = &[
     Migration {
         component: "platform",
@@ -60,4 +83,5 @@ pub const MIGRATIONS: &[Migration] = &[
     CREATE INDEX rn_commands_kind_hlc ON rn_commands (kind, hlc);",
     },
     Migration { component: "platform", version: 2, sqlite: OUTBOX_SQLITE, postgres: OUTBOX_POSTGRES },
+    Migration { component: "platform", version: 3, sqlite: CONFLICTS_SQLITE, postgres: CONFLICTS_POSTGRES },
 ];

@@ -278,3 +278,85 @@ async fn random_kills_during_replication_lose_and_double_nothing_sqlite() {
 async fn random_kills_during_replication_lose_and_double_nothing_postgres() {
     random_kills_during_replication_lose_and_double_nothing("postgres").await;
 }
+
+async fn set_special(url: &str, day: &str, dish: &str) -> Value {
+    let response = reqwest::Client::new()
+        .put(format!("{url}/api/cafe/specials/{day}"))
+        .json(&json!({ "dish": dish, "price_cents": 950 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201, "set in its own region");
+    response.json().await.unwrap()
+}
+
+async fn special(url: &str, day: &str) -> Option<Value> {
+    let response = reqwest::get(format!("{url}/api/cafe/specials/{day}")).await.ok()?;
+    (response.status() == 200).then_some(response.json().await.ok()?)
+}
+
+async fn conflicts(up: &Up, url: &str) -> Vec<Value> {
+    let body: Value = reqwest::Client::new()
+        .get(format!("{url}/admin/conflicts"))
+        .bearer_auth(&up.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    body["items"].as_array().unwrap().clone()
+}
+
+/// Two regions set the same day's special while cut off from each other: both end with the same
+/// value (last writer wins on the HLC) and both conflict logs hold the loser. A later update that
+/// saw the winner is not a conflict.
+async fn concurrent_writes_resolve_by_last_writer_wins_with_the_loser_logged(store: &str) {
+    let up = start_up(2, 1, store).await;
+    let (r1, r2) = (up.region_urls(0)[0].clone(), up.region_urls(1)[0].clone());
+    let day = format!("{}-06-01", crate::support::booking_year());
+    up.set_replication("cut").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let first = set_special(&r1, &day, "Lentil soup").await;
+    let second = set_special(&r2, &day, "Mushroom risotto").await;
+    up.set_replication("ok").await;
+
+    let (winner_r1, winner_r2) = eventually("both regions to agree on the special", CONVERGE_TIMEOUT, || async {
+        let (a, b) = (special(&r1, &day).await?, special(&r2, &day).await?);
+        (a["id"] == b["id"]).then_some((a, b))
+    })
+    .await;
+    assert_eq!(winner_r1["dish"], winner_r2["dish"]);
+    let winner_id = winner_r1["id"].as_str().unwrap().to_string();
+    assert!(winner_id == first["id"] || winner_id == second["id"]);
+    let loser_id = if winner_id == first["id"] { second["id"].clone() } else { first["id"].clone() };
+    for url in [&r1, &r2] {
+        let logged = eventually("the conflict log to hold the loser", CONVERGE_TIMEOUT, || async {
+            let items = conflicts(&up, url).await;
+            items.iter().any(|item| item["loser"]["id"] == loser_id && item["entity"] == day.as_str()).then_some(items)
+        })
+        .await;
+        assert_eq!(logged.len(), 1, "one conflict, logged once in each region: {logged:?}");
+    }
+
+    // An update made after seeing the winner overwrites it without a conflict.
+    let update = set_special(&r1, &day, "Pea and mint soup").await;
+    eventually("both regions to show the update", CONVERGE_TIMEOUT, || async {
+        let (a, b) = (special(&r1, &day).await?, special(&r2, &day).await?);
+        (a["id"] == update["id"] && b["id"] == update["id"]).then_some(())
+    })
+    .await;
+    for url in [&r1, &r2] {
+        assert_eq!(conflicts(&up, url).await.len(), 1, "a sequential update is not a conflict");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_writes_resolve_by_last_writer_wins_with_the_loser_logged_sqlite() {
+    concurrent_writes_resolve_by_last_writer_wins_with_the_loser_logged("sqlite").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_writes_resolve_by_last_writer_wins_with_the_loser_logged_postgres() {
+    concurrent_writes_resolve_by_last_writer_wins_with_the_loser_logged("postgres").await;
+}
