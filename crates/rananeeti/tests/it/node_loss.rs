@@ -1,7 +1,7 @@
 //! Node loss: a node that dies with its data directory deleted loses nothing it acknowledged,
 //! because every queued command was copied to its peer node, which adopts the copies.
 
-use crate::support::{eventually, post_many, reservation};
+use crate::support::{eventually, post_many, reservation, StoreKind, TestStore};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use rananeeti::postgres::free_loopback_port;
@@ -112,12 +112,13 @@ async fn committed_rows(store_url: &str) -> HashMap<String, usize> {
 
 /// `comes_back`: the lost node is restarted with its (now empty) data directory; otherwise it
 /// stays dead.
-async fn a_node_lost_with_its_disk_loses_nothing_it_acknowledged(comes_back: bool) {
+async fn a_node_lost_with_its_disk_loses_nothing_it_acknowledged(kind: StoreKind, comes_back: bool) {
     sqlx::any::install_default_drivers();
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("admin-token"), ADMIN_TOKEN).unwrap();
     std::fs::write(dir.path().join("cluster-token"), "node-loss-cluster").unwrap();
-    let store_url = format!("sqlite://{}?mode=rwc", dir.path().join("store.db").display());
+    let store = TestStore::create(kind, dir.path());
+    let store_url = store.url.clone();
     let (port_1, port_2) = (free_loopback_port().unwrap(), free_loopback_port().unwrap());
     let mut lost =
         PeerNode { name: "r1-n1", port: port_1, peer_port: port_2, data_dir: dir.path().join("n1"), child: None };
@@ -167,11 +168,21 @@ async fn a_node_lost_with_its_disk_loses_nothing_it_acknowledged(comes_back: boo
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_node_killed_with_its_data_directory_deleted_loses_nothing_it_acknowledged() {
-    a_node_lost_with_its_disk_loses_nothing_it_acknowledged(false).await;
+async fn a_node_killed_with_its_data_directory_deleted_loses_nothing_it_acknowledged_sqlite() {
+    a_node_lost_with_its_disk_loses_nothing_it_acknowledged(StoreKind::Sqlite, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_node_back_with_an_empty_disk_loses_nothing_it_acknowledged() {
-    a_node_lost_with_its_disk_loses_nothing_it_acknowledged(true).await;
+async fn a_node_back_with_an_empty_disk_loses_nothing_it_acknowledged_sqlite() {
+    a_node_lost_with_its_disk_loses_nothing_it_acknowledged(StoreKind::Sqlite, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_killed_with_its_data_directory_deleted_loses_nothing_it_acknowledged_postgres() {
+    a_node_lost_with_its_disk_loses_nothing_it_acknowledged(StoreKind::Postgres, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_back_with_an_empty_disk_loses_nothing_it_acknowledged_postgres() {
+    a_node_lost_with_its_disk_loses_nothing_it_acknowledged(StoreKind::Postgres, true).await;
 }
