@@ -541,6 +541,18 @@ impl Platform {
                 return Ok(Some(self.queued_status(command)));
             }
         }
+        // A copy held for the peer node that queued it: pending there.
+        if let Some(copies) = self.copies.get() {
+            if let Ok(Some(entry)) = copies.get(id.as_bytes()) {
+                if let Ok(copy) = serde_json::from_slice::<crate::copies::HeldCopy>(&entry.body) {
+                    let region = copy.command.origin_region.clone();
+                    let mut status = self.queued_status(copy.command);
+                    status.node = copy.origin_node;
+                    status.region = region;
+                    return Ok(Some(status));
+                }
+            }
+        }
         from_store
     }
 

@@ -106,15 +106,11 @@ impl Platform {
                     id: command.id.to_hex(),
                     kind: command.kind.clone(),
                 })?;
-                let inserted = insert_record_inner(
-                    &mut tx,
-                    command,
-                    &command.origin_region,
-                    &command.origin_node,
-                    "committed",
-                    false,
-                )
-                .await?;
+                // Recorded as applied by the peer region whose outbox it came from (its store
+                // decided it); the node is the one that submitted it there.
+                let inserted =
+                    insert_record_inner(&mut tx, command, peer_region, &command.origin_node, "committed", false)
+                        .await?;
                 if inserted {
                     handler.apply_replicated(command, &mut tx).await?;
                     applied += 1;

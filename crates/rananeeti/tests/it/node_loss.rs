@@ -141,6 +141,11 @@ async fn a_node_lost_with_its_disk_loses_nothing_it_acknowledged(kind: StoreKind
         acknowledged.insert(answer.id());
     }
     assert_eq!(admin_queue(&keeper.url()).await["copies_held_for_peers"], WRITES as u64);
+    // Its status can be read from the peer too.
+    let one = acknowledged.iter().next().unwrap();
+    let status: Value =
+        reqwest::get(format!("{}/api/cafe/reservations/{one}", keeper.url())).await.unwrap().json().await.unwrap();
+    assert_eq!((status["status"].as_str(), status["node"].as_str()), (Some("pending"), Some("r1-n1")), "{status}");
 
     // The node dies and its disk is gone.
     lost.kill9();
