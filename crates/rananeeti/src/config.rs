@@ -201,6 +201,30 @@ impl Default for CafeSection {
 }
 
 impl Config {
+    /// The platform's part of the configuration.
+    pub fn platform_config(&self) -> rananeeti_platform::PlatformConfig {
+        rananeeti_platform::PlatformConfig {
+            region: self.node.region.clone(),
+            node: self.node.name.clone(),
+            submit: rananeeti_platform::SubmitConfig {
+                budget_ms: self.submit.budget_ms,
+                attempts_max: self.submit.attempts_max,
+                backoff_base_ms: self.submit.backoff_base_ms,
+                backoff_max_ms: self.submit.backoff_max_ms,
+                queue_reserve_ms: self.submit.queue_reserve_ms,
+            },
+            breaker: rananeeti_platform::BreakerConfig {
+                failures_to_open: self.breaker.failures_to_open,
+                open_ms: self.breaker.open_ms,
+            },
+            drain: rananeeti_platform::DrainConfig {
+                batch_entries_max: self.drain.batch_entries_max,
+                idle_ms: self.drain.idle_ms,
+                apply_timeout_ms: self.drain.apply_timeout_ms,
+            },
+        }
+    }
+
     /// Defaults, then the file (if any), then `RANANEETI_<SECTION>__<FIELD>` variables.
     pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));

@@ -7,9 +7,7 @@ use rananeeti_node::admin::AdminToken;
 use rananeeti_node::queue_copies::{self, HttpCopier, QueueCopiesConfig};
 use rananeeti_node::replication::{self, ReplicationConfig, ReplicationMetrics};
 use rananeeti_node::{App, NodeHttpConfig};
-use rananeeti_platform::{
-    BreakerConfig, DrainConfig, Platform, PlatformConfig, PlatformMetrics, Registry, Store, StoreConfig, SubmitConfig,
-};
+use rananeeti_platform::{Platform, PlatformMetrics, Registry, Store, StoreConfig};
 use rananeeti_queue::{Queue, QueueConfig};
 use std::path::PathBuf;
 
@@ -164,32 +162,7 @@ async fn serve(config: Config, addr_file: Option<PathBuf>) -> anyhow::Result<()>
 
     let mut metrics_registry = prometheus_client::registry::Registry::default();
     let metrics = PlatformMetrics::new(&mut metrics_registry);
-    let platform = Platform::start(
-        PlatformConfig {
-            region: config.node.region.clone(),
-            node: config.node.name.clone(),
-            submit: SubmitConfig {
-                budget_ms: config.submit.budget_ms,
-                attempts_max: config.submit.attempts_max,
-                backoff_base_ms: config.submit.backoff_base_ms,
-                backoff_max_ms: config.submit.backoff_max_ms,
-                queue_reserve_ms: config.submit.queue_reserve_ms,
-            },
-            breaker: BreakerConfig {
-                failures_to_open: config.breaker.failures_to_open,
-                open_ms: config.breaker.open_ms,
-            },
-            drain: DrainConfig {
-                batch_entries_max: config.drain.batch_entries_max,
-                idle_ms: config.drain.idle_ms,
-                apply_timeout_ms: config.drain.apply_timeout_ms,
-            },
-        },
-        store,
-        queue,
-        registry,
-        metrics,
-    );
+    let platform = Platform::start(config.platform_config(), store, queue, registry, metrics);
     tracing::info!(store = store_kind.as_str(), region = platform.region(), node = platform.node(), "platform started");
     let advertised_url = std::sync::Arc::new(std::sync::OnceLock::new());
     if let Some(cluster_token) = &cluster_token {

@@ -130,6 +130,24 @@ impl Up {
     }
 }
 
+impl Up {
+    /// Waits until `region`'s database holds every acknowledged id, then asserts each is there
+    /// exactly once (reservation row and command record). Returns the reservation rows in all.
+    async fn assert_each_once(&self, region: usize, acknowledged: &BTreeSet<String>) -> usize {
+        eventually(&format!("region {} to hold every acknowledged write", region + 1), CONVERGE_TIMEOUT, || async {
+            let (reservations, _) = self.ids_in_region(region).await;
+            acknowledged.iter().all(|id| reservations.contains_key(id)).then_some(())
+        })
+        .await;
+        let (reservations, commands) = self.ids_in_region(region).await;
+        for id in acknowledged {
+            assert_eq!(reservations.get(id), Some(&1), "region {}: reservation {id} exactly once", region + 1);
+            assert_eq!(commands.get(id), Some(&1), "region {}: command {id} recorded once", region + 1);
+        }
+        reservations.len()
+    }
+}
+
 /// Posts `count` reservations spread over the region's nodes; returns the acknowledged ids.
 async fn write_to_region(urls: &[String], tag: &str, first: usize, count: usize) -> BTreeSet<String> {
     let mut ids = BTreeSet::new();
@@ -171,17 +189,8 @@ async fn regions_converge_after_replication_is_cut_and_restored(store: &str) {
     // Restored: they converge, each id exactly once in each region.
     up.set_replication("ok").await;
     for region in 0..2 {
-        eventually(&format!("region {} to hold every acknowledged write", region + 1), CONVERGE_TIMEOUT, || async {
-            let (reservations, _) = up.ids_in_region(region).await;
-            acknowledged.iter().all(|id| reservations.contains_key(id)).then_some(())
-        })
-        .await;
-        let (reservations, commands) = up.ids_in_region(region).await;
-        for id in &acknowledged {
-            assert_eq!(reservations.get(id), Some(&1), "region {}: reservation {id} exactly once", region + 1);
-            assert_eq!(commands.get(id), Some(&1), "region {}: command {id} recorded once", region + 1);
-        }
-        assert_eq!(reservations.len(), acknowledged.len(), "region {}: nothing that was not acknowledged", region + 1);
+        let reservations = up.assert_each_once(region, &acknowledged).await;
+        assert_eq!(reservations, acknowledged.len(), "region {}: nothing that was not acknowledged", region + 1);
     }
 
     // Lag is exported per peer.
@@ -256,16 +265,7 @@ async fn random_kills_during_replication_lose_and_double_nothing(store: &str) {
     let acknowledged = acknowledged.lock().unwrap().clone();
     assert!(acknowledged.len() > 100, "writes went through between the kills: {}", acknowledged.len());
     for region in 0..2 {
-        eventually(&format!("region {} to hold every acknowledged write", region + 1), CONVERGE_TIMEOUT, || async {
-            let (reservations, _) = up.ids_in_region(region).await;
-            acknowledged.iter().all(|id| reservations.contains_key(id)).then_some(())
-        })
-        .await;
-        let (reservations, commands) = up.ids_in_region(region).await;
-        for id in &acknowledged {
-            assert_eq!(reservations.get(id), Some(&1), "region {}: reservation {id} exactly once", region + 1);
-            assert_eq!(commands.get(id), Some(&1), "region {}: command {id} recorded once", region + 1);
-        }
+        up.assert_each_once(region, &acknowledged).await;
     }
 }
 
