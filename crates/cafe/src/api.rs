@@ -155,6 +155,8 @@ async fn set_special(
         Err(_) => 0,
     };
     let payload = SpecialPayload::parse(&day, &body.dish, body.price_cents, replaces_hlc)?;
+    // The edit must be stamped after what it replaces, whatever this node's clock says.
+    platform.observe(rananeeti_platform::Hlc(replaces_hlc));
     let id = payload.id();
     let submitted = platform
         .submit(

@@ -82,6 +82,10 @@ impl CommandHandler for SetSpecialHandler {
     ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
         Box::pin(apply_last_writer_wins(command, connection))
     }
+
+    fn reapplies_replicated_duplicates(&self) -> bool {
+        true
+    }
 }
 
 /// Keeps the later write (HLC, then id) and logs the overwritten one when the two were
@@ -107,6 +111,13 @@ fn apply_last_writer_wins<'a>(
             hlc: current.try_get::<i64, _>("hlc")? as u64,
             payload: current.try_get("payload")?,
         };
+        if incoming.id == current.id {
+            // The same write applied under two clocks (submitted in two regions): keep the later.
+            if incoming.hlc > current.hlc {
+                return upsert(connection, &payload, &incoming).await;
+            }
+            return Ok(());
+        }
         if wins(&incoming, &current) {
             if payload.replaces_hlc != current.hlc {
                 record_conflict(connection, KIND_SET_SPECIAL, &payload.day, &incoming, &current).await?;

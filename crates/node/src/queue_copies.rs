@@ -10,7 +10,7 @@ use axum::extract::State;
 use axum::routing::post;
 use axum::{Json, Router};
 use futures::future::BoxFuture;
-use rananeeti_platform::{Command, CommandId, HeldCopy, Platform, QueueCopier};
+use rananeeti_platform::{Adoption, Command, CommandId, HeldCopy, Platform, QueueCopier};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
@@ -44,6 +44,7 @@ pub struct HttpCopier {
 impl HttpCopier {
     pub fn new(peer_url: String, token: AdminToken, origin_node: String, origin_url: Arc<OnceLock<String>>) -> Self {
         let client = reqwest::Client::builder()
+            .no_proxy() // the cluster token must not go through a proxy
             .connect_timeout(Duration::from_millis(500))
             .timeout(COPY_REQUEST_TIMEOUT)
             .build()
@@ -74,15 +75,21 @@ impl QueueCopier for HttpCopier {
     }
 
     fn forget(&self, ids: Vec<CommandId>) -> BoxFuture<'static, ()> {
-        let request = self
-            .client
-            .post(format!("{}/internal/queue/copies/forget", self.peer_url))
-            .bearer_auth(self.token.expose())
-            .json(&json!({ "ids": ids }));
+        let requests: Vec<_> = ids
+            .chunks(IDS_PER_REQUEST_MAX)
+            .map(|chunk| {
+                self.client
+                    .post(format!("{}/internal/queue/copies/forget", self.peer_url))
+                    .bearer_auth(self.token.expose())
+                    .json(&json!({ "ids": chunk }))
+            })
+            .collect();
         Box::pin(async move {
-            if let Err(error) = request.send().await {
-                // The copies stay and are adopted later as duplicates: harmless.
-                tracing::debug!(error = %error.without_url(), "could not tell the peer to forget copies");
+            for request in requests {
+                if let Err(error) = request.send().await {
+                    // The copies stay and are adopted later as duplicates: harmless.
+                    tracing::debug!(error = %error.without_url(), "could not tell the peer to forget copies");
+                }
             }
         })
     }
@@ -131,6 +138,7 @@ async fn holds(State(platform): State<Arc<Platform>>, ApiJson(body): ApiJson<Ids
 /// Checks held copies against their origins and adopts the ones the origin no longer holds.
 pub fn start_adopter(platform: Arc<Platform>, config: QueueCopiesConfig, token: AdminToken) {
     let client = reqwest::Client::builder()
+        .no_proxy()
         .connect_timeout(Duration::from_millis(300))
         .timeout(HOLDS_REQUEST_TIMEOUT)
         .build()
@@ -182,10 +190,13 @@ async fn adopt_round(
                 copies
             }
         };
+        // In the origin's order (its clock), not the order the copies arrived in.
+        let mut adopt = adopt;
+        adopt.sort_by_key(|(_, copy)| copy.command.hlc);
         for (entry, copy) in adopt {
             match platform.adopt_copy(&entry, &copy).await {
-                Ok(true) => {}
-                Ok(false) => return, // the store cannot take it now; next round
+                Ok(Adoption::Adopted | Adoption::Stuck) => {}
+                Ok(Adoption::StoreUnavailable) => return, // next round
                 Err(error) => {
                     tracing::error!(%error, "could not drop an adopted copy");
                     return;

@@ -38,7 +38,7 @@ pub struct ReplicationConfig {
 }
 
 const LONG_POLL_MS_MAX: u64 = 10_000;
-const OUTBOX_POLL_INTERVAL: Duration = Duration::from_millis(20);
+const OUTBOX_POLL_INTERVAL: Duration = Duration::from_millis(50);
 const PULL_ENTRIES_MAX: usize = 1000;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -113,7 +113,11 @@ async fn outbox(
             .outbox_after(query.after, limit)
             .await
             .map_err(|error| ApiError::Unavailable(error.to_string()))?;
-        if !page.entries.is_empty() || started.elapsed() >= wait || platform.faults().replication_cut() {
+        if platform.faults().replication_cut() {
+            // Cut while reading: nothing read in the meantime leaves.
+            return Err(ApiError::Unavailable("replication is cut (injected fault)".into()));
+        }
+        if !page.entries.is_empty() || started.elapsed() >= wait {
             return Ok(Json(page));
         }
         tokio::time::sleep(OUTBOX_POLL_INTERVAL).await;
@@ -128,6 +132,7 @@ pub fn start(
     metrics: ReplicationMetrics,
 ) {
     let client = reqwest::Client::builder()
+        .no_proxy() // the cluster token must not go through a proxy
         .connect_timeout(Duration::from_millis(500))
         .timeout(Duration::from_millis(config.long_poll_ms.min(LONG_POLL_MS_MAX) + 2000))
         .build()
@@ -162,14 +167,23 @@ impl Puller {
     async fn run(self) {
         let retry = Duration::from_millis(self.config.retry_ms);
         let mut url_index = 0usize;
+        // When this region last had everything the peer had. Lag is measured from it whenever
+        // this region is behind, also while the peer cannot be reached or replication is cut.
+        let mut caught_up_at_ms = wall_clock_ms();
         loop {
             if self.platform.faults().replication_cut() {
+                self.set_lag_since(caught_up_at_ms);
                 tokio::time::sleep(retry).await;
                 continue;
             }
             let base = &self.peer.urls[url_index % self.peer.urls.len()];
-            match self.pull_once(base).await {
-                Ok(()) => {}
+            let pulled = self.pull_once(base).await;
+            if let Ok(Some(0)) = pulled {
+                caught_up_at_ms = wall_clock_ms();
+            }
+            self.set_lag_since(caught_up_at_ms);
+            match pulled {
+                Ok(_) => {}
                 Err(reason) => {
                     self.metrics.errors.get_or_create(&self.labels).inc();
                     tracing::warn!(peer = self.peer.region, reason, "replication pull failed");
@@ -180,7 +194,14 @@ impl Puller {
         }
     }
 
-    async fn pull_once(&self, base: &str) -> Result<(), String> {
+    fn set_lag_since(&self, caught_up_at_ms: u64) {
+        let lag_ms = wall_clock_ms().saturating_sub(caught_up_at_ms);
+        self.metrics.lag_seconds.get_or_create(&self.labels).set(lag_ms as f64 / 1000.0);
+    }
+
+    /// One pull and apply. Answers how many of the peer's entries are still not applied here, or
+    /// `None` when replication was cut meanwhile and nothing was applied.
+    async fn pull_once(&self, base: &str) -> Result<Option<u64>, String> {
         let checkpoint = self.platform.checkpoint(&self.peer.region).await.map_err(|error| error.to_string())?;
         let response = self
             .client
@@ -199,7 +220,7 @@ impl Puller {
         }
         let page: OutboxPage = response.json().await.map_err(|error| format!("bad page: {}", error.without_url()))?;
         if self.platform.faults().replication_cut() {
-            return Ok(());
+            return Ok(None);
         }
         let applied = self
             .platform
@@ -214,11 +235,6 @@ impl Puller {
         self.metrics.applied.get_or_create(&self.labels).inc_by(applied.applied as u64);
         let behind = page.last_seq.saturating_sub(applied.checkpoint);
         self.metrics.lag_entries.get_or_create(&self.labels).set(behind as i64);
-        let lag_seconds = match page.entries.last() {
-            Some(last) if behind > 0 => now_ms.saturating_sub(last.command.hlc.physical_ms()) as f64 / 1000.0,
-            _ => 0.0,
-        };
-        self.metrics.lag_seconds.get_or_create(&self.labels).set(lag_seconds);
-        Ok(())
+        Ok(Some(behind))
     }
 }

@@ -62,7 +62,9 @@ pub async fn serve(
         write_atomically(path, address.to_string().as_bytes())?;
     }
     if let Some(url) = &config.advertised_url {
-        let _ = url.set(format!("http://{address}"));
+        // Peers call back on it: an unspecified bind address (0.0.0.0) is reached on loopback.
+        let host = if address.ip().is_unspecified() { std::net::Ipv4Addr::LOCALHOST.into() } else { address.ip() };
+        let _ = url.set(format!("http://{}", std::net::SocketAddr::new(host, address.port())));
     }
     tracing::info!(%address, node = platform.node(), region = platform.region(), "listening");
 

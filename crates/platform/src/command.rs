@@ -65,6 +65,13 @@ pub trait CommandHandler: Send + Sync + 'static {
         command: &'a Command,
         connection: &'a mut AnyConnection,
     ) -> BoxFuture<'a, Result<(), sqlx::Error>>;
+
+    /// Whether a replicated command that this region already applied (the same id, submitted in
+    /// both regions) is passed to `apply_replicated` again. True for kinds that resolve by
+    /// last-writer-wins, whose apply is idempotent and decides by the command's own clock.
+    fn reapplies_replicated_duplicates(&self) -> bool {
+        false
+    }
 }
 
 /// Handlers by kind.

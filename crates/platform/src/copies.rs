@@ -37,6 +37,17 @@ pub struct HeldCopy {
 
 const ADOPT_APPLY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// What adopting one copy did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Adoption {
+    /// Applied (or found applied) and dropped.
+    Adopted,
+    /// The store cannot take it now: try again later, and stop this round.
+    StoreUnavailable,
+    /// This copy cannot be applied (unknown kind, refused): kept for an operator; go on.
+    Stuck,
+}
+
 impl Platform {
     /// Stores a copy of another node's queued command, durably (fsynced) when it returns.
     pub async fn accept_copy(&self, copy: HeldCopy) -> Result<(), QueueError> {
@@ -89,12 +100,11 @@ impl Platform {
     }
 
     /// Applies an adopted copy (a duplicate if its origin applied it after all) and drops it.
-    /// `Ok(false)` when the store cannot take it now: try again later.
-    pub async fn adopt_copy(&self, entry: &Entry, copy: &HeldCopy) -> Result<bool, QueueError> {
+    pub async fn adopt_copy(&self, entry: &Entry, copy: &HeldCopy) -> Result<Adoption, QueueError> {
         let command = &copy.command;
         let Some(handler) = self.registry.get(&command.kind) else {
             tracing::error!(kind = command.kind, id = %command.id, "adopted copy of an unknown kind; kept");
-            return Ok(false);
+            return Ok(Adoption::Stuck);
         };
         match tokio::time::timeout(ADOPT_APPLY_TIMEOUT, self.apply(handler.as_ref(), command, true)).await {
             Ok(Ok(outcome)) => {
@@ -102,11 +112,11 @@ impl Platform {
             }
             Ok(Err(AttemptError::Permanent(error))) => {
                 tracing::error!(%error, id = %command.id, "adopted copy refused by the store; kept");
-                return Ok(false);
+                return Ok(Adoption::Stuck);
             }
-            Ok(Err(AttemptError::Transient(_))) | Err(_) => return Ok(false),
+            Ok(Err(AttemptError::Transient(_))) | Err(_) => return Ok(Adoption::StoreUnavailable),
         }
         self.copies.get().ok_or(QueueError::Closed)?.remove(std::slice::from_ref(entry))?;
-        Ok(true)
+        Ok(Adoption::Adopted)
     }
 }

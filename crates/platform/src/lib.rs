@@ -19,7 +19,7 @@ pub mod store;
 
 pub use breaker::{BreakerConfig, BreakerState};
 pub use command::{ApplyError, Command, CommandHandler, NewCommand, Registry, WritePattern};
-pub use copies::{CopyDurability, HeldCopy, QueueCopier};
+pub use copies::{Adoption, CopyDurability, HeldCopy, QueueCopier};
 pub use faults::{DbFault, Faults};
 pub use hlc::{Hlc, HlcClock};
 pub use id::{CommandId, InvalidCommandId};

@@ -273,6 +273,12 @@ impl Platform {
         self.breaker.state()
     }
 
+    /// Moves this node's clock past a timestamp it has seen (a value a write will replace), so
+    /// the write is stamped after it.
+    pub fn observe(&self, seen: crate::hlc::Hlc) {
+        self.clock.observe(seen);
+    }
+
     pub fn budget(&self) -> Duration {
         Duration::from_millis(self.config.submit.budget_ms)
     }

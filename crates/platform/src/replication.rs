@@ -70,7 +70,9 @@ impl Platform {
 
     /// How far this region has applied `peer_region`'s outbox.
     pub async fn checkpoint(&self, peer_region: &str) -> Result<u64, ReplicationError> {
-        let pool = self.reader().await?;
+        // From the writer: a lagging reader would make the puller fetch the same pages again.
+        self.reader().await?;
+        let pool = self.store.writer();
         let row = sqlx::query("SELECT seq FROM rn_checkpoints WHERE peer_region = $1")
             .bind(peer_region)
             .fetch_optional(&pool)
@@ -114,6 +116,15 @@ impl Platform {
                 if inserted {
                     handler.apply_replicated(command, &mut tx).await?;
                     applied += 1;
+                } else if upgrade_local_rejection(&mut tx, command, peer_region).await? {
+                    // Rejected here (a copy adopted in this region met its rule) but committed in
+                    // the peer: committed wins, so every region ends with the same answer.
+                    handler.apply_replicated(command, &mut tx).await?;
+                    applied += 1;
+                } else if handler.reapplies_replicated_duplicates() {
+                    // The same write, applied in both regions under different clocks: let the kind
+                    // decide again (last-writer-wins is idempotent and order-free).
+                    handler.apply_replicated(command, &mut tx).await?;
                 }
             }
             let checkpoint = last.seq;
@@ -129,6 +140,26 @@ impl Platform {
             Ok(Applied { applied, checkpoint })
         })
     }
+}
+
+/// Turns this region's *rejected* record of `command` into *committed* (applied by `peer_region`).
+/// True when there was such a record.
+fn upgrade_local_rejection<'a>(
+    connection: &'a mut sqlx::AnyConnection,
+    command: &'a Command,
+    peer_region: &'a str,
+) -> BoxFuture<'a, Result<bool, sqlx::Error>> {
+    Box::pin(async move {
+        let updated = sqlx::query(
+            "UPDATE rn_commands SET status = 'committed', reason = NULL, applied_region = $1 \
+             WHERE id = $2 AND status = 'rejected'",
+        )
+        .bind(peer_region)
+        .bind(command.id.to_hex())
+        .execute(&mut *connection)
+        .await?;
+        Ok(updated.rows_affected() == 1)
+    })
 }
 
 impl From<StoreError> for ReplicationError {

@@ -339,6 +339,34 @@ async fn concurrent_writes_resolve_by_last_writer_wins_with_the_loser_logged(sto
         assert_eq!(logged.len(), 1, "one conflict, logged once in each region: {logged:?}");
     }
 
+    // The same write made in both regions under different clocks, and edited in one of them
+    // between: both regions still end with one value.
+    let other_day = format!("{}-06-02", crate::support::booking_year());
+    up.set_replication("cut").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    set_special(&r1, &other_day, "Soup").await;
+    set_special(&r1, &other_day, "Pasta").await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    set_special(&r2, &other_day, "Soup").await;
+    up.set_replication("ok").await;
+    let agreed = eventually("both regions to agree on the twice-made special", CONVERGE_TIMEOUT, || async {
+        let (a, b) = (special(&r1, &other_day).await?, special(&r2, &other_day).await?);
+        (a["id"] == b["id"] && a["hlc"] == b["hlc"]).then_some(a)
+    })
+    .await;
+    assert_eq!(agreed["dish"], "Soup", "the latest write (r2's Soup) wins everywhere: {agreed}");
+    for url in [&r1, &r2] {
+        // A region that already held the winner logs the loser when the loser arrives.
+        let logged = eventually("the conflict log to hold Pasta", CONVERGE_TIMEOUT, || async {
+            let logged = conflicts(&up, url).await;
+            logged.iter().any(|item| item["entity"] == other_day.as_str()).then_some(logged)
+        })
+        .await;
+        let for_day: Vec<_> = logged.iter().filter(|item| item["entity"] == other_day.as_str()).collect();
+        assert_eq!(for_day.len(), 1, "Pasta lost to a concurrent write, logged once: {logged:?}");
+        assert!(for_day[0]["loser"]["payload"].as_str().unwrap_or("").contains("Pasta"), "{logged:?}");
+    }
+
     // An update made after seeing the winner overwrites it without a conflict.
     let update = set_special(&r1, &day, "Pea and mint soup").await;
     eventually("both regions to show the update", CONVERGE_TIMEOUT, || async {
@@ -347,7 +375,7 @@ async fn concurrent_writes_resolve_by_last_writer_wins_with_the_loser_logged(sto
     })
     .await;
     for url in [&r1, &r2] {
-        assert_eq!(conflicts(&up, url).await.len(), 1, "a sequential update is not a conflict");
+        assert_eq!(conflicts(&up, url).await.len(), 2, "a sequential update is not a conflict");
     }
 }
 
@@ -359,4 +387,52 @@ async fn concurrent_writes_resolve_by_last_writer_wins_with_the_loser_logged_sql
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_writes_resolve_by_last_writer_wins_with_the_loser_logged_postgres() {
     concurrent_writes_resolve_by_last_writer_wins_with_the_loser_logged("postgres").await;
+}
+
+/// The same booking committed in one region and rejected in the other (its slot was full there
+/// while the regions were cut off): once they reconnect, committed wins in both.
+async fn committed_in_one_region_wins_over_rejected_in_the_other(store: &str) {
+    let up = start_up(2, 1, store).await;
+    let (r1, r2) = (up.region_urls(0)[0].clone(), up.region_urls(1)[0].clone());
+    let slot = format!("{}-09-09T19:00", crate::support::booking_year());
+    up.set_replication("cut").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let client = reqwest::Client::new();
+    let booking = json!({ "name": "Ada", "party_size": 2, "time": slot, "notes": "" });
+    let committed = crate::support::post_reservation(&client, &r1, &booking, false).await.unwrap();
+    assert_eq!(committed.status, 201, "{}", committed.body);
+    let fill: Vec<Value> =
+        (0..3).map(|i| json!({ "name": format!("Party {i}"), "party_size": 20, "time": slot, "notes": "" })).collect();
+    for body in &fill {
+        let answer = crate::support::post_reservation(&client, &r2, body, false).await.unwrap();
+        assert_eq!(answer.status, 201, "{}", answer.body);
+    }
+    let rejected = crate::support::post_reservation(&client, &r2, &booking, false).await.unwrap();
+    assert_eq!(rejected.status, 409, "the slot is full in r2: {}", rejected.body);
+    assert_eq!(rejected.id(), committed.id(), "the same booking");
+    up.set_replication("ok").await;
+    let id = committed.id();
+    for url in [&r1, &r2] {
+        eventually("the booking to be committed in both regions", CONVERGE_TIMEOUT, || async {
+            let answer: Value =
+                reqwest::get(format!("{url}/api/cafe/reservations/{id}")).await.ok()?.json().await.ok()?;
+            (answer["status"] == "committed").then_some(())
+        })
+        .await;
+    }
+    for region in 0..2 {
+        let (reservations, commands) = up.ids_in_region(region).await;
+        assert_eq!(reservations.get(&id), Some(&1), "region {}: the booking once", region + 1);
+        assert_eq!(commands.get(&id), Some(&1), "region {}: recorded committed once", region + 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn committed_in_one_region_wins_over_rejected_in_the_other_sqlite() {
+    committed_in_one_region_wins_over_rejected_in_the_other("sqlite").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn committed_in_one_region_wins_over_rejected_in_the_other_postgres() {
+    committed_in_one_region_wins_over_rejected_in_the_other("postgres").await;
 }
