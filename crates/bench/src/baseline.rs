@@ -89,13 +89,19 @@ fn slot_of(sequence: u64) -> String {
     slot.format(time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]")).expect("a slot formats")
 }
 
-async fn insert_one(pool: &AnyPool, sequence: u64) -> Result<(), sqlx::Error> {
+/// The id of the `sequence`th row: 40 hex digits, like a command id.
+pub fn id_of(sequence: u64) -> String {
+    format!("{sequence:040x}")
+}
+
+/// One reservation row in its own transaction (BEGIN; INSERT; COMMIT); its id is `sequence` as
+/// 40 hex digits (`id_of`).
+pub async fn insert_one(pool: &AnyPool, sequence: u64) -> Result<(), sqlx::Error> {
     let mut transaction = pool.begin().await?;
     sqlx::query(
         "INSERT INTO bench_reservations (id, name, party_size, slot, notes, hlc) VALUES ($1, $2, $3, $4, $5, $6)",
     )
-    // 40 hex digits, like a command id.
-    .bind(format!("{sequence:040x}"))
+    .bind(id_of(sequence))
     .bind(format!("bench baseline {sequence}"))
     .bind(1 + (sequence % 4) as i64)
     .bind(slot_of(sequence))

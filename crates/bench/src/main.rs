@@ -1,18 +1,26 @@
 //! `rananeeti-bench`: a real node over loopback, on SQLite and on PostgreSQL, against the same
 //! insert done directly with sqlx and against one fsync per queued write; prints a markdown table.
+//! `--scenario replication` instead runs two regions replicating to each other and measures the
+//! lag, beside PostgreSQL streaming replication.
 //!
 //! `machine` describes the host, `load` is the HTTP load generator, `baseline` the two baselines,
 //! `platform_alone` and `queue_alone` the node's parts without HTTP around them, `node` runs and
-//! watches the node process, `scenario` is one store's run, `report` the output.
+//! watches the node process, `scenario` is one store's run, `report` the output. The replication
+//! scenario: `replication` (the regions and its report), `open_loop` (fixed-rate load), `lag`
+//! (the watchers), `streaming` (the PostgreSQL baseline).
 
 mod baseline;
+mod lag;
 mod load;
 mod machine;
 mod node;
+mod open_loop;
 mod platform_alone;
 mod queue_alone;
+mod replication;
 mod report;
 mod scenario;
+mod streaming;
 mod tally;
 
 use anyhow::Context;
@@ -29,7 +37,10 @@ use std::time::{Duration, Instant};
     about = "Benchmarks a rananeeti node against direct-insert and fsync-per-write baselines"
 )]
 struct Args {
-    /// 1 s cells and a smaller outage, to check the benchmark runs.
+    /// What to measure: one node's write paths, or two regions' replication lag.
+    #[arg(long, value_enum, default_value_t = Scenario::Node)]
+    scenario: Scenario,
+    /// 1 s cells and a smaller outage (replication: 3 s cells), to check the benchmark runs.
     #[arg(long)]
     quick: bool,
     /// Which store the node runs on.
@@ -50,6 +61,15 @@ struct Args {
     /// Directory for the temporary files; it must not be tmpfs, or fsync costs nothing.
     #[arg(long)]
     dir: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    /// One node: committed and pending paths, drain, memory, beside their baselines.
+    Node,
+    /// Two regions of one node each: replication lag at fixed write rates, beside PostgreSQL
+    /// streaming replication.
+    Replication,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -80,6 +100,21 @@ fn main() -> anyhow::Result<()> {
         .prefix("rananeeti-bench-")
         .tempdir_in(&work_root)
         .with_context(|| format!("creating a temporary directory in {}", work_root.display()))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let markdown = match args.scenario {
+        Scenario::Node => runtime.block_on(run_node(&args, node_binary, work_dir.path().to_path_buf()))?,
+        Scenario::Replication => {
+            runtime.block_on(run_replication(&args, node_binary, work_dir.path().to_path_buf()))?.into_markdown()
+        }
+    };
+    print!("{markdown}");
+    if let Some(out) = &args.out {
+        std::fs::write(out, &markdown).with_context(|| format!("writing {}", out.display()))?;
+    }
+    Ok(())
+}
+
+async fn run_node(args: &Args, node_binary: PathBuf, work_dir: PathBuf) -> anyhow::Result<String> {
     let plan = if args.quick {
         Plan {
             cell: Duration::from_secs(1),
@@ -97,23 +132,73 @@ fn main() -> anyhow::Result<()> {
     };
     let plan = Plan { drain_entries: args.outage_entries.unwrap_or(plan.drain_entries), ..plan };
     anyhow::ensure!(plan.drain_entries > 0, "--outage-entries must be positive");
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let report = runtime.block_on(run(&args, &plan, node_binary, work_dir.path().to_path_buf()))?;
-    let markdown = report.to_markdown();
-    print!("{markdown}");
-    if let Some(out) = &args.out {
-        std::fs::write(out, &markdown).with_context(|| format!("writing {}", out.display()))?;
+    Ok(run(args, &plan, node_binary, work_dir).await?.to_markdown())
+}
+
+async fn run_replication(
+    args: &Args,
+    node_binary: PathBuf,
+    work_dir: PathBuf,
+) -> anyhow::Result<replication::ReplicationReport> {
+    let started = Instant::now();
+    let started_at = now_rfc3339();
+    let plan = replication::ReplicationPlan {
+        warmup: if args.quick { Duration::from_millis(500) } else { Duration::from_secs(1) },
+        cell: if args.quick { Duration::from_secs(3) } else { Duration::from_secs(10) },
+        stores: args.store.kinds(),
+        node_rust_log: args.node_rust_log.clone(),
+    };
+    let machine = machine::describe(&work_dir);
+    eprintln!(
+        "[bench] {} cores, {}, {}; files on {}",
+        machine.cores, machine.cpu_model, machine.kernel, machine.filesystem
+    );
+    let busy_before = machine_busy().await;
+    let mut notes = Vec::new();
+    let (stores, baseline) = replication::run(&plan, &node_binary, &work_dir, &mut notes).await?;
+    let busy_after = machine_busy().await;
+    let mut command = String::from("cargo run --release -p rananeeti-bench -- --scenario replication");
+    if args.quick {
+        command.push_str(" --quick");
     }
-    Ok(())
+    command.push_str(&format!(" --store {}", format!("{:?}", args.store).to_lowercase()));
+    if let Some(filter) = &args.node_rust_log {
+        command.push_str(&format!(" --node-rust-log '{filter}'"));
+    }
+    let rates: Vec<String> = replication::RATES_PER_SECOND.iter().map(u32::to_string).collect();
+    Ok(replication::ReplicationReport {
+        machine,
+        command,
+        mode: format!(
+            "{}: {} writes/s offered, each for {} s after a {} ms warm-up; node {}",
+            if args.quick { "quick" } else { "full" },
+            rates.join(" and "),
+            plan.cell.as_secs(),
+            plan.warmup.as_millis(),
+            node_binary.display()
+        ),
+        started_at,
+        code_version: code_version(),
+        took_seconds: started.elapsed().as_secs_f64(),
+        busy_outside_run: [busy_before, busy_after],
+        stores,
+        baseline,
+        notes,
+    })
+}
+
+/// Now, to the second, as RFC 3339 (empty if the clock cannot say).
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .ok()
+        .and_then(|now| now.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_default()
 }
 
 async fn run(args: &Args, plan: &Plan, node_binary: PathBuf, work_dir: PathBuf) -> anyhow::Result<Report> {
     let started = Instant::now();
-    let started_at = time::OffsetDateTime::now_utc()
-        .replace_nanosecond(0)
-        .ok()
-        .and_then(|now| now.format(&time::format_description::well_known::Rfc3339).ok())
-        .unwrap_or_default();
+    let started_at = now_rfc3339();
     let machine = machine::describe(&work_dir);
     eprintln!(
         "[bench] {} cores, {}, {}; files on {}",

@@ -53,6 +53,19 @@ impl NodeProcess {
         store_url: &str,
         rust_log: Option<&str>,
     ) -> anyhow::Result<NodeProcess> {
+        NodeProcess::start_with(binary, dir, store_url, rust_log, "127.0.0.1:0", &[]).await
+    }
+
+    /// As `start`, listening on `listen`, with `extra_args` after the benchmark's own flags
+    /// (e.g. `--region`, `--peer`: a region's peers must know its address before it starts).
+    pub async fn start_with(
+        binary: &Path,
+        dir: &Path,
+        store_url: &str,
+        rust_log: Option<&str>,
+        listen: &str,
+        extra_args: &[String],
+    ) -> anyhow::Result<NodeProcess> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let admin_token = format!("{:032x}", rand::random::<u128>());
         let token_file = dir.join("admin-token");
@@ -70,7 +83,7 @@ impl NodeProcess {
             .arg("--config")
             .arg(&config_file)
             .arg("--listen")
-            .arg("127.0.0.1:0")
+            .arg(listen)
             .arg("--data-dir")
             .arg(dir.join("data"))
             .arg("--store-url")
@@ -79,6 +92,7 @@ impl NodeProcess {
             .arg(&token_file)
             .arg("--addr-file")
             .arg(&addr_file)
+            .args(extra_args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().context("duplicating the node log handle")?)
             .stderr(log);
@@ -105,6 +119,26 @@ impl NodeProcess {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// `GET /metrics`: the node's metrics in the Prometheus text format.
+    pub async fn metrics_text(&self) -> anyhow::Result<String> {
+        let response = self
+            .client
+            .get(format!("{}/metrics", self.base_url))
+            .bearer_auth(&self.admin_token)
+            .send()
+            .await
+            .context("GET /metrics")?;
+        let status = response.status();
+        if !status.is_success() {
+            bail!("GET /metrics answered {status}: {}", response.text().await?);
+        }
+        Ok(response.text().await?)
     }
 
     pub fn reservations_url(&self) -> String {
@@ -286,6 +320,25 @@ pub fn cpu_seconds(entry: &str) -> Option<f64> {
     let user_ticks: u64 = fields.get(11)?.parse().ok()?;
     let system_ticks: u64 = fields.get(12)?.parse().ok()?;
     Some((user_ticks + system_ticks) as f64 / TICKS_PER_SECOND)
+}
+
+/// CPU time used so far by `pid` and its direct children alive now (a PostgreSQL postmaster and
+/// its backends; the benchmark's pooled connections live as long as a cell).
+pub fn process_and_children_cpu_seconds(pid: u32) -> Option<f64> {
+    let mut total = cpu_seconds(&pid.to_string())?;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let name = entry.file_name();
+        let Some(child) = name.to_str().filter(|name| name.bytes().all(|byte| byte.is_ascii_digit())) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else { continue };
+        // Field 4, the parent's pid, is the second after the command name.
+        let parent = stat.rfind(')').and_then(|end| stat[end + 1..].split_whitespace().nth(1)?.parse::<u32>().ok());
+        if parent == Some(pid) {
+            total += cpu_seconds(child).unwrap_or(0.0);
+        }
+    }
+    Some(total)
 }
 
 /// A `kB` line of /proc/PID/status, e.g. `VmRSS:     12345 kB`.

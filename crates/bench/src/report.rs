@@ -157,7 +157,7 @@ fn ratio(ours: f64, baseline: f64) -> String {
     }
 }
 
-fn ms(value: Option<f64>) -> String {
+pub(crate) fn ms(value: Option<f64>) -> String {
     match value {
         Some(value) if value < 10.0 => format!("{value:.2}"),
         Some(value) => format!("{value:.1}"),
@@ -165,7 +165,7 @@ fn ms(value: Option<f64>) -> String {
     }
 }
 
-fn rate(value: f64) -> String {
+pub(crate) fn rate(value: f64) -> String {
     format!("{value:.0}")
 }
 
