@@ -6,10 +6,7 @@ use crate::tally::Tally;
 use anyhow::Context;
 use rananeeti_cafe::domain::ReservationRequest;
 use rananeeti_cafe::reserve::ReserveHandler;
-use rananeeti_platform::{
-    BreakerConfig, DrainConfig, Outcome, Platform, PlatformConfig, PlatformMetrics, Registry, Store, StoreConfig,
-    SubmitConfig,
-};
+use rananeeti_platform::{Outcome, Platform, PlatformMetrics, Registry, Store, StoreConfig};
 use rananeeti_queue::{Queue, QueueConfig};
 use serde_json::Value;
 use std::path::Path;
@@ -51,32 +48,7 @@ pub async fn start(url: &str, queue_dir: &Path) -> anyhow::Result<Arc<Platform>>
     let store = Store::open(store_config(url), migrations).context("opening the in-process platform's store")?;
     store.ensure_migrated().await.context("migrating the in-process platform's store")?;
     let metrics = PlatformMetrics::new(&mut prometheus_client::registry::Registry::default());
-    Ok(Platform::start(
-        PlatformConfig {
-            region: config.node.region.clone(),
-            node: config.node.name.clone(),
-            submit: SubmitConfig {
-                budget_ms: config.submit.budget_ms,
-                attempts_max: config.submit.attempts_max,
-                backoff_base_ms: config.submit.backoff_base_ms,
-                backoff_max_ms: config.submit.backoff_max_ms,
-                queue_reserve_ms: config.submit.queue_reserve_ms,
-            },
-            breaker: BreakerConfig {
-                failures_to_open: config.breaker.failures_to_open,
-                open_ms: config.breaker.open_ms,
-            },
-            drain: DrainConfig {
-                batch_entries_max: config.drain.batch_entries_max,
-                idle_ms: config.drain.idle_ms,
-                apply_timeout_ms: config.drain.apply_timeout_ms,
-            },
-        },
-        store,
-        queue,
-        registry,
-        metrics,
-    ))
+    Ok(Platform::start(config.platform_config(), store, queue, registry, metrics))
 }
 
 /// `concurrency` tasks placing distinct reservations back to back for `duration`; a committed

@@ -8,7 +8,7 @@ use crate::faults::{Faults, StoreAccess};
 use crate::hlc::{wall_clock_ms, HlcClock};
 use crate::id::CommandId;
 use crate::metrics::{OutcomeLabels, PlatformMetrics};
-use crate::store::{is_transient, Store, StoreError};
+use crate::store::{is_transient, Store, StoreError, StoreKind};
 use futures::future::BoxFuture;
 use rananeeti_queue::{Enqueued, Queue, QueueError};
 use rand::Rng;
@@ -64,6 +64,9 @@ pub struct PlatformConfig {
     pub submit: SubmitConfig,
     pub breaker: BreakerConfig,
     pub drain: DrainConfig,
+    /// Peers pull this region's outbox: on PostgreSQL, make outbox order the commit order (a lock
+    /// held to COMMIT, which costs throughput). Every node of a region must agree on it.
+    pub outbox_commit_ordered: bool,
 }
 
 /// Where a command stands.
@@ -478,7 +481,8 @@ impl Platform {
             }
             match handler.apply(command, &mut tx).await {
                 Ok(()) => {
-                    append_outbox(&mut tx, self.store.kind(), command).await?;
+                    let ordered = self.config.outbox_commit_ordered && self.store.kind() == StoreKind::Postgres;
+                    append_outbox(&mut tx, ordered, command).await?;
                     tx.commit().await?;
                     Ok(Outcome::Committed)
                 }
@@ -789,11 +793,11 @@ pub(crate) async fn insert_record_inner(
 /// later; SQLite's single writer gives that by itself.
 fn append_outbox<'a>(
     connection: &'a mut sqlx::AnyConnection,
-    store: crate::store::StoreKind,
+    commit_ordered: bool,
     command: &'a Command,
 ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
     Box::pin(async move {
-        if store == crate::store::StoreKind::Postgres {
+        if commit_ordered {
             sqlx::query("SELECT pg_advisory_xact_lock(7277001)").execute(&mut *connection).await?;
         }
         sqlx::query("INSERT INTO rn_outbox (id, command) VALUES ($1, $2)")

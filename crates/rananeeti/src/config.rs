@@ -222,6 +222,7 @@ impl Config {
                 idle_ms: self.drain.idle_ms,
                 apply_timeout_ms: self.drain.apply_timeout_ms,
             },
+            outbox_commit_ordered: !self.replication.peers.is_empty(),
         }
     }
 
