@@ -71,15 +71,7 @@ pub async fn run_inserts(pool: &AnyPool, concurrency: usize, duration: Duration,
             tally
         }));
     }
-    let mut tally = Tally::default();
-    for worker in workers {
-        match worker.await {
-            Ok(worker_tally) => tally.merge(worker_tally),
-            Err(error) => tally.record_error(format!("worker panicked: {error}")),
-        }
-    }
-    tally.elapsed = started.elapsed();
-    tally
+    crate::tally::gather(workers, started).await
 }
 
 /// A time slot for the `sequence`th row: one minute after another, as the load generator's are.

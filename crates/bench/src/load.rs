@@ -108,13 +108,5 @@ pub async fn run(
             tally
         }));
     }
-    let mut tally = Tally::default();
-    for worker in workers {
-        match worker.await {
-            Ok(worker_tally) => tally.merge(worker_tally),
-            Err(error) => tally.record_error(format!("worker panicked: {error}")),
-        }
-    }
-    tally.elapsed = started.elapsed();
-    tally
+    crate::tally::gather(workers, started).await
 }

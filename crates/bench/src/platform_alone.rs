@@ -85,15 +85,7 @@ pub async fn run(
             tally
         }));
     }
-    let mut tally = Tally::default();
-    for worker in workers {
-        match worker.await {
-            Ok(worker_tally) => tally.merge(worker_tally),
-            Err(error) => tally.record_error(format!("worker panicked: {error}")),
-        }
-    }
-    tally.elapsed = started.elapsed();
-    tally
+    crate::tally::gather(workers, started).await
 }
 
 /// Parses a load-generator body as the API handler does.

@@ -115,6 +115,20 @@ pub struct Summary {
     pub first_error: Option<String>,
 }
 
+/// Waits for every worker of a cell and merges their tallies; a worker that panicked counts as
+/// an error. `elapsed` runs from `started` to the last worker's end.
+pub async fn gather(workers: Vec<tokio::task::JoinHandle<Tally>>, started: std::time::Instant) -> Tally {
+    let mut tally = Tally::default();
+    for worker in workers {
+        match worker.await {
+            Ok(worker_tally) => tally.merge(worker_tally),
+            Err(error) => tally.record_error(format!("worker panicked: {error}")),
+        }
+    }
+    tally.elapsed = started.elapsed();
+    tally
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

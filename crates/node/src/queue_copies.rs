@@ -21,10 +21,9 @@ const HOLDS_REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
 const ADOPT_BATCH_MAX: usize = 1000;
 const IDS_PER_REQUEST_MAX: usize = 1000;
 
+/// How this node treats the copies it holds for its peers.
 #[derive(Clone, Debug)]
 pub struct QueueCopiesConfig {
-    /// The peer node that keeps this node's copies.
-    pub peer_url: String,
     /// How long an origin must be unreachable before its copies are adopted.
     pub adopt_after_ms: u64,
     /// How often held copies are checked against their origins.

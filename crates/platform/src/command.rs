@@ -37,8 +37,8 @@ pub enum ApplyError {
     Store(#[from] sqlx::Error),
 }
 
-/// How a kind's writes are routed between regions (seed 003). Only `Local` is served until
-/// replication lands; the others are declared so kinds state their pattern from the start.
+/// How a kind's writes are routed between regions (seed 003). Only `Local` exists so far;
+/// `Global` and `Home` (forwarding to an owner region) are not built yet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WritePattern {
     /// Applied in any region; commands commute or resolve by last-writer-wins on the HLC.

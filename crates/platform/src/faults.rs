@@ -19,8 +19,8 @@ pub enum DbFault {
 #[derive(Debug)]
 pub struct Faults {
     db: RwLock<DbFault>,
-    /// Replication between regions is cut. A one-region deployment has nothing to replicate,
-    /// so until replication lands this is recorded and reported only.
+    /// Replication between regions is cut: this node serves no outbox page and its pullers
+    /// pause (see the node crate's replication module).
     replication_cut: AtomicBool,
 }
 

@@ -178,7 +178,6 @@ async fn serve(config: Config, addr_file: Option<PathBuf>) -> anyhow::Result<()>
         queue_copies::start_adopter(
             std::sync::Arc::clone(&platform),
             QueueCopiesConfig {
-                peer_url: config.queue.copy_peer_url.clone().unwrap_or_default(),
                 adopt_after_ms: config.queue.adopt_after_ms,
                 adopt_check_ms: config.queue.adopt_check_ms,
             },
