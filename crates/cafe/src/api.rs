@@ -2,6 +2,7 @@
 
 use crate::domain::{FieldError, ReservationRequest};
 use crate::service::{self, Page, ReservationView, PAGE_ITEMS_DEFAULT};
+use crate::closure::{self, ClosurePayload};
 use crate::special::{self, SpecialPayload};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -18,6 +19,7 @@ pub fn router(platform: Arc<Platform>) -> Router {
         .route("/api/cafe/reservations", get(list).post(create))
         .route("/api/cafe/reservations/{id}", get(show))
         .route("/api/cafe/specials/{day}", get(show_special).put(set_special))
+        .route("/api/cafe/closures/{day}", get(show_closure).put(set_closure))
         .with_state(platform)
 }
 
@@ -79,7 +81,7 @@ async fn create(
             }
             (StatusCode::ACCEPTED, Json(body))
         }
-        Outcome::Duplicate(current) => {
+        Outcome::Duplicate { first: current } => {
             (StatusCode::OK, Json(json!({ "id": id, "status": "duplicate", "current": current.as_str() })))
         }
         Outcome::Rejected { reason } => {
@@ -169,18 +171,7 @@ async fn set_special(
         )
         .await
         .map_err(submit_error)?;
-    let id = submitted.id.to_hex();
-    let (status, body) = match submitted.outcome {
-        Outcome::Committed => (StatusCode::CREATED, json!({ "id": id, "status": "committed" })),
-        Outcome::Pending => (StatusCode::ACCEPTED, json!({ "id": id, "status": "pending" })),
-        Outcome::Duplicate(current) => {
-            (StatusCode::OK, json!({ "id": id, "status": "duplicate", "current": current.as_str() }))
-        }
-        Outcome::Rejected { reason } => {
-            (StatusCode::CONFLICT, json!({ "id": id, "status": "rejected", "reason": reason }))
-        }
-    };
-    Ok((status, Json(body)).into_response())
+    Ok(submitted_response(submitted))
 }
 
 async fn show_special(
@@ -194,4 +185,70 @@ async fn show_special(
         Ok(None) => Err(ApiError::NotFound),
         Err(error) => Err(ApiError::Unavailable(error.to_string())),
     }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetClosure {
+    closed: bool,
+    #[serde(default)]
+    reason: String,
+}
+
+/// Closes (or reopens) the cafe on a day. The write is `global`: the region acting for the
+/// primary applies it; from any other region it is forwarded, or queued for the primary
+/// (*pending*) while the primary cannot be reached.
+async fn set_closure(
+    State(platform): State<Arc<Platform>>,
+    Path(day): Path<String>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<SetClosure>,
+) -> Result<Response, ApiError> {
+    let replaces_hlc = match platform.reader().await {
+        Ok(pool) => closure::get(&pool, day.trim()).await.ok().flatten().map(|current| current.hlc).unwrap_or(0),
+        Err(_) => 0,
+    };
+    let payload = ClosurePayload::parse(&day, body.closed, &body.reason, replaces_hlc)?;
+    platform.observe(rananeeti_platform::Hlc(replaces_hlc));
+    let submitted = platform
+        .submit(
+            NewCommand {
+                kind: closure::KIND_SET_CLOSURE,
+                id: payload.id(),
+                payload: serde_json::to_value(&payload).expect("a closure serializes"),
+            },
+            SubmitOptions { simulate_store_failure: simulates_store_failure(&headers) },
+        )
+        .await
+        .map_err(submit_error)?;
+    Ok(submitted_response(submitted))
+}
+
+async fn show_closure(
+    State(platform): State<Arc<Platform>>,
+    Path(day): Path<String>,
+) -> Result<Json<closure::Closure>, ApiError> {
+    let day = ClosurePayload::parse(&day, false, "", 0)?.day;
+    let pool = platform.reader().await.map_err(|error| ApiError::Unavailable(error.to_string()))?;
+    match closure::get(&pool, &day).await {
+        Ok(Some(closure)) => Ok(Json(closure)),
+        Ok(None) => Err(ApiError::NotFound),
+        Err(error) => Err(ApiError::Unavailable(error.to_string())),
+    }
+}
+
+/// 201 committed, 202 pending, 200 duplicate (with where the first stands), 409 rejected.
+fn submitted_response(submitted: rananeeti_platform::Submitted) -> Response {
+    let id = submitted.id.to_hex();
+    let (status, body) = match submitted.outcome {
+        Outcome::Committed => (StatusCode::CREATED, json!({ "id": id, "status": "committed" })),
+        Outcome::Pending => (StatusCode::ACCEPTED, json!({ "id": id, "status": "pending" })),
+        Outcome::Duplicate { first: current } => {
+            (StatusCode::OK, json!({ "id": id, "status": "duplicate", "current": current.as_str() }))
+        }
+        Outcome::Rejected { reason } => {
+            (StatusCode::CONFLICT, json!({ "id": id, "status": "rejected", "reason": reason }))
+        }
+    };
+    (status, Json(body)).into_response()
 }

@@ -5,6 +5,7 @@
 //! and the API share; only `api` and `pages` know HTTP.
 
 pub mod api;
+pub mod closure;
 pub mod domain;
 pub mod pages;
 pub mod reserve;
@@ -40,11 +41,12 @@ impl rananeeti_node::App for CafeApp {
         vec![
             Arc::new(reserve::ReserveHandler { seats_per_slot: self.config.seats_per_slot }),
             Arc::new(special::SetSpecialHandler),
+            Arc::new(closure::SetClosureHandler),
         ]
     }
 
     fn migrations(&self) -> Vec<Migration> {
-        reserve::MIGRATIONS.iter().chain(special::MIGRATIONS).copied().collect()
+        reserve::MIGRATIONS.iter().chain(special::MIGRATIONS).chain(closure::MIGRATIONS).copied().collect()
     }
 
     fn router(&self, platform: Arc<Platform>) -> Router {

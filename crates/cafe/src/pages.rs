@@ -450,7 +450,7 @@ async fn place_reservation(
             let placed = match submitted.outcome {
                 Outcome::Committed => "committed",
                 Outcome::Pending => "pending",
-                Outcome::Duplicate(_) => "duplicate",
+                Outcome::Duplicate { .. } => "duplicate",
                 Outcome::Rejected { .. } => "rejected",
             };
             Ok(Redirect::to(&format!("/cafe/reservations/{}?placed={placed}", submitted.id.to_hex())).into_response())

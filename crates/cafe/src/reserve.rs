@@ -30,6 +30,10 @@ impl CommandHandler for ReserveHandler {
         Box::pin(async move {
             let payload: ReservationPayload = serde_json::from_value(command.payload.clone())
                 .map_err(|error| ApplyError::Rejected(format!("not a reservation: {error}")))?;
+            let day = payload.time.get(..10).unwrap_or(&payload.time);
+            if let Some(reason) = crate::closure::closed_because(connection, day).await? {
+                return Err(ApplyError::Rejected(format!("the cafe is closed on {day}: {reason}")));
+            }
             if payload.party_size > self.seats_per_slot {
                 return Err(ApplyError::Rejected(format!(
                     "a party of {} is larger than the {} seats of a time slot",

@@ -7,10 +7,12 @@ pub mod admin;
 pub mod app;
 pub mod error;
 pub mod json;
+pub mod ownership;
 pub mod queue_copies;
 pub mod replication;
 pub mod server;
 pub mod telemetry;
+pub mod witness;
 
 pub use app::App;
 pub use error::ApiError;

@@ -35,6 +35,8 @@ pub struct NodeHttpConfig {
     pub cluster_token: Option<AdminToken>,
     pub body_bytes_max: usize,
     pub request_timeout_ms: u64,
+    /// Ownership exchange, forwarding and failover endpoints (with the cluster token).
+    pub ownership: Option<Arc<crate::ownership::OwnershipService>>,
 }
 
 pub struct Health {
@@ -96,6 +98,13 @@ pub fn build_router(
     if let Some(cluster_token) = &config.cluster_token {
         router = router.merge(crate::replication::router(Arc::clone(&platform), cluster_token.clone()));
         router = router.merge(crate::queue_copies::router(Arc::clone(&platform), cluster_token.clone()));
+        if let Some(ownership) = &config.ownership {
+            router = router.merge(crate::ownership::router(
+                Arc::clone(ownership),
+                cluster_token.clone(),
+                config.admin_token.clone(),
+            ));
+        }
     }
     for app in apps {
         router = router.merge(app.router(Arc::clone(&platform)));
@@ -204,8 +213,11 @@ async fn shutdown_signal() {
     }
 }
 
-fn write_atomically(path: &std::path::Path, contents: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_atomically(path: &std::path::Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
     let temporary = path.with_extension("tmp");
-    std::fs::write(&temporary, contents)?;
+    let mut file = std::fs::File::create(&temporary)?;
+    file.write_all(contents)?;
+    file.sync_all()?;
     std::fs::rename(&temporary, path)
 }

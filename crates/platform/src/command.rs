@@ -37,12 +37,15 @@ pub enum ApplyError {
     Store(#[from] sqlx::Error),
 }
 
-/// How a kind's writes are routed between regions (seed 003). Only `Local` exists so far;
-/// `Global` and `Home` (forwarding to an owner region) are not built yet.
+/// How a kind's writes are routed between regions (seed 003).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WritePattern {
     /// Applied in any region; commands commute or resolve by last-writer-wins on the HLC.
     Local,
+    /// Applied by the region acting for the primary region; other regions forward.
+    Global,
+    /// Applied by the region acting for the entity's home region (`CommandHandler::home_region`).
+    Home,
 }
 
 /// An app's deterministic apply for one command kind. It reads neither the wall clock nor a
@@ -65,6 +68,12 @@ pub trait CommandHandler: Send + Sync + 'static {
         command: &'a Command,
         connection: &'a mut AnyConnection,
     ) -> BoxFuture<'a, Result<(), sqlx::Error>>;
+
+    /// The home region of the entity a `Home` command writes (from its payload). Only asked of
+    /// `Home` kinds; `None` (or a region the deployment does not have) routes to the primary.
+    fn home_region(&self, _command: &Command) -> Option<String> {
+        None
+    }
 
     /// Whether a replicated command that this region already applied (the same id, submitted in
     /// both regions) is passed to `apply_replicated` again. True for kinds that resolve by

@@ -106,6 +106,19 @@ impl Platform {
             tracing::error!(kind = command.kind, id = %command.id, "adopted copy of an unknown kind; kept");
             return Ok(Adoption::Stuck);
         };
+        match self.route(handler.as_ref(), command) {
+            crate::ownership::Route::Apply => {}
+            crate::ownership::Route::Hold(_) => return Ok(Adoption::StoreUnavailable),
+            crate::ownership::Route::Forward(region) => {
+                return match self.forward_adopted(&region, command, ADOPT_APPLY_TIMEOUT).await {
+                    Ok(()) => {
+                        self.copies.get().ok_or(QueueError::Closed)?.remove(std::slice::from_ref(entry))?;
+                        Ok(Adoption::Adopted)
+                    }
+                    Err(_) => Ok(Adoption::StoreUnavailable),
+                };
+            }
+        }
         match tokio::time::timeout(ADOPT_APPLY_TIMEOUT, self.apply(handler.as_ref(), command, true)).await {
             Ok(Ok(outcome)) => {
                 tracing::info!(id = %command.id, origin = copy.origin_node, outcome = outcome.as_str(), "adopted a queued command");

@@ -12,6 +12,7 @@ pub mod faults;
 pub mod hlc;
 pub mod id;
 pub mod metrics;
+pub mod ownership;
 mod platform;
 pub mod replication;
 pub mod schema;
@@ -24,6 +25,7 @@ pub use faults::{DbFault, Faults};
 pub use hlc::{Hlc, HlcClock};
 pub use id::{CommandId, InvalidCommandId};
 pub use metrics::PlatformMetrics;
+pub use ownership::{Forwarder, OwnerRow, Ownership, OwnershipConfig, Route};
 pub use platform::{
     CommandState, CommandStatus, DrainConfig, Outcome, Platform, PlatformConfig, StoreUnavailable, SubmitConfig,
     SubmitError, SubmitOptions, Submitted,

@@ -13,8 +13,15 @@ pub struct OutcomeLabels {
     pub outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ForwardLabels {
+    pub region: String,
+    pub outcome: &'static str,
+}
+
 #[derive(Clone)]
 pub struct PlatformMetrics {
+    pub forwards: Family<ForwardLabels, Counter>,
     pub submit_outcomes: Family<OutcomeLabels, Counter>,
     pub submit_duration: Histogram,
     pub store_up: Gauge,
@@ -30,6 +37,7 @@ pub struct PlatformMetrics {
 impl PlatformMetrics {
     pub fn new(registry: &mut Registry) -> PlatformMetrics {
         let metrics = PlatformMetrics {
+            forwards: Family::default(),
             submit_outcomes: Family::default(),
             submit_duration: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
             store_up: Gauge::default(),
@@ -62,6 +70,11 @@ impl PlatformMetrics {
             "queue_copy_failures",
             "Queued commands whose copy to the peer node failed",
             metrics.queue_copy_failures.clone(),
+        );
+        platform.register(
+            "forwards",
+            "Owned writes sent to the region acting for their owner, by outcome",
+            metrics.forwards.clone(),
         );
         platform.register("store_pool_rebuilds", "Store pools rebuilt after an outage", metrics.pool_rebuilds.clone());
         metrics

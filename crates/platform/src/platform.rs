@@ -2,12 +2,13 @@
 //! command's status, and drain the queue into the store when it is healthy again.
 
 use crate::breaker::{BreakerConfig, BreakerState, CircuitBreaker, Transition};
-use crate::command::{ApplyError, Command, CommandHandler, NewCommand, Registry};
+use crate::command::{ApplyError, Command, CommandHandler, NewCommand, Registry, WritePattern};
 use crate::copies::{CopyDurability, QueueCopier};
 use crate::faults::{Faults, StoreAccess};
 use crate::hlc::{wall_clock_ms, HlcClock};
 use crate::id::CommandId;
 use crate::metrics::{OutcomeLabels, PlatformMetrics};
+use crate::ownership::{Forwarder, Ownership, OwnershipConfig, Route};
 use crate::store::{is_transient, Store, StoreError, StoreKind};
 use futures::future::BoxFuture;
 use rananeeti_queue::{Enqueued, Queue, QueueError};
@@ -67,10 +68,12 @@ pub struct PlatformConfig {
     /// Peers pull this region's outbox: on PostgreSQL, make outbox order the commit order (a lock
     /// held to COMMIT, which costs throughput). Every node of a region must agree on it.
     pub outbox_commit_ordered: bool,
+    /// Who applies `global` and `home` writes, and the lease that fences a cut-off owner.
+    pub ownership: OwnershipConfig,
 }
 
 /// Where a command stands.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "status", rename_all = "lowercase")]
 pub enum CommandState {
     Committed,
@@ -89,11 +92,12 @@ impl CommandState {
 }
 
 /// The answer to a submit.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "outcome", rename_all = "lowercase")]
 pub enum Outcome {
     Committed,
     /// Already submitted; carries where the first one stands.
-    Duplicate(CommandState),
+    Duplicate { first: CommandState },
     /// Durably queued; will be applied when the store is back.
     Pending,
     Rejected {
@@ -105,7 +109,7 @@ impl Outcome {
     pub fn as_str(&self) -> &'static str {
         match self {
             Outcome::Committed => "committed",
-            Outcome::Duplicate(_) => "duplicate",
+            Outcome::Duplicate { .. } => "duplicate",
             Outcome::Pending => "pending",
             Outcome::Rejected { .. } => "rejected",
         }
@@ -210,6 +214,8 @@ pub struct Platform {
     drain_wakeup: Arc<tokio::sync::Notify>,
     queue_fsyncs_seen: std::sync::atomic::AtomicU64,
     copier: std::sync::OnceLock<(Arc<dyn QueueCopier>, CopyDurability)>,
+    forwarder: std::sync::OnceLock<Arc<dyn Forwarder>>,
+    pub(crate) ownership: Ownership,
     pub(crate) copies: std::sync::OnceLock<Queue>,
     /// Queue entries already reported as impossible to apply, so the log says it once.
     stuck_reported: std::sync::Mutex<std::collections::HashSet<u64>>,
@@ -233,6 +239,7 @@ impl Platform {
         metrics: PlatformMetrics,
     ) -> Arc<Platform> {
         let breaker = CircuitBreaker::new(config.breaker);
+        let ownership = Ownership::new(config.ownership.clone());
         let platform = Arc::new(Platform {
             config,
             store,
@@ -246,6 +253,8 @@ impl Platform {
             queue_fsyncs_seen: std::sync::atomic::AtomicU64::new(0),
             stuck_reported: std::sync::Mutex::new(std::collections::HashSet::new()),
             copier: std::sync::OnceLock::new(),
+            forwarder: std::sync::OnceLock::new(),
+            ownership,
             copies: std::sync::OnceLock::new(),
         });
         tokio::spawn(drain_loop(Arc::downgrade(&platform)));
@@ -311,7 +320,7 @@ impl Platform {
         let id = new.id;
         // Already waiting in this node's queue: the first submit was acknowledged as pending.
         if self.queue.get(id.as_bytes()).map_err(SubmitError::Queue)?.is_some() {
-            return Ok(Submitted { id, outcome: Outcome::Duplicate(CommandState::Pending), copied: None });
+            return Ok(Submitted { id, outcome: Outcome::Duplicate { first: CommandState::Pending }, copied: None });
         }
         let command = Command {
             kind: new.kind.to_string(),
@@ -321,11 +330,93 @@ impl Platform {
             origin_node: self.config.node.clone(),
             hlc: self.clock.now(),
         };
+        self.deliver_submitted(handler.as_ref(), command, options, started, true).await
+    }
+
+    /// Submits a command another region forwarded here (this region acts for its owner): applied
+    /// or queued here, never forwarded again (a stale view queues it; the drainer routes it).
+    #[tracing::instrument(skip_all, fields(kind = command.kind, id = %command.id, origin = command.origin_region))]
+    pub async fn submit_forwarded(&self, command: Command) -> Result<Submitted, SubmitError> {
+        let started = Instant::now();
+        let handler =
+            self.registry.get(&command.kind).ok_or_else(|| SubmitError::UnknownKind(command.kind.clone()))?;
+        let id = command.id;
+        if self.queue.get(id.as_bytes()).map_err(SubmitError::Queue)?.is_some() {
+            return Ok(Submitted { id, outcome: Outcome::Duplicate { first: CommandState::Pending }, copied: None });
+        }
+        self.clock.observe(command.hlc);
+        let result = self.deliver_submitted(handler.as_ref(), command, SubmitOptions::default(), started, false).await;
+        self.metrics.submit_duration.observe(started.elapsed().as_secs_f64());
+        result
+    }
+
+    /// Where an owned write goes from this node; `Apply` for `local` kinds.
+    pub(crate) fn route(&self, handler: &dyn CommandHandler, command: &Command) -> Route {
+        let config = self.ownership.config();
+        let home = match handler.write_pattern() {
+            WritePattern::Local => return Route::Apply,
+            WritePattern::Global => config.primary_region.clone(),
+            WritePattern::Home => handler
+                .home_region(command)
+                .filter(|region| config.regions.contains(region))
+                .unwrap_or_else(|| config.primary_region.clone()),
+        };
+        self.ownership.route(&self.config.region, &home)
+    }
+
+    /// Forwards a command to the region acting for its owner, within `timeout`.
+    async fn forward(&self, region: &str, command: &Command, timeout: Duration) -> Result<Outcome, String> {
+        let Some(forwarder) = self.forwarder.get() else {
+            return Err("no forwarder: this node has no peer regions configured".to_string());
+        };
+        let forwarded = tokio::time::timeout(timeout, forwarder.forward(region, command)).await;
+        let result = forwarded.unwrap_or_else(|_| Err(format!("region {region} did not answer in time")));
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        self.metrics.forwards.get_or_create(&crate::metrics::ForwardLabels { region: region.to_string(), outcome }).inc();
+        result
+    }
+
+    /// Forwards an adopted copy of a queued owned write to the region acting for its owner.
+    pub(crate) async fn forward_adopted(&self, region: &str, command: &Command, timeout: Duration) -> Result<(), String> {
+        let outcome = self.forward(region, command, timeout).await?;
+        tracing::info!(id = %command.id, region, outcome = outcome.as_str(), "adopted copy forwarded to its owner");
+        Ok(())
+    }
+
+    /// Forwarded commands go through `forwarder`. Set once, at start.
+    pub fn set_forwarder(&self, forwarder: Arc<dyn Forwarder>) {
+        assert!(self.forwarder.set(forwarder).is_ok(), "forwarder set twice");
+    }
+
+    async fn deliver_submitted(
+        &self,
+        handler: &dyn CommandHandler,
+        command: Command,
+        options: SubmitOptions,
+        started: Instant,
+        may_forward: bool,
+    ) -> Result<Submitted, SubmitError> {
+        let id = command.id;
         let submit = &self.config.submit;
         let budget = Duration::from_millis(submit.budget_ms);
         let store_deadline = started + budget.saturating_sub(Duration::from_millis(submit.queue_reserve_ms));
+        let route = if options.simulate_store_failure { Route::Hold("simulated store failure") } else { self.route(handler, &command) };
+        match &route {
+            Route::Forward(region) if may_forward => {
+                let remaining = store_deadline.saturating_duration_since(Instant::now());
+                match self.forward(region, &command, remaining).await {
+                    Ok(outcome) => return Ok(Submitted { id, outcome, copied: None }),
+                    Err(reason) => tracing::warn!(region, reason, "could not forward to the owner region; queued for it"),
+                }
+            }
+            Route::Forward(region) => {
+                tracing::warn!(region, "forwarded here, but this view says another region owns it; queued")
+            }
+            Route::Hold(reason) => tracing::debug!(reason, "owned write held in the queue"),
+            Route::Apply => {}
+        }
 
-        if !options.simulate_store_failure {
+        if route == Route::Apply {
             let mut backoff_ms = submit.backoff_base_ms;
             for attempt in 1..=submit.attempts_max {
                 if !self.breaker.allow() {
@@ -335,7 +426,7 @@ impl Platform {
                 if remaining.is_zero() {
                     break;
                 }
-                match tokio::time::timeout(remaining, self.apply(handler.as_ref(), &command, false)).await {
+                match tokio::time::timeout(remaining, self.apply(handler, &command, false)).await {
                     Ok(Ok(outcome)) => {
                         self.store_succeeded();
                         return Ok(Submitted { id, outcome, copied: None });
@@ -440,7 +531,7 @@ impl Platform {
         self.drain_wakeup.notify_one();
         Ok(match enqueued {
             Enqueued::Added { .. } => Outcome::Pending,
-            Enqueued::AlreadyQueued { .. } => Outcome::Duplicate(CommandState::Pending),
+            Enqueued::AlreadyQueued { .. } => Outcome::Duplicate { first: CommandState::Pending },
         })
     }
 
@@ -477,7 +568,7 @@ impl Platform {
             let inserted = insert_record(&mut tx, command, &self.config, "committed", via_queue).await?;
             if !inserted {
                 tx.rollback().await?;
-                return Ok(Outcome::Duplicate(self.recorded_state(&pool, &command.id).await?));
+                return Ok(Outcome::Duplicate { first: self.recorded_state(&pool, &command.id).await? });
             }
             match handler.apply(command, &mut tx).await {
                 Ok(()) => {
@@ -493,7 +584,7 @@ impl Platform {
                     let inserted = insert_record(&mut tx, command, &self.config, "rejected", via_queue).await?;
                     if !inserted {
                         tx.rollback().await?;
-                        return Ok(Outcome::Duplicate(self.recorded_state(&pool, &command.id).await?));
+                        return Ok(Outcome::Duplicate { first: self.recorded_state(&pool, &command.id).await? });
                     }
                     set_rejection_reason(&mut tx, &command.id, &reason).await?;
                     tx.commit().await?;
@@ -658,12 +749,41 @@ impl Platform {
         let mut done = Vec::with_capacity(entries.len());
         // None: no store call was made this round, so the breaker learns nothing from it.
         let mut store_reached: Option<bool> = None;
+        // Owner regions that could not take a write this round: later writes for them wait too,
+        // so each owner receives a node's queued writes in queue order.
+        let mut held_for: std::collections::HashSet<String> = std::collections::HashSet::new();
         for entry in &entries {
             let Some((command, handler)) = self.decode_queued(entry) else {
                 // Kept in the queue for an operator (visible in /admin/queue and in the oldest-age
                 // metric); it must not hold back the entries behind it.
                 continue;
             };
+            match self.route(handler.as_ref(), &command) {
+                Route::Apply => {}
+                Route::Hold(_) => {
+                    held_for.insert(self.config.region.clone());
+                    continue;
+                }
+                Route::Forward(region) => {
+                    if held_for.contains(&region) {
+                        continue;
+                    }
+                    match self.forward(&region, &command, apply_timeout).await {
+                        Ok(outcome) => {
+                            tracing::info!(id = %command.id, region, outcome = outcome.as_str(), "queued command forwarded to its owner");
+                            done.push(entry.clone());
+                        }
+                        Err(reason) => {
+                            tracing::debug!(region, reason, "owner region unreachable; its queued writes wait");
+                            held_for.insert(region);
+                        }
+                    }
+                    continue;
+                }
+            }
+            if handler.write_pattern() != WritePattern::Local && held_for.contains(&self.config.region) {
+                continue;
+            }
             match tokio::time::timeout(apply_timeout, self.apply(handler.as_ref(), &command, true)).await {
                 Ok(Ok(outcome)) => {
                     tracing::info!(id = %command.id, outcome = outcome.as_str(), "queued command applied");

@@ -84,4 +84,13 @@ pub const MIGRATIONS: &[Migration] = &[
     },
     Migration { component: "platform", version: 2, sqlite: OUTBOX_SQLITE, postgres: OUTBOX_POSTGRES },
     Migration { component: "platform", version: 3, sqlite: CONFLICTS_SQLITE, postgres: CONFLICTS_POSTGRES },
+    Migration { component: "platform", version: 4, sqlite: OWNERS, postgres: OWNERS },
 ];
+
+/// Who acts for each region's `global` and `home` writes (see `ownership`).
+const OWNERS: &str = "CREATE TABLE rn_owners (
+        region TEXT PRIMARY KEY,
+        acting TEXT NOT NULL,
+        epoch BIGINT NOT NULL,
+        effective_at_ms BIGINT NOT NULL
+    )";

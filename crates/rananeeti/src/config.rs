@@ -17,7 +17,37 @@ pub struct Config {
     pub drain: DrainSection,
     pub http: HttpSection,
     pub replication: ReplicationSection,
+    pub ownership: OwnershipSection,
     pub cafe: CafeSection,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OwnershipSection {
+    /// The home region of `global` writes. Default: the first region by name (this node's and
+    /// its peers'). Every node must agree.
+    pub primary_region: Option<String>,
+    /// The witness that votes with the regions (needed for a two-region deployment to fail over
+    /// by itself or keep applying owned writes while the other region is down).
+    pub witness_url: Option<String>,
+    /// How long an exchange with a majority of the voters lets this node apply owned writes.
+    pub lease_ms: u64,
+    /// How often ownership tables are exchanged (the lease renewed).
+    pub renew_ms: u64,
+    /// An acting owner nobody has heard from for this long is failed over; 0 turns it off.
+    pub failover_after_ms: u64,
+}
+
+impl Default for OwnershipSection {
+    fn default() -> Self {
+        OwnershipSection {
+            primary_region: None,
+            witness_url: None,
+            lease_ms: 2000,
+            renew_ms: 250,
+            failover_after_ms: 5000,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -223,7 +253,27 @@ impl Config {
                 apply_timeout_ms: self.drain.apply_timeout_ms,
             },
             outbox_commit_ordered: !self.replication.peers.is_empty(),
+            ownership: rananeeti_platform::OwnershipConfig {
+                primary_region: self.primary_region(),
+                regions: self.regions(),
+                witness: self.ownership.witness_url.is_some(),
+                lease_ms: self.ownership.lease_ms,
+            },
         }
+    }
+
+    /// Every region of the deployment: this node's and its peers', sorted.
+    pub fn regions(&self) -> Vec<String> {
+        let mut regions: Vec<String> = std::iter::once(self.node.region.clone())
+            .chain(self.replication.peers.iter().map(|peer| peer.region.clone()))
+            .collect();
+        regions.sort();
+        regions.dedup();
+        regions
+    }
+
+    pub fn primary_region(&self) -> String {
+        self.ownership.primary_region.clone().unwrap_or_else(|| self.regions()[0].clone())
     }
 
     /// Defaults, then the file (if any), then `RANANEETI_<SECTION>__<FIELD>` variables.
@@ -249,6 +299,17 @@ impl Config {
         }
         if !self.replication.peers.is_empty() && self.node.cluster_token_file.is_none() {
             anyhow::bail!("configuration: replication.peers needs node.cluster_token_file (or --cluster-token-file)");
+        }
+        if self.ownership.witness_url.is_some() && self.node.cluster_token_file.is_none() {
+            anyhow::bail!("configuration: ownership.witness_url needs node.cluster_token_file (or --cluster-token-file)");
+        }
+        if let Some(primary) = &self.ownership.primary_region {
+            if !self.regions().contains(primary) {
+                anyhow::bail!(
+                    "configuration: ownership.primary_region {primary} is not one of the regions ({})",
+                    self.regions().join(", ")
+                );
+            }
         }
         self.check()
     }
@@ -287,6 +348,12 @@ impl Config {
             if peer.urls.is_empty() {
                 anyhow::bail!("configuration: replication peer {} has no urls", peer.region);
             }
+        }
+        if self.ownership.renew_ms == 0 || self.ownership.lease_ms < 2 * self.ownership.renew_ms {
+            anyhow::bail!("configuration: ownership.lease_ms must be at least twice ownership.renew_ms (which must be positive)");
+        }
+        if self.ownership.failover_after_ms != 0 && self.ownership.failover_after_ms <= self.ownership.lease_ms {
+            anyhow::bail!("configuration: ownership.failover_after_ms must be more than ownership.lease_ms (or 0: off)");
         }
         if self.submit.queue_reserve_ms >= self.submit.budget_ms {
             anyhow::bail!("configuration: submit.queue_reserve_ms must be less than submit.budget_ms");

@@ -6,3 +6,4 @@ pub mod node_cmd;
 pub mod postgres;
 pub mod topology;
 pub mod up;
+pub mod witness_cmd;

@@ -15,6 +15,8 @@ enum Command {
     Up(rananeeti::up::UpArgs),
     /// Run one node: the platform and the apps, serving HTTP.
     Node(rananeeti::node_cmd::NodeArgs),
+    /// Run a witness: the third voter on ownership for a two-region deployment.
+    Witness(rananeeti::witness_cmd::WitnessArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -22,5 +24,6 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Up(args) => rananeeti::up::run(args),
         Command::Node(args) => rananeeti::node_cmd::run(args),
+        Command::Witness(args) => rananeeti::witness_cmd::run(args),
     }
 }

@@ -4,6 +4,7 @@ use crate::config::Config;
 use anyhow::Context;
 use rananeeti_cafe::{CafeApp, CafeConfig};
 use rananeeti_node::admin::AdminToken;
+use rananeeti_node::ownership::{OwnershipService, OwnershipTransportConfig};
 use rananeeti_node::queue_copies::{self, HttpCopier, QueueCopiesConfig};
 use rananeeti_node::replication::{self, ReplicationConfig, ReplicationMetrics};
 use rananeeti_node::{App, NodeHttpConfig};
@@ -48,6 +49,12 @@ pub struct NodeArgs {
     /// The peer node that keeps copies of this node's queued commands (URL).
     #[arg(long)]
     pub queue_peer: Option<String>,
+    /// The witness that votes on ownership with the regions (URL).
+    #[arg(long)]
+    pub witness: Option<String>,
+    /// The home region of `global` writes (default: the first region by name).
+    #[arg(long)]
+    pub primary_region: Option<String>,
     /// After binding, write the listening address (e.g. 127.0.0.1:41234) to this file, atomically.
     #[arg(long)]
     pub addr_file: Option<PathBuf>,
@@ -82,6 +89,12 @@ pub fn resolve(args: &NodeArgs) -> anyhow::Result<Config> {
     }
     if let Some(url) = &args.queue_peer {
         config.queue.copy_peer_url = Some(url.clone());
+    }
+    if let Some(url) = &args.witness {
+        config.ownership.witness_url = Some(url.clone());
+    }
+    if let Some(region) = &args.primary_region {
+        config.ownership.primary_region = Some(region.clone());
     }
     if !args.peers.is_empty() {
         config.replication.peers = args.peers.iter().map(|peer| parse_peer(peer)).collect::<anyhow::Result<_>>()?;
@@ -207,8 +220,23 @@ async fn serve(config: Config, addr_file: Option<PathBuf>) -> anyhow::Result<()>
             );
         }
     }
+    let ownership = cluster_token.as_ref().map(|cluster_token| {
+        let service = OwnershipService::new(
+            std::sync::Arc::clone(&platform),
+            OwnershipTransportConfig {
+                peers: config.replication.peers.clone(),
+                witness_url: config.ownership.witness_url.clone(),
+                renew_ms: config.ownership.renew_ms,
+                failover_after_ms: config.ownership.failover_after_ms,
+            },
+            cluster_token.clone(),
+        );
+        service.start();
+        service
+    });
     rananeeti_node::serve(
         NodeHttpConfig {
+            ownership,
             listen: config.node.listen.clone(),
             addr_file,
             advertised_url: Some(advertised_url),

@@ -15,6 +15,9 @@ use serde::{Deserialize, Serialize};
 pub struct Topology {
     /// Where clients should send traffic; `None` until a gateway runs in front of the nodes.
     pub gateway_url: Option<String>,
+    /// The witness that votes on ownership with the regions (deployments of two or more regions).
+    #[serde(default)]
+    pub witness_url: Option<String>,
     pub regions: Vec<RegionTopology>,
 }
 
@@ -105,6 +108,7 @@ mod tests {
         let path = directory.join("topology.json");
         let topology = Topology {
             gateway_url: None,
+            witness_url: Some("http://127.0.0.1:8084".into()),
             regions: vec![RegionTopology {
                 name: "r1".into(),
                 nodes: vec![NodeTopology { name: "r1-n1".into(), url: "http://127.0.0.1:8080".into(), pid: Some(42) }],

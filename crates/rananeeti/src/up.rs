@@ -115,6 +115,8 @@ struct NodePlan {
     /// The node that keeps copies of this node's queue: the next node of its region, or the
     /// first node of the next region when the region has one node.
     queue_peer: Option<String>,
+    /// The witness's URL, when the deployment has more than one region.
+    witness: Option<String>,
     config: Option<PathBuf>,
 }
 
@@ -219,6 +221,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
                 cluster_token_file: cluster_token_file.clone(),
                 peers: Vec::new(),
                 queue_peer: None,
+                witness: None,
                 config: config.clone(),
                 name,
             };
@@ -253,6 +256,33 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
                 format!("{}={}", region.name, urls.join(","))
             })
             .collect();
+    }
+
+    // With two or more regions, a witness votes with them on ownership (see ownership.rs): it
+    // runs in this process, on the port after the nodes'.
+    if regions_total > 1 {
+        let port = node_port(args.port, nodes_total, nodes_total + 1)?;
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).with_context(|| {
+            format!("127.0.0.1:{port} is not available for the witness; choose another --port")
+        })?;
+        listener.set_nonblocking(true)?;
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        let witness = rananeeti_node::witness::Witness::open(data.join("witness.json"))?;
+        let token = rananeeti_node::admin::AdminToken::new(fs::read_to_string(&cluster_token_file)?.trim());
+        let mut stop = shutdown.clone();
+        tokio::spawn(async move {
+            let stopped = async move {
+                let _ = stop.wait_for(|requested| *requested).await;
+            };
+            if let Err(error) = rananeeti_node::witness::serve(listener, witness, token, stopped).await {
+                tracing::error!(error = format!("{error:#}"), "witness stopped");
+            }
+        });
+        let witness_url = format!("http://127.0.0.1:{port}");
+        for plan in &mut plans {
+            plan.witness = Some(witness_url.clone());
+        }
+        topology.witness_url = Some(witness_url);
     }
 
     let mut running = Vec::new();
@@ -319,7 +349,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
 /// Port of the node at `node_index`: the deployment's port, then the ones after it. (Until the
 /// gateway exists, each node's own URL serves the apps.)
 fn node_port(base_port: u16, node_index: u32, nodes_total: u32) -> anyhow::Result<u16> {
-    assert!(node_index < nodes_total, "node {node_index} of {nodes_total}");
+    assert!(node_index < nodes_total, "port {node_index} of {nodes_total}");
     let port = u32::from(base_port) + node_index;
     u16::try_from(port).with_context(|| format!("node port {port} is out of range"))
 }
@@ -382,6 +412,9 @@ fn spawn_node(executable: &Path, plan: &NodePlan) -> anyhow::Result<Child> {
     }
     if let Some(queue_peer) = &plan.queue_peer {
         command.arg("--queue-peer").arg(queue_peer);
+    }
+    if let Some(witness) = &plan.witness {
+        command.arg("--witness").arg(witness);
     }
     if let Some(config) = &plan.config {
         command.arg("--config").arg(config);
