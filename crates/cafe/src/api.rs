@@ -1,8 +1,8 @@
 //! The cafe's JSON API (DESIGN.md "External contract").
 
+use crate::closure::{self, ClosurePayload};
 use crate::domain::{FieldError, ReservationRequest};
 use crate::service::{self, Page, ReservationView, PAGE_ITEMS_DEFAULT};
-use crate::closure::{self, ClosurePayload};
 use crate::special::{self, SpecialPayload};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};

@@ -84,7 +84,10 @@ impl CommandHandler for SetClosureHandler {
 
 /// Keeps the later write by (HLC, id). One owner at a time orders them, but a write applied by
 /// an old owner can arrive after its successor's: the comparison keeps every region alike.
-fn store_if_later<'a>(command: &'a Command, connection: &'a mut AnyConnection) -> BoxFuture<'a, Result<(), sqlx::Error>> {
+fn store_if_later<'a>(
+    command: &'a Command,
+    connection: &'a mut AnyConnection,
+) -> BoxFuture<'a, Result<(), sqlx::Error>> {
     Box::pin(async move {
         let payload: ClosurePayload =
             serde_json::from_value(command.payload.clone()).map_err(|error| sqlx::Error::Decode(Box::new(error)))?;

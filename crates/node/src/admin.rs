@@ -75,6 +75,8 @@ pub fn router(platform: Arc<Platform>, token: AdminToken) -> Router {
 struct FaultsRequest {
     db: Option<DbFaultRequest>,
     replication: Option<ReplicationFault>,
+    /// `cut`: this node is cut off from the other regions and the witness, both ways.
+    partition: Option<ReplicationFault>,
 }
 
 #[derive(serde::Deserialize)]
@@ -114,6 +116,7 @@ fn faults_json(platform: &Platform) -> Value {
     json!({
         "db": db_fault_json(platform.faults().db()),
         "replication": if platform.faults().replication_cut() { "cut" } else { "ok" },
+        "partition": if platform.faults().partitioned() { "cut" } else { "ok" },
         "node": platform.node(),
         "region": platform.region(),
     })
@@ -127,8 +130,8 @@ async fn set_faults(
     State(platform): State<Arc<Platform>>,
     ApiJson(request): ApiJson<FaultsRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    if request.db.is_none() && request.replication.is_none() {
-        return Err(ApiError::invalid("db", "give \"db\" and/or \"replication\""));
+    if request.db.is_none() && request.replication.is_none() && request.partition.is_none() {
+        return Err(ApiError::invalid("db", "give one or more of \"db\", \"replication\", \"partition\""));
     }
     let db = match request.db {
         None => None,
@@ -150,6 +153,10 @@ async fn set_faults(
     if let Some(replication) = request.replication {
         platform.faults().set_replication_cut(matches!(replication, ReplicationFault::Cut));
         tracing::warn!(cut = matches!(replication, ReplicationFault::Cut), "replication fault set");
+    }
+    if let Some(partition) = request.partition {
+        platform.faults().set_partitioned(matches!(partition, ReplicationFault::Cut));
+        tracing::warn!(cut = matches!(partition, ReplicationFault::Cut), "partition fault set");
     }
     Ok(Json(faults_json(&platform)))
 }

@@ -105,6 +105,9 @@ impl OwnershipService {
     /// Sends this node's table to every peer region and the witness, takes theirs, and renews
     /// the lease with each that answered.
     pub async fn exchange_round(&self) -> Vec<String> {
+        if self.platform.faults().partitioned() {
+            return Vec::new();
+        }
         if let Err(error) = self.platform.sync_owners().await {
             tracing::debug!(%error, "ownership table not read from the store; exchanging the view");
         }
@@ -182,9 +185,9 @@ impl OwnershipService {
                 .filter(|voter| {
                     **voter == own
                         || (!silent_here(voter)
-                            && reports.get(*voter).is_some_and(|report| {
-                                report.get(&acting).is_none_or(|ago| *ago >= after)
-                            }))
+                            && reports
+                                .get(*voter)
+                                .is_some_and(|report| report.get(&acting).is_none_or(|ago| *ago >= after)))
                 })
                 .count();
             if agreeing * 2 <= voters.len() {
@@ -232,6 +235,9 @@ impl Forwarder for HttpForwarder {
     fn forward<'a>(&'a self, region: &'a str, command: &'a Command) -> BoxFuture<'a, Result<Outcome, String>> {
         Box::pin(async move {
             let service = &self.service;
+            if service.platform.faults().partitioned() {
+                return Err("this node is cut off from the other regions (injected partition)".to_string());
+            }
             let urls = service.urls_of(region).ok_or_else(|| format!("region {region} is not a configured peer"))?;
             let mut last_error = String::from("no node");
             for url in urls {
@@ -244,7 +250,10 @@ impl Forwarder for HttpForwarder {
                     .await;
                 match sent {
                     Ok(response) if response.status().is_success() => {
-                        return response.json::<Outcome>().await.map_err(|error| format!("bad answer: {}", error.without_url()));
+                        return response
+                            .json::<Outcome>()
+                            .await
+                            .map_err(|error| format!("bad answer: {}", error.without_url()));
                     }
                     Ok(response) => last_error = format!("answered {}", response.status()),
                     Err(error) => last_error = format!("no answer: {}", error.without_url()),
@@ -272,6 +281,9 @@ async fn take_forwarded(
     State(service): State<Arc<OwnershipService>>,
     ApiJson(command): ApiJson<Command>,
 ) -> Result<Json<Outcome>, ApiError> {
+    if service.platform.faults().partitioned() {
+        return Err(ApiError::Unavailable("cut off from the other regions (injected partition)".into()));
+    }
     match service.platform.submit_forwarded(command).await {
         Ok(submitted) => Ok(Json(submitted.outcome)),
         Err(SubmitError::UnknownKind(kind)) => Err(ApiError::invalid("kind", format!("no handler for kind {kind}"))),
@@ -283,6 +295,9 @@ async fn exchange(
     State(service): State<Arc<OwnershipService>>,
     ApiJson(theirs): ApiJson<Exchange>,
 ) -> Result<Json<Exchange>, ApiError> {
+    if service.platform.faults().partitioned() {
+        return Err(ApiError::Unavailable("cut off from the other regions (injected partition)".into()));
+    }
     // Only a view this node could store counts as a vote: an answer must mean "I know this".
     let rows =
         service.platform.learn_owners(&theirs.rows).await.map_err(|error| ApiError::Unavailable(error.to_string()))?;
@@ -319,8 +334,10 @@ async fn fail_over(
     let request: FailoverRequest = if body.iter().all(u8::is_ascii_whitespace) {
         FailoverRequest::default()
     } else {
-        serde_json::from_slice(&body)
-            .map_err(|error| ApiError::BadRequest { field: None, message: format!("not a failover request: {error}") })?
+        serde_json::from_slice(&body).map_err(|error| ApiError::BadRequest {
+            field: None,
+            message: format!("not a failover request: {error}"),
+        })?
     };
     let regions = &service.platform.ownership().config().regions;
     if !regions.contains(&region) {

@@ -81,7 +81,10 @@ pub fn router(witness: Arc<Witness>, cluster_token: AdminToken) -> Router {
         .with_state(witness)
 }
 
-async fn exchange(State(witness): State<Arc<Witness>>, ApiJson(theirs): ApiJson<Exchange>) -> Result<Json<Exchange>, ApiError> {
+async fn exchange(
+    State(witness): State<Arc<Witness>>,
+    ApiJson(theirs): ApiJson<Exchange>,
+) -> Result<Json<Exchange>, ApiError> {
     Ok(Json(witness.take(theirs).await?))
 }
 

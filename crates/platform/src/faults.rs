@@ -22,11 +22,18 @@ pub struct Faults {
     /// Replication between regions is cut: this node serves no outbox page and its pullers
     /// pause (see the node crate's replication module).
     replication_cut: AtomicBool,
+    /// This node is cut off from the other regions and the witness (a network partition): no
+    /// replication, no ownership exchange, no forwarding, in either direction.
+    partitioned: AtomicBool,
 }
 
 impl Default for Faults {
     fn default() -> Self {
-        Faults { db: RwLock::new(DbFault::Up), replication_cut: AtomicBool::new(false) }
+        Faults {
+            db: RwLock::new(DbFault::Up),
+            replication_cut: AtomicBool::new(false),
+            partitioned: AtomicBool::new(false),
+        }
     }
 }
 
@@ -46,8 +53,17 @@ impl Faults {
         *self.db.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = fault;
     }
 
+    /// Replication is cut, by itself or by a partition.
     pub fn replication_cut(&self) -> bool {
-        self.replication_cut.load(Ordering::Relaxed)
+        self.replication_cut.load(Ordering::Relaxed) || self.partitioned()
+    }
+
+    pub fn partitioned(&self) -> bool {
+        self.partitioned.load(Ordering::Relaxed)
+    }
+
+    pub fn set_partitioned(&self, partitioned: bool) {
+        self.partitioned.store(partitioned, Ordering::Relaxed);
     }
 
     pub fn set_replication_cut(&self, cut: bool) {

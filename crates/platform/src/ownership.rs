@@ -92,7 +92,12 @@ impl Ownership {
 
     /// The row for `region` in this view (a region acts for itself until a change says otherwise).
     pub fn row(&self, region: &str) -> OwnerRow {
-        self.rows.read().unwrap_or_else(|poisoned| poisoned.into_inner()).get(region).cloned().unwrap_or_else(|| OwnerRow::initial(region))
+        self.rows
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(region)
+            .cloned()
+            .unwrap_or_else(|| OwnerRow::initial(region))
     }
 
     /// Every region's row, the configured ones and any other this view has heard of.
@@ -318,7 +323,12 @@ mod tests {
     #[test]
     fn a_change_waits_for_its_effective_time() {
         let view = ownership(&["r1"], false);
-        view.learn(&[OwnerRow { region: "r1".into(), acting: "r1".into(), epoch: 1, effective_at_ms: wall_clock_ms() + 60_000 }]);
+        view.learn(&[OwnerRow {
+            region: "r1".into(),
+            acting: "r1".into(),
+            epoch: 1,
+            effective_at_ms: wall_clock_ms() + 60_000,
+        }]);
         assert!(matches!(view.route("r1", "r1"), Route::Hold(_)));
     }
 }

@@ -97,7 +97,9 @@ impl CommandState {
 pub enum Outcome {
     Committed,
     /// Already submitted; carries where the first one stands.
-    Duplicate { first: CommandState },
+    Duplicate {
+        first: CommandState,
+    },
     /// Durably queued; will be applied when the store is back.
     Pending,
     Rejected {
@@ -338,8 +340,7 @@ impl Platform {
     #[tracing::instrument(skip_all, fields(kind = command.kind, id = %command.id, origin = command.origin_region))]
     pub async fn submit_forwarded(&self, command: Command) -> Result<Submitted, SubmitError> {
         let started = Instant::now();
-        let handler =
-            self.registry.get(&command.kind).ok_or_else(|| SubmitError::UnknownKind(command.kind.clone()))?;
+        let handler = self.registry.get(&command.kind).ok_or_else(|| SubmitError::UnknownKind(command.kind.clone()))?;
         let id = command.id;
         if self.queue.get(id.as_bytes()).map_err(SubmitError::Queue)?.is_some() {
             return Ok(Submitted { id, outcome: Outcome::Duplicate { first: CommandState::Pending }, copied: None });
@@ -372,12 +373,20 @@ impl Platform {
         let forwarded = tokio::time::timeout(timeout, forwarder.forward(region, command)).await;
         let result = forwarded.unwrap_or_else(|_| Err(format!("region {region} did not answer in time")));
         let outcome = if result.is_ok() { "ok" } else { "error" };
-        self.metrics.forwards.get_or_create(&crate::metrics::ForwardLabels { region: region.to_string(), outcome }).inc();
+        self.metrics
+            .forwards
+            .get_or_create(&crate::metrics::ForwardLabels { region: region.to_string(), outcome })
+            .inc();
         result
     }
 
     /// Forwards an adopted copy of a queued owned write to the region acting for its owner.
-    pub(crate) async fn forward_adopted(&self, region: &str, command: &Command, timeout: Duration) -> Result<(), String> {
+    pub(crate) async fn forward_adopted(
+        &self,
+        region: &str,
+        command: &Command,
+        timeout: Duration,
+    ) -> Result<(), String> {
         let outcome = self.forward(region, command, timeout).await?;
         tracing::info!(id = %command.id, region, outcome = outcome.as_str(), "adopted copy forwarded to its owner");
         Ok(())
@@ -400,13 +409,19 @@ impl Platform {
         let submit = &self.config.submit;
         let budget = Duration::from_millis(submit.budget_ms);
         let store_deadline = started + budget.saturating_sub(Duration::from_millis(submit.queue_reserve_ms));
-        let route = if options.simulate_store_failure { Route::Hold("simulated store failure") } else { self.route(handler, &command) };
+        let route = if options.simulate_store_failure {
+            Route::Hold("simulated store failure")
+        } else {
+            self.route(handler, &command)
+        };
         match &route {
             Route::Forward(region) if may_forward => {
                 let remaining = store_deadline.saturating_duration_since(Instant::now());
                 match self.forward(region, &command, remaining).await {
                     Ok(outcome) => return Ok(Submitted { id, outcome, copied: None }),
-                    Err(reason) => tracing::warn!(region, reason, "could not forward to the owner region; queued for it"),
+                    Err(reason) => {
+                        tracing::warn!(region, reason, "could not forward to the owner region; queued for it")
+                    }
                 }
             }
             Route::Forward(region) => {

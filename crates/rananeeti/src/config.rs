@@ -301,7 +301,9 @@ impl Config {
             anyhow::bail!("configuration: replication.peers needs node.cluster_token_file (or --cluster-token-file)");
         }
         if self.ownership.witness_url.is_some() && self.node.cluster_token_file.is_none() {
-            anyhow::bail!("configuration: ownership.witness_url needs node.cluster_token_file (or --cluster-token-file)");
+            anyhow::bail!(
+                "configuration: ownership.witness_url needs node.cluster_token_file (or --cluster-token-file)"
+            );
         }
         if let Some(primary) = &self.ownership.primary_region {
             if !self.regions().contains(primary) {
@@ -350,10 +352,14 @@ impl Config {
             }
         }
         if self.ownership.renew_ms == 0 || self.ownership.lease_ms < 2 * self.ownership.renew_ms {
-            anyhow::bail!("configuration: ownership.lease_ms must be at least twice ownership.renew_ms (which must be positive)");
+            anyhow::bail!(
+                "configuration: ownership.lease_ms must be at least twice ownership.renew_ms (which must be positive)"
+            );
         }
         if self.ownership.failover_after_ms != 0 && self.ownership.failover_after_ms <= self.ownership.lease_ms {
-            anyhow::bail!("configuration: ownership.failover_after_ms must be more than ownership.lease_ms (or 0: off)");
+            anyhow::bail!(
+                "configuration: ownership.failover_after_ms must be more than ownership.lease_ms (or 0: off)"
+            );
         }
         if self.submit.queue_reserve_ms >= self.submit.budget_ms {
             anyhow::bail!("configuration: submit.queue_reserve_ms must be less than submit.budget_ms");

@@ -262,9 +262,8 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     // runs in this process, on the port after the nodes'.
     if regions_total > 1 {
         let port = node_port(args.port, nodes_total, nodes_total + 1)?;
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).with_context(|| {
-            format!("127.0.0.1:{port} is not available for the witness; choose another --port")
-        })?;
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port))
+            .with_context(|| format!("127.0.0.1:{port} is not available for the witness; choose another --port"))?;
         listener.set_nonblocking(true)?;
         let listener = tokio::net::TcpListener::from_std(listener)?;
         let witness = rananeeti_node::witness::Witness::open(data.join("witness.json"))?;

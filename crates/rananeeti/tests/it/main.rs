@@ -9,6 +9,7 @@ mod crash;
 mod health;
 mod node_loss;
 mod outage;
+mod owners;
 mod regions;
 mod seats;
 mod support;

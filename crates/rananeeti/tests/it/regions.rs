@@ -20,11 +20,11 @@ const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
 const WRITES_PER_REGION_PER_PHASE: usize = 60;
 const PORT_ATTEMPTS_MAX: usize = 5;
 
-struct Up {
-    child: Child,
-    topology: Topology,
-    token: String,
-    _dir: tempfile::TempDir,
+pub(crate) struct Up {
+    pub(crate) child: Child,
+    pub(crate) topology: Topology,
+    pub(crate) token: String,
+    pub(crate) _dir: tempfile::TempDir,
 }
 
 impl Drop for Up {
@@ -41,7 +41,7 @@ impl Drop for Up {
     }
 }
 
-async fn start_up(regions: u32, nodes: u32, store: &str) -> Up {
+pub(crate) async fn start_up(regions: u32, nodes: u32, store: &str) -> Up {
     sqlx::any::install_default_drivers();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
@@ -92,7 +92,7 @@ async fn start_up(regions: u32, nodes: u32, store: &str) -> Up {
 }
 
 impl Up {
-    fn region_urls(&self, region: usize) -> Vec<String> {
+    pub(crate) fn region_urls(&self, region: usize) -> Vec<String> {
         self.topology.regions[region].nodes.iter().map(|node| node.url.clone()).collect()
     }
 
