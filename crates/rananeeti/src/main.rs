@@ -14,7 +14,7 @@ enum Command {
     /// Run a whole local deployment in the foreground (nodes, and PostgreSQL with --store postgres).
     Up(rananeeti::up::UpArgs),
     /// Run one node: the platform and the apps, serving HTTP.
-    Node(rananeeti::node_cmd::NodeArgs),
+    Node(Box<rananeeti::node_cmd::NodeArgs>),
     /// Run a witness: the third voter on ownership for a two-region deployment.
     Witness(rananeeti::witness_cmd::WitnessArgs),
 }
@@ -23,7 +23,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Up(args) => rananeeti::up::run(args),
-        Command::Node(args) => rananeeti::node_cmd::run(args),
+        Command::Node(args) => rananeeti::node_cmd::run(*args),
         Command::Witness(args) => rananeeti::witness_cmd::run(args),
     }
 }
