@@ -1,0 +1,425 @@
+//! The reverse proxy: edge limits, then attempts on nodes chosen by the route's policy, retried
+//! on another node (never the same one twice) when that is safe and the retry budget allows.
+
+use crate::backends::{Backends, Node};
+use crate::config::{GatewayConfig, Policy, RouteConfig};
+use crate::metrics::{GatewayMetrics, NodeLabels, ReasonLabels, ResponseLabels};
+use crate::routing;
+use bytes::Bytes;
+use governor::{DefaultKeyedRateLimiter, Quota};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, RETRY_AFTER};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub type UpstreamClient = Client<HttpConnector, Full<Bytes>>;
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+const REQUEST_ID: &str = "x-request-id";
+const REQUEST_ID_CHARS_MAX: usize = 128;
+/// Connection-level headers a proxy must not forward (RFC 9110 7.6.1).
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+pub fn upstream_client(config: &GatewayConfig) -> UpstreamClient {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(Duration::from_millis(config.upstream.connect_timeout_ms)));
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(config.upstream.idle_connections_per_node)
+        .build(connector)
+}
+
+/// Retries may add `ratio` of the requests plus `min_per_sec`; each retry spends one token.
+struct RetryBudget {
+    state: Mutex<(f64, Instant)>,
+    ratio: f64,
+    min_per_sec: f64,
+}
+
+impl RetryBudget {
+    const TOKENS_MAX: f64 = 100.0;
+
+    fn deposit(&self) {
+        let mut state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        state.0 = (state.0 + self.ratio).min(Self::TOKENS_MAX);
+    }
+
+    fn withdraw(&self) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let now = Instant::now();
+        let refill = now.duration_since(state.1).as_secs_f64() * self.min_per_sec;
+        state.0 = (state.0 + refill).min(Self::TOKENS_MAX);
+        state.1 = now;
+        if state.0 >= 1.0 {
+            state.0 -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+pub struct Gateway {
+    pub config: GatewayConfig,
+    pub backends: Arc<Backends>,
+    client: UpstreamClient,
+    pub metrics: GatewayMetrics,
+    pub registry: prometheus_client::registry::Registry,
+    limiter: DefaultKeyedRateLimiter<IpAddr>,
+    retry_budget: RetryBudget,
+    default_route: RouteConfig,
+    pub admin_token: Option<String>,
+}
+
+/// Why an attempt did not produce a response to pass on.
+enum AttemptFailure {
+    /// The request never reached the node: always safe to retry.
+    Connect(String),
+    /// It may have reached the node: retried only when the request is idempotent.
+    Sent(String),
+}
+
+impl Gateway {
+    pub fn new(config: GatewayConfig, admin_token: Option<String>) -> Arc<Gateway> {
+        let mut registry = prometheus_client::registry::Registry::default();
+        let metrics = GatewayMetrics::new(&mut registry);
+        let client = upstream_client(&config);
+        let backends = Backends::new(&config.regions, config.health.clone(), metrics.clone(), client.clone());
+        let quota = Quota::per_second(NonZeroU32::new(config.limits.rate_per_ip_per_sec).unwrap_or(NonZeroU32::MIN))
+            .allow_burst(NonZeroU32::new(config.limits.rate_burst_per_ip).unwrap_or(NonZeroU32::MIN));
+        let default_route =
+            RouteConfig { prefix: "/".into(), policy: Policy::Failover, regions: Vec::new(), weights: Default::default() };
+        let retry_budget = RetryBudget {
+            state: Mutex::new((RetryBudget::TOKENS_MAX / 10.0, Instant::now())),
+            ratio: config.retries.budget_ratio,
+            min_per_sec: config.retries.budget_min_per_sec,
+        };
+        Arc::new(Gateway {
+            limiter: DefaultKeyedRateLimiter::keyed(quota),
+            retry_budget,
+            default_route,
+            client,
+            backends,
+            metrics,
+            registry,
+            admin_token,
+            config,
+        })
+    }
+
+    /// Forgets rate-limit state of clients not seen lately (call now and then).
+    pub fn sweep(&self) {
+        self.limiter.retain_recent();
+    }
+
+    /// Serves one request; never fails (errors are responses).
+    pub async fn handle(self: Arc<Self>, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        let request_id = request
+            .headers()
+            .get(REQUEST_ID)
+            .and_then(|value| value.to_str().ok())
+            .filter(|id| !id.is_empty() && id.len() <= REQUEST_ID_CHARS_MAX && id.chars().all(|c| c.is_ascii_graphic()))
+            .map(str::to_string)
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let mut response = self.handle_inner(request, peer, &request_id).await;
+        if let Ok(value) = HeaderValue::from_str(&request_id) {
+            response.headers_mut().insert(REQUEST_ID, value);
+        }
+        response
+    }
+
+    async fn handle_inner(self: &Arc<Self>, request: Request<Incoming>, peer: SocketAddr, request_id: &str) -> Response<Body> {
+        let path = request.uri().path();
+        if path == "/metrics" || path.starts_with("/admin/nodes") || path == "/admin/topology" || path == "/gateway/healthz" {
+            return crate::admin::handle(self, request).await;
+        }
+        if self.limiter.check_key(&peer.ip()).is_err() {
+            self.metrics.refused.get_or_create(&ReasonLabels { reason: "rate_limited" }).inc();
+            let mut response = plain(StatusCode::TOO_MANY_REQUESTS, "too many requests from this address; slow down");
+            response.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            return response;
+        }
+        let in_flight = self.metrics.in_flight.inc() + 1;
+        let _in_flight = scopeguard(&self.metrics);
+        if in_flight as usize > self.config.limits.in_flight_max {
+            self.metrics.refused.get_or_create(&ReasonLabels { reason: "overloaded" }).inc();
+            let mut response = plain(StatusCode::SERVICE_UNAVAILABLE, "the gateway is at capacity; retry shortly");
+            response.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            return response;
+        }
+        let (parts, body) = request.into_parts();
+        let body_max = self.config.limits.body_bytes_max;
+        let declared = parts.headers.get(CONTENT_LENGTH).and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|length| length > body_max as u64) {
+            self.metrics.refused.get_or_create(&ReasonLabels { reason: "body_too_large" }).inc();
+            return plain(StatusCode::PAYLOAD_TOO_LARGE, "the request body is too large");
+        }
+        // Bodies are read whole (bounded) so that a retry can send them again.
+        let read = tokio::time::timeout(
+            Duration::from_millis(self.config.limits.body_read_timeout_ms),
+            Limited::new(body, body_max).collect(),
+        )
+        .await;
+        let body = match read {
+            Ok(Ok(collected)) => collected.to_bytes(),
+            Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => {
+                self.metrics.refused.get_or_create(&ReasonLabels { reason: "body_too_large" }).inc();
+                return plain(StatusCode::PAYLOAD_TOO_LARGE, "the request body is too large");
+            }
+            Ok(Err(_)) => return plain(StatusCode::BAD_REQUEST, "the request body could not be read"),
+            Err(_) => {
+                self.metrics.refused.get_or_create(&ReasonLabels { reason: "slow_body" }).inc();
+                return plain(StatusCode::REQUEST_TIMEOUT, "the request body did not arrive in time");
+            }
+        };
+        self.forward(parts, body, peer, request_id).await
+    }
+
+    fn retryable_when_sent(&self, parts: &hyper::http::request::Parts) -> bool {
+        match parts.method {
+            Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE => true,
+            Method::POST => {
+                parts.headers.contains_key(IDEMPOTENCY_KEY)
+                    || self.config.digest_post_prefixes.iter().any(|prefix| parts.uri.path().starts_with(prefix.as_str()))
+            }
+            _ => false,
+        }
+    }
+
+    async fn forward(
+        &self,
+        parts: hyper::http::request::Parts,
+        body: Bytes,
+        peer: SocketAddr,
+        request_id: &str,
+    ) -> Response<Body> {
+        let started = Instant::now();
+        self.retry_budget.deposit();
+        let regions = self.backends.snapshot();
+        let route = routing::route_for(&self.config.routes, parts.uri.path(), &self.default_route);
+        let order = routing::region_order(route, &regions, &parts.headers);
+        let idempotent = self.retryable_when_sent(&parts);
+        let headers = upstream_headers(&parts.headers, peer, request_id);
+        let path_and_query = parts.uri.path_and_query().map(|value| value.as_str()).unwrap_or("/").to_string();
+        let mut tried = HashSet::new();
+        let mut last_failure = String::from("no node is available");
+        for attempt in 1..=self.config.retries.attempts_max {
+            let Some(node) = routing::pick(&order, &tried) else { break };
+            tried.insert(node.name.clone());
+            if attempt > 1 && !self.retry_budget.withdraw() {
+                self.metrics.refused.get_or_create(&ReasonLabels { reason: "retry_budget" }).inc();
+                break;
+            }
+            let mut request = match Request::builder()
+                .method(parts.method.clone())
+                .uri(format!("{}{}", node.url, path_and_query))
+                .version(hyper::Version::HTTP_11)
+                .body(Full::new(body.clone()))
+            {
+                Ok(request) => request,
+                Err(error) => return plain(StatusCode::BAD_REQUEST, &format!("bad request target: {error}")),
+            };
+            *request.headers_mut() = headers.clone();
+            match self.attempt(&node, request).await {
+                Ok(response) => {
+                    let status = response.status();
+                    let retry_status = matches!(
+                        status,
+                        StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
+                    );
+                    if status.is_server_error() {
+                        node.record_failure(self.backends.eject_after(), &self.metrics);
+                    } else {
+                        node.record_success();
+                    }
+                    if retry_status && idempotent && attempt < self.config.retries.attempts_max {
+                        self.metrics.retries.get_or_create(&ReasonLabels { reason: "status" }).inc();
+                        last_failure = format!("node {} answered {status}", node.name);
+                        continue;
+                    }
+                    return self.respond(&node, response, started);
+                }
+                Err(AttemptFailure::Connect(reason)) => {
+                    node.record_failure(self.backends.eject_after(), &self.metrics);
+                    self.metrics.retries.get_or_create(&ReasonLabels { reason: "connect" }).inc();
+                    last_failure = format!("node {}: {reason}", node.name);
+                }
+                Err(AttemptFailure::Sent(reason)) => {
+                    node.record_failure(self.backends.eject_after(), &self.metrics);
+                    last_failure = format!("node {}: {reason}", node.name);
+                    if !idempotent {
+                        tracing::warn!(request_id, node = node.name, reason, "request failed after it was sent; not retried (not idempotent)");
+                        return plain(StatusCode::BAD_GATEWAY, "the node failed while handling the request; it may or may not have been applied");
+                    }
+                    self.metrics.retries.get_or_create(&ReasonLabels { reason: "sent" }).inc();
+                }
+            }
+        }
+        tracing::warn!(request_id, reason = last_failure, tried = tried.len(), "no node served the request");
+        self.metrics.refused.get_or_create(&ReasonLabels { reason: "no_node" }).inc();
+        let mut response = plain(StatusCode::SERVICE_UNAVAILABLE, "no node could serve the request; retry shortly");
+        response.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        response
+    }
+
+    /// One attempt: the response head within the attempt timeout, given up at once if the node
+    /// goes down meanwhile (its checks fail or it is ejected).
+    async fn attempt(&self, node: &Arc<Node>, request: Request<Full<Bytes>>) -> Result<Response<Incoming>, AttemptFailure> {
+        let mut down = node.down_watch();
+        down.borrow_and_update();
+        node.in_flight.fetch_add(1, Ordering::AcqRel);
+        let started = Instant::now();
+        let timeout = Duration::from_millis(self.config.upstream.attempt_timeout_ms);
+        let result = tokio::select! {
+            sent = tokio::time::timeout(timeout, self.client.request(request)) => match sent {
+                Ok(Ok(response)) => {
+                    node.observe_latency(started.elapsed());
+                    Ok(response)
+                }
+                Ok(Err(error)) if error.is_connect() => Err(AttemptFailure::Connect(error.to_string())),
+                Ok(Err(error)) => Err(AttemptFailure::Sent(error.to_string())),
+                Err(_) => Err(AttemptFailure::Sent(format!("no response head within {timeout:?}"))),
+            },
+            _ = down.changed() => Err(AttemptFailure::Sent("the node went down during the request".to_string())),
+        };
+        node.in_flight.fetch_sub(1, Ordering::AcqRel);
+        result
+    }
+
+    fn respond(&self, node: &Node, response: Response<Incoming>, started: Instant) -> Response<Body> {
+        let labels = NodeLabels { region: node.region.clone(), node: node.name.clone() };
+        self.metrics.duration.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
+        let class = match response.status().as_u16() {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        self.metrics
+            .responses
+            .get_or_create(&ResponseLabels { region: node.region.clone(), node: node.name.clone(), class })
+            .inc();
+        let (mut parts, body) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        if let (Ok(region), Ok(name)) = (HeaderValue::from_str(&node.region), HeaderValue::from_str(&node.name)) {
+            parts.headers.insert(HeaderName::from_static("x-served-by-region"), region);
+            parts.headers.insert(HeaderName::from_static("x-served-by-node"), name);
+        }
+        // Streamed through: the body is not buffered.
+        Response::from_parts(parts, body.boxed())
+    }
+}
+
+/// Decrements the in-flight gauge when the request is done.
+struct InFlight<'a>(&'a GatewayMetrics);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.dec();
+    }
+}
+
+fn scopeguard(metrics: &GatewayMetrics) -> InFlight<'_> {
+    InFlight(metrics)
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(hyper::header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+fn upstream_headers(incoming: &HeaderMap, peer: SocketAddr, request_id: &str) -> HeaderMap {
+    let mut headers = incoming.clone();
+    strip_hop_by_hop(&mut headers);
+    headers.remove(hyper::header::HOST);
+    let forwarded_for = match headers.get("x-forwarded-for").and_then(|value| value.to_str().ok()) {
+        Some(earlier) => format!("{earlier}, {}", peer.ip()),
+        None => peer.ip().to_string(),
+    };
+    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+        headers.insert("x-forwarded-for", value);
+    }
+    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    if let Ok(value) = HeaderValue::from_str(request_id) {
+        headers.insert(REQUEST_ID, value);
+    }
+    headers
+}
+
+pub fn plain(status: StatusCode, message: &str) -> Response<Body> {
+    let body = serde_json::json!({ "error": message }).to_string();
+    let mut response = Response::new(Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed());
+    *response.status_mut() = status;
+    response.headers_mut().insert(hyper::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from(value.to_string())).map_err(|never| match never {}).boxed());
+    *response.status_mut() = status;
+    response.headers_mut().insert(hyper::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_the_ones_connection_names_are_dropped() {
+        let mut headers = HeaderMap::new();
+        headers.insert("connection", HeaderValue::from_static("close, x-secret-hop"));
+        headers.insert("x-secret-hop", HeaderValue::from_static("1"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert("x-kept", HeaderValue::from_static("1"));
+        let out = upstream_headers(&headers, "127.0.0.9:5000".parse().unwrap(), "abc");
+        assert!(!out.contains_key("x-secret-hop") && !out.contains_key("keep-alive") && !out.contains_key("connection"));
+        assert_eq!(out["x-kept"], "1");
+        assert_eq!(out["x-forwarded-for"], "127.0.0.9");
+        assert_eq!(out["x-request-id"], "abc");
+    }
+
+    #[test]
+    fn the_retry_budget_runs_out_and_refills() {
+        let budget = RetryBudget { state: Mutex::new((2.0, Instant::now())), ratio: 0.0, min_per_sec: 0.0 };
+        assert!(budget.withdraw() && budget.withdraw());
+        assert!(!budget.withdraw(), "two tokens, two retries");
+        let budget = RetryBudget { state: Mutex::new((0.0, Instant::now())), ratio: 0.5, min_per_sec: 0.0 };
+        budget.deposit();
+        budget.deposit();
+        assert!(budget.withdraw(), "two requests at 0.5 earn one retry");
+    }
+}
