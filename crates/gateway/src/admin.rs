@@ -64,11 +64,8 @@ pub async fn handle(gateway: &Arc<Gateway>, request: Request<Incoming>) -> Respo
 
 fn authorized(gateway: &Gateway, request: &Request<Incoming>) -> bool {
     let Some(token) = &gateway.admin_token else { return false };
-    let presented = request
-        .headers()
-        .get(hyper::header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| {
+    let presented =
+        request.headers().get(hyper::header::AUTHORIZATION).and_then(|value| value.to_str().ok()).and_then(|value| {
             let (scheme, token) = value.split_once(' ')?;
             scheme.eq_ignore_ascii_case("bearer").then_some(token.trim())
         });

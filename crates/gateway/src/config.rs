@@ -187,8 +187,14 @@ impl GatewayConfig {
             anyhow::ensure!(!region.name.is_empty(), "gateway: a region has no name");
             for node in &region.nodes {
                 anyhow::ensure!(names.insert(node.name.clone()), "gateway: node {} is listed twice", node.name);
-                node.url.parse::<hyper::Uri>().map_err(|error| anyhow::anyhow!("gateway: node {} url: {error}", node.name))?;
-                anyhow::ensure!(node.url.starts_with("http://"), "gateway: node {} url must start with http://", node.name);
+                node.url
+                    .parse::<hyper::Uri>()
+                    .map_err(|error| anyhow::anyhow!("gateway: node {} url: {error}", node.name))?;
+                anyhow::ensure!(
+                    node.url.starts_with("http://"),
+                    "gateway: node {} url must start with http://",
+                    node.name
+                );
             }
         }
         for route in &self.routes {

@@ -108,8 +108,12 @@ impl Gateway {
         let backends = Backends::new(&config.regions, config.health.clone(), metrics.clone(), client.clone());
         let quota = Quota::per_second(NonZeroU32::new(config.limits.rate_per_ip_per_sec).unwrap_or(NonZeroU32::MIN))
             .allow_burst(NonZeroU32::new(config.limits.rate_burst_per_ip).unwrap_or(NonZeroU32::MIN));
-        let default_route =
-            RouteConfig { prefix: "/".into(), policy: Policy::Failover, regions: Vec::new(), weights: Default::default() };
+        let default_route = RouteConfig {
+            prefix: "/".into(),
+            policy: Policy::Failover,
+            regions: Vec::new(),
+            weights: Default::default(),
+        };
         let retry_budget = RetryBudget {
             state: Mutex::new((RetryBudget::TOKENS_MAX / 10.0, Instant::now())),
             ratio: config.retries.budget_ratio,
@@ -149,9 +153,18 @@ impl Gateway {
         response
     }
 
-    async fn handle_inner(self: &Arc<Self>, request: Request<Incoming>, peer: SocketAddr, request_id: &str) -> Response<Body> {
+    async fn handle_inner(
+        self: &Arc<Self>,
+        request: Request<Incoming>,
+        peer: SocketAddr,
+        request_id: &str,
+    ) -> Response<Body> {
         let path = request.uri().path();
-        if path == "/metrics" || path.starts_with("/admin/nodes") || path == "/admin/topology" || path == "/gateway/healthz" {
+        if path == "/metrics"
+            || path.starts_with("/admin/nodes")
+            || path == "/admin/topology"
+            || path == "/gateway/healthz"
+        {
             return crate::admin::handle(self, request).await;
         }
         if self.limiter.check_key(&peer.ip()).is_err() {
@@ -201,7 +214,11 @@ impl Gateway {
             Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE => true,
             Method::POST => {
                 parts.headers.contains_key(IDEMPOTENCY_KEY)
-                    || self.config.digest_post_prefixes.iter().any(|prefix| parts.uri.path().starts_with(prefix.as_str()))
+                    || self
+                        .config
+                        .digest_post_prefixes
+                        .iter()
+                        .any(|prefix| parts.uri.path().starts_with(prefix.as_str()))
             }
             _ => false,
         }
@@ -269,8 +286,16 @@ impl Gateway {
                     node.record_failure(self.backends.eject_after(), &self.metrics);
                     last_failure = format!("node {}: {reason}", node.name);
                     if !idempotent {
-                        tracing::warn!(request_id, node = node.name, reason, "request failed after it was sent; not retried (not idempotent)");
-                        return plain(StatusCode::BAD_GATEWAY, "the node failed while handling the request; it may or may not have been applied");
+                        tracing::warn!(
+                            request_id,
+                            node = node.name,
+                            reason,
+                            "request failed after it was sent; not retried (not idempotent)"
+                        );
+                        return plain(
+                            StatusCode::BAD_GATEWAY,
+                            "the node failed while handling the request; it may or may not have been applied",
+                        );
                     }
                     self.metrics.retries.get_or_create(&ReasonLabels { reason: "sent" }).inc();
                 }
@@ -285,7 +310,11 @@ impl Gateway {
 
     /// One attempt: the response head within the attempt timeout, given up at once if the node
     /// goes down meanwhile (its checks fail or it is ejected).
-    async fn attempt(&self, node: &Arc<Node>, request: Request<Full<Bytes>>) -> Result<Response<Incoming>, AttemptFailure> {
+    async fn attempt(
+        &self,
+        node: &Arc<Node>,
+        request: Request<Full<Bytes>>,
+    ) -> Result<Response<Incoming>, AttemptFailure> {
         let mut down = node.down_watch();
         down.borrow_and_update();
         node.in_flight.fetch_add(1, Ordering::AcqRel);
@@ -406,7 +435,9 @@ mod tests {
         headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         headers.insert("x-kept", HeaderValue::from_static("1"));
         let out = upstream_headers(&headers, "127.0.0.9:5000".parse().unwrap(), "abc");
-        assert!(!out.contains_key("x-secret-hop") && !out.contains_key("keep-alive") && !out.contains_key("connection"));
+        assert!(
+            !out.contains_key("x-secret-hop") && !out.contains_key("keep-alive") && !out.contains_key("connection")
+        );
         assert_eq!(out["x-kept"], "1");
         assert_eq!(out["x-forwarded-for"], "127.0.0.9");
         assert_eq!(out["x-request-id"], "abc");

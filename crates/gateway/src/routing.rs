@@ -14,7 +14,11 @@ pub const HOME_HEADER: &str = "x-rananeeti-home";
 
 /// The route for `path`: the longest matching prefix; the default is failover over all regions.
 pub fn route_for<'a>(routes: &'a [RouteConfig], path: &str, default: &'a RouteConfig) -> &'a RouteConfig {
-    routes.iter().filter(|route| path.starts_with(&route.prefix)).max_by_key(|route| route.prefix.len()).unwrap_or(default)
+    routes
+        .iter()
+        .filter(|route| path.starts_with(&route.prefix))
+        .max_by_key(|route| route.prefix.len())
+        .unwrap_or(default)
 }
 
 fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {

@@ -2,6 +2,7 @@
 //! clusters, kept here so integration tests can drive them.
 
 pub mod config;
+pub mod gateway_cmd;
 pub mod node_cmd;
 pub mod postgres;
 pub mod topology;

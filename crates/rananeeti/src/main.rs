@@ -15,6 +15,8 @@ enum Command {
     Up(rananeeti::up::UpArgs),
     /// Run one node: the platform and the apps, serving HTTP.
     Node(Box<rananeeti::node_cmd::NodeArgs>),
+    /// Run the gateway in front of nodes started elsewhere, from a config file.
+    Gateway(rananeeti::gateway_cmd::GatewayArgs),
     /// Run a witness: the third voter on ownership for a two-region deployment.
     Witness(rananeeti::witness_cmd::WitnessArgs),
 }
@@ -24,6 +26,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Up(args) => rananeeti::up::run(args),
         Command::Node(args) => rananeeti::node_cmd::run(*args),
+        Command::Gateway(args) => rananeeti::gateway_cmd::run(args),
         Command::Witness(args) => rananeeti::witness_cmd::run(args),
     }
 }

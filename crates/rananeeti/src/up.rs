@@ -213,7 +213,8 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             let node_dir = region_dir.join(&name);
             let plan = NodePlan {
                 region: region.clone(),
-                listen: SocketAddr::from((Ipv4Addr::LOCALHOST, node_port(args.port, node_index, nodes_total)?)),
+                // The gateway takes the deployment's port; the nodes the ones after it.
+                listen: SocketAddr::from((Ipv4Addr::LOCALHOST, node_port(args.port, node_index + 1, nodes_total + 2)?)),
                 addr_file: node_dir.join("addr"),
                 data_dir: node_dir,
                 store_url: database.url.clone(),
@@ -261,7 +262,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     // With two or more regions, a witness votes with them on ownership (see ownership.rs): it
     // runs in this process, on the port after the nodes'.
     if regions_total > 1 {
-        let port = node_port(args.port, nodes_total, nodes_total + 1)?;
+        let port = node_port(args.port, nodes_total + 1, nodes_total + 2)?;
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port))
             .with_context(|| format!("127.0.0.1:{port} is not available for the witness; choose another --port"))?;
         listener.set_nonblocking(true)?;
@@ -283,6 +284,40 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         }
         topology.witness_url = Some(witness_url);
     }
+
+    // The gateway, on the deployment's port, in front of every node: its own threads, so its
+    // throughput does not depend on this supervisor's one.
+    let gateway_listener = TcpListener::bind((Ipv4Addr::LOCALHOST, args.port)).with_context(|| {
+        format!(
+            "127.0.0.1:{} is not available for the gateway; is another `rananeeti up` running? Choose another --port",
+            args.port
+        )
+    })?;
+    let gateway_config = rananeeti_gateway::GatewayConfig {
+        listen: format!("127.0.0.1:{}", args.port),
+        regions: topology
+            .regions
+            .iter()
+            .map(|region| rananeeti_gateway::config::RegionConfig {
+                name: region.name.clone(),
+                nodes: region
+                    .nodes
+                    .iter()
+                    .map(|node| rananeeti_gateway::config::NodeConfig {
+                        name: node.name.clone(),
+                        url: node.url.clone(),
+                    })
+                    .collect(),
+            })
+            .collect(),
+        ..rananeeti_gateway::GatewayConfig::default()
+    };
+    let gateway_token = fs::read_to_string(&admin_token_file)
+        .with_context(|| format!("reading {}", admin_token_file.display()))?
+        .trim()
+        .to_string();
+    let gateway = crate::gateway_cmd::spawn_gateway(gateway_listener, gateway_config, Some(gateway_token))?;
+    topology.gateway_url = Some(format!("http://127.0.0.1:{}", args.port));
 
     let mut running = Vec::new();
     let started = start_nodes(&executable, &plans, &mut running, &mut shutdown).await;
@@ -339,14 +374,14 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             tracing::error!(%error, "node supervisor failed");
         }
     }
+    gateway.stop();
     stop_clusters(clusters);
     remove_if_exists(&topology_path)?;
     tracing::info!("stopped");
     Ok(())
 }
 
-/// Port of the node at `node_index`: the deployment's port, then the ones after it. (Until the
-/// gateway exists, each node's own URL serves the apps.)
+/// The port at `node_index` after the deployment's port (0: the gateway's own).
 fn node_port(base_port: u16, node_index: u32, nodes_total: u32) -> anyhow::Result<u16> {
     assert!(node_index < nodes_total, "port {node_index} of {nodes_total}");
     let port = u32::from(base_port) + node_index;

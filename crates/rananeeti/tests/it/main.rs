@@ -6,6 +6,7 @@ mod admin;
 mod browser;
 mod cafe_api;
 mod crash;
+mod gateway;
 mod health;
 mod node_loss;
 mod outage;

@@ -50,7 +50,7 @@ pub(crate) async fn start_up(regions: u32, nodes: u32, store: &str) -> Up {
     // those meanwhile, which `up` refuses clearly. Then try other ports.
     for _attempt in 0..PORT_ATTEMPTS_MAX {
         let port = free_loopback_port().unwrap();
-        if u32::from(port) + expected_nodes as u32 > u32::from(u16::MAX) {
+        if u32::from(port) + expected_nodes as u32 + 2 > u32::from(u16::MAX) {
             continue;
         }
         let log_path = dir.path().join("up.log");

@@ -43,8 +43,10 @@ async fn up_supervises_one_node(store: &str) {
 
     let topology_path = data.join("topology.json");
     let topology = topology_with_node(&topology_path, None).await;
+    // The gateway answers on the deployment's port; the node on the next one.
     let base = format!("http://127.0.0.1:{port}");
-    assert_eq!(topology.regions[0].nodes[0].url, base);
+    assert_eq!(topology.gateway_url.as_deref(), Some(base.as_str()));
+    assert_eq!(topology.regions[0].nodes[0].url, format!("http://127.0.0.1:{}", port + 1));
     let token_file = data.join("admin-token");
     let mode = std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "the admin token is readable by its owner only");
