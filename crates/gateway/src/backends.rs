@@ -247,8 +247,15 @@ impl Backends {
             };
             let mut ticker = tokio::time::interval(interval);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut downs_seen = *node.down.borrow();
             while !node.removed() {
                 ticker.tick().await;
+                // Taken out meanwhile (ejected): coming back takes `rise` passes from now on.
+                let downs = *node.down.borrow();
+                if downs != downs_seen {
+                    downs_seen = downs;
+                    passes = 0;
+                }
                 let started = Instant::now();
                 let request = hyper::Request::get(uri.clone())
                     .body(Full::new(Bytes::new()))
