@@ -1,0 +1,779 @@
+//! The bookstore's JSON API (DESIGN.md "External contract"), documented in `openapi.json`.
+
+use crate::auth::{self, Session, SessionKey};
+use crate::catalog::{self, book_from_row, Book, BOOK_COLUMNS};
+use crate::commands::*;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use rananeeti_node::{ApiError, ApiJson};
+use rananeeti_platform::sqlx::{self, AnyPool, Row};
+use rananeeti_platform::{CommandId, CommandState, NewCommand, Outcome, Platform, SubmitError, SubmitOptions, Submitted};
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+pub const PAGE_ITEMS_DEFAULT: usize = 24;
+pub const PAGE_ITEMS_MAX: usize = 100;
+pub const BESTSELLERS: usize = 20;
+pub const RECOMMENDATIONS: usize = 5;
+pub const QUANTITY_MAX: i64 = 99;
+const QUERY_CHARS_MAX: usize = 100;
+const OPENAPI: &str = include_str!("openapi.json");
+
+/// What every handler needs.
+#[derive(Clone)]
+pub struct Shop {
+    pub platform: Arc<Platform>,
+    pub key: SessionKey,
+    /// The deployment's admin token: the bookstore's admin routes take it as their bearer.
+    pub admin_token: Arc<str>,
+}
+
+pub fn router(shop: Shop) -> Router {
+    Router::new()
+        .route("/api/openapi.json", get(openapi))
+        .route("/api/books", get(list_books))
+        .route("/api/books/{id}", get(show_book))
+        .route("/api/bestsellers", get(bestsellers))
+        .route("/api/recommendations/{book_id}", get(recommendations))
+        .route("/api/auth/signup", post(signup))
+        .route("/api/auth/signin", post(signin))
+        .route("/api/auth/signout", post(signout))
+        .route("/api/cart", get(show_cart).post(add_to_cart).put(set_in_cart).delete(remove_from_cart))
+        .route("/api/orders", get(list_orders).post(place_order))
+        .route("/api/orders/{id}", get(show_order))
+        .route("/api/blog", get(list_posts).post(create_post))
+        .route("/api/blog/{slug}", get(show_post))
+        .route("/api/admin/books", post(create_book))
+        .route("/api/admin/books/{id}", put(update_book).delete(delete_book))
+        .route("/api/admin/bestsellers/rebuild", post(rebuild))
+        .with_state(shop)
+}
+
+async fn openapi() -> Response {
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+fn unavailable(error: impl std::fmt::Display) -> ApiError {
+    ApiError::Unavailable(error.to_string())
+}
+
+async fn reader(shop: &Shop) -> Result<AnyPool, ApiError> {
+    shop.platform.reader().await.map_err(unavailable)
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| {
+            let (scheme, token) = value.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then_some(token.trim())
+        })
+}
+
+/// The signed-in shopper, or 401.
+pub fn session(shop: &Shop, headers: &HeaderMap) -> Result<Session, ApiError> {
+    bearer(headers).and_then(|token| shop.key.verify(token)).ok_or(ApiError::Unauthorized)
+}
+
+/// The admin (the deployment's admin token), or 401; a shopper's token gets 403.
+fn require_admin(shop: &Shop, headers: &HeaderMap) -> Result<(), Response> {
+    match bearer(headers) {
+        Some(token) if bool::from(subtle::ConstantTimeEq::ct_eq(token.as_bytes(), shop.admin_token.as_bytes())) => Ok(()),
+        Some(token) if shop.key.verify(token).is_some() => {
+            Err((StatusCode::FORBIDDEN, Json(json!({ "error": { "message": "admins only" } }))).into_response())
+        }
+        _ => Err(ApiError::Unauthorized.into_response()),
+    }
+}
+
+fn submit_error(error: SubmitError) -> ApiError {
+    match &error {
+        SubmitError::Queue(_) | SubmitError::QueueTimeout => ApiError::Unavailable(error.to_string()),
+        _ => ApiError::Internal(error.to_string()),
+    }
+}
+
+/// 201 committed, 202 pending, 200 duplicate (with where the first stands), 409 rejected.
+fn submitted(submitted: Submitted, extra: Value) -> Response {
+    let id = submitted.id.to_hex();
+    let (status, mut body) = match submitted.outcome {
+        Outcome::Committed => (StatusCode::CREATED, json!({ "id": id, "status": "committed" })),
+        Outcome::Pending => (StatusCode::ACCEPTED, json!({ "id": id, "status": "pending" })),
+        Outcome::Duplicate { first } => {
+            let mut body = json!({ "id": id, "status": "duplicate", "current": first.as_str() });
+            if let CommandState::Rejected { reason } = first {
+                body["reason"] = json!(reason);
+            }
+            (StatusCode::OK, body)
+        }
+        Outcome::Rejected { reason } => (StatusCode::CONFLICT, json!({ "id": id, "status": "rejected", "reason": reason })),
+    };
+    if let (Some(body), Value::Object(extra)) = (body.as_object_mut(), extra) {
+        body.extend(extra);
+    }
+    (status, Json(body)).into_response()
+}
+
+async fn submit(shop: &Shop, kind: &'static str, id: CommandId, payload: Value) -> Result<Submitted, ApiError> {
+    shop.platform.submit(NewCommand { kind, id, payload }, SubmitOptions::default()).await.map_err(submit_error)
+}
+
+// ---- catalog ----
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BooksQuery {
+    q: Option<String>,
+    category: Option<String>,
+    limit: Option<String>,
+    after: Option<String>,
+}
+
+fn parse_limit(raw: Option<&str>) -> Result<usize, ApiError> {
+    match raw {
+        None | Some("") => Ok(PAGE_ITEMS_DEFAULT),
+        Some(raw) => raw
+            .parse::<usize>()
+            .ok()
+            .filter(|limit| (1..=PAGE_ITEMS_MAX).contains(limit))
+            .ok_or_else(|| ApiError::invalid("limit", format!("a whole number from 1 to {PAGE_ITEMS_MAX}"))),
+    }
+}
+
+/// `%` and `_` in a search are literal.
+fn like_pattern(text: &str) -> String {
+    let escaped = text.to_lowercase().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+    format!("%{escaped}%")
+}
+
+/// One page of books matching a search (title, author or category) and a category, by id.
+pub async fn search_books(
+    pool: &AnyPool,
+    q: &str,
+    category: &str,
+    after: &str,
+    limit: usize,
+) -> Result<(Vec<Book>, Option<String>), sqlx::Error> {
+    let rows = sqlx::query(&format!(
+        "SELECT {BOOK_COLUMNS} FROM bs_books WHERE deleted = 0 AND ($1 = '' OR search LIKE $2 ESCAPE '\\') \
+         AND ($3 = '' OR category = $3) AND id > $4 ORDER BY id LIMIT $5"
+    ))
+    .bind(q)
+    .bind(like_pattern(q))
+    .bind(category)
+    .bind(after)
+    .bind((limit + 1) as i64)
+    .fetch_all(pool)
+    .await?;
+    let mut books = rows.iter().map(book_from_row).collect::<Result<Vec<_>, _>>()?;
+    let next = if books.len() > limit {
+        books.truncate(limit);
+        books.last().map(|book| book.id.clone())
+    } else {
+        None
+    };
+    Ok((books, next))
+}
+
+async fn list_books(
+    State(shop): State<Shop>,
+    query: Result<Query<BooksQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(query) = query.map_err(|rejection| ApiError::BadRequest { field: None, message: rejection.body_text() })?;
+    let q = query.q.unwrap_or_default().trim().to_string();
+    if q.chars().count() > QUERY_CHARS_MAX {
+        return Err(ApiError::invalid("q", format!("at most {QUERY_CHARS_MAX} characters")));
+    }
+    let limit = parse_limit(query.limit.as_deref())?;
+    let category = query.category.unwrap_or_default();
+    let pool = reader(&shop).await?;
+    let (items, next) =
+        search_books(&pool, &q, category.trim(), query.after.as_deref().unwrap_or(""), limit).await.map_err(unavailable)?;
+    Ok(Json(json!({ "items": items, "next": next })))
+}
+
+pub async fn get_book(pool: &AnyPool, id: &str) -> Result<Option<Book>, sqlx::Error> {
+    let row = sqlx::query(&format!("SELECT {BOOK_COLUMNS} FROM bs_books WHERE id = $1 AND deleted = 0"))
+        .bind(id)
+        .fetch_optional(pool)
+        .await?;
+    row.as_ref().map(book_from_row).transpose()
+}
+
+async fn show_book(State(shop): State<Shop>, Path(id): Path<String>) -> Result<Json<Book>, ApiError> {
+    let pool = reader(&shop).await?;
+    get_book(&pool, &id).await.map_err(unavailable)?.map(Json).ok_or(ApiError::NotFound)
+}
+
+pub async fn top_sellers(pool: &AnyPool, limit: usize) -> Result<Vec<Value>, sqlx::Error> {
+    let rows = sqlx::query(&format!(
+        "SELECT {}, s.sold FROM bs_bestsellers s JOIN bs_books b ON b.id = s.book_id WHERE b.deleted = 0 \
+         ORDER BY s.sold DESC, b.id LIMIT $1",
+        BOOK_COLUMNS.split(", ").map(|column| format!("b.{column}")).collect::<Vec<_>>().join(", ")
+    ))
+    .bind(limit as i64)
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let book = book_from_row(row)?;
+            Ok(json!({ "book": book, "sold": row.try_get::<i64, _>("sold")? }))
+        })
+        .collect()
+}
+
+async fn bestsellers(State(shop): State<Shop>) -> Result<Json<Value>, ApiError> {
+    let pool = reader(&shop).await?;
+    Ok(Json(json!({ "items": top_sellers(&pool, BESTSELLERS).await.map_err(unavailable)?, "next": null })))
+}
+
+/// "Customers who bought this also bought": books most often in the same orders.
+pub async fn also_bought(pool: &AnyPool, book_id: &str, limit: usize) -> Result<Vec<Value>, sqlx::Error> {
+    let rows = sqlx::query(&format!(
+        "SELECT {}, COUNT(*) AS together FROM bs_order_lines l1 \
+         JOIN bs_order_lines l2 ON l2.order_id = l1.order_id AND l2.book_id <> l1.book_id \
+         JOIN bs_books b ON b.id = l2.book_id \
+         WHERE l1.book_id = $1 AND b.deleted = 0 \
+         GROUP BY {} ORDER BY together DESC, b.id LIMIT $2",
+        BOOK_COLUMNS.split(", ").map(|column| format!("b.{column}")).collect::<Vec<_>>().join(", "),
+        BOOK_COLUMNS.split(", ").map(|column| format!("b.{column}")).collect::<Vec<_>>().join(", "),
+    ))
+    .bind(book_id)
+    .bind(limit as i64)
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|row| Ok(json!({ "book": book_from_row(row)?, "orders_together": row.try_get::<i64, _>("together")? })))
+        .collect()
+}
+
+async fn recommendations(State(shop): State<Shop>, Path(book_id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let pool = reader(&shop).await?;
+    if get_book(&pool, &book_id).await.map_err(unavailable)?.is_none() {
+        return Err(ApiError::NotFound);
+    }
+    let items = also_bought(&pool, &book_id, RECOMMENDATIONS).await.map_err(unavailable)?;
+    Ok(Json(json!({ "items": items, "next": null })))
+}
+
+// ---- accounts ----
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Credentials {
+    email: String,
+    password: String,
+}
+
+/// Creates an account homed in this node's region. The same email twice is one account.
+pub async fn create_account(shop: &Shop, email: &str, password: &str) -> Result<(String, Submitted), ApiError> {
+    let email = auth::parse_email(email).map_err(|message| ApiError::invalid("email", message))?;
+    auth::check_password(password).map_err(|message| ApiError::invalid("password", message))?;
+    let user_id = auth::user_id(&email);
+    let payload = SignupPayload {
+        user_id: user_id.clone(),
+        email: email.clone(),
+        password_hash: auth::hash_password(password),
+        home_region: shop.platform.region().to_string(),
+    };
+    let id = CommandId::digest(KIND_SIGNUP, email.as_bytes());
+    let submitted = submit(shop, KIND_SIGNUP, id, serde_json::to_value(&payload).expect("serializes")).await?;
+    Ok((user_id, submitted))
+}
+
+async fn signup(State(shop): State<Shop>, ApiJson(body): ApiJson<Credentials>) -> Result<Response, ApiError> {
+    let (user_id, outcome) = create_account(&shop, &body.email, &body.password).await?;
+    if matches!(outcome.outcome, Outcome::Duplicate { first: CommandState::Committed }) {
+        return Ok((StatusCode::CONFLICT, Json(json!({ "error": { "field": "email", "message": "an account with this email already exists" } }))).into_response());
+    }
+    Ok(submitted(outcome, json!({ "user_id": user_id })))
+}
+
+/// Checks credentials against the account as this region knows it.
+pub async fn sign_in(shop: &Shop, email: &str, password: &str) -> Result<Option<(Session, String)>, ApiError> {
+    let Ok(email) = auth::parse_email(email) else { return Ok(None) };
+    let pool = reader(shop).await?;
+    let row = sqlx::query("SELECT id, password_hash, home_region FROM bs_users WHERE email = $1")
+        .bind(&email)
+        .fetch_optional(&pool)
+        .await
+        .map_err(unavailable)?;
+    let Some(row) = row else {
+        // The same work as a real check, so timing does not tell which emails exist.
+        let _ = auth::password_matches(password, "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$2FSQ7Ub4mSFV2Rj2WGsNHtI2r5TOtHZlS3oWHGBmoOA");
+        return Ok(None);
+    };
+    let hash: String = row.try_get("password_hash").map_err(unavailable)?;
+    if !auth::password_matches(password, &hash) {
+        return Ok(None);
+    }
+    let session = Session {
+        user_id: row.try_get("id").map_err(unavailable)?,
+        home_region: row.try_get("home_region").map_err(unavailable)?,
+    };
+    let token = shop.key.issue(&session);
+    Ok(Some((session, token)))
+}
+
+async fn signin(State(shop): State<Shop>, ApiJson(body): ApiJson<Credentials>) -> Result<Response, ApiError> {
+    match sign_in(&shop, &body.email, &body.password).await? {
+        Some((session, token)) => Ok(Json(json!({
+            "token": token,
+            "user_id": session.user_id,
+            "home_region": session.home_region,
+            "expires_in_seconds": auth::TOKEN_LIFETIME_MS / 1000,
+        }))
+        .into_response()),
+        None => Ok((StatusCode::UNAUTHORIZED, Json(json!({ "error": { "message": "wrong email or password" } }))).into_response()),
+    }
+}
+
+/// Tokens are stateless: signing out is forgetting the token (the pages clear the cookie). A
+/// token stays valid until it expires (24 h).
+async fn signout(State(shop): State<Shop>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    session(&shop, &headers)?;
+    Ok(Json(json!({ "signed_out": true })))
+}
+
+// ---- cart ----
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct CartLine {
+    pub book_id: String,
+    pub title: String,
+    pub cover: String,
+    pub quantity: i64,
+    pub price_cents: i64,
+    pub subtotal_cents: i64,
+    #[serde(skip)]
+    pub hlc: u64,
+}
+
+pub async fn cart_of(pool: &AnyPool, user_id: &str) -> Result<Vec<CartLine>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT l.book_id, b.title, b.cover, l.quantity, l.price_cents, l.hlc FROM bs_cart_lines l \
+         JOIN bs_books b ON b.id = l.book_id WHERE l.user_id = $1 ORDER BY b.title",
+    )
+    .bind(user_id)
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let quantity: i64 = row.try_get("quantity")?;
+            let price: i64 = row.try_get("price_cents")?;
+            Ok(CartLine {
+                book_id: row.try_get("book_id")?,
+                title: row.try_get("title")?,
+                cover: row.try_get("cover")?,
+                quantity,
+                price_cents: price,
+                subtotal_cents: quantity * price,
+                hlc: row.try_get::<i64, _>("hlc")? as u64,
+            })
+        })
+        .collect()
+}
+
+async fn show_cart(State(shop): State<Shop>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    let session = session(&shop, &headers)?;
+    let pool = reader(&shop).await?;
+    let lines = cart_of(&pool, &session.user_id).await.map_err(unavailable)?;
+    let total: i64 = lines.iter().map(|line| line.subtotal_cents).sum();
+    let count: i64 = lines.iter().map(|line| line.quantity).sum();
+    Ok(Json(json!({ "items": lines, "total_cents": total, "count": count, "next": null })))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CartRequest {
+    book_id: String,
+    #[serde(default)]
+    quantity: Option<i64>,
+}
+
+/// Sets the quantity of one book in the user's cart (0 removes it); `add` adds to what is there.
+pub async fn change_cart(shop: &Shop, session: &Session, book_id: &str, quantity: i64, add: bool) -> Result<Submitted, ApiError> {
+    let pool = reader(shop).await?;
+    if quantity > 0 && get_book(&pool, book_id).await.map_err(unavailable)?.is_none() {
+        return Err(ApiError::invalid("book_id", format!("no book {book_id}")));
+    }
+    let current = cart_of(&pool, &session.user_id).await.map_err(unavailable)?.into_iter().find(|line| line.book_id == book_id);
+    let quantity = if add { quantity + current.as_ref().map(|line| line.quantity).unwrap_or(0) } else { quantity };
+    if quantity > QUANTITY_MAX {
+        return Err(ApiError::invalid("quantity", format!("at most {QUANTITY_MAX} of one book")));
+    }
+    let replaces_hlc = current.map(|line| line.hlc).unwrap_or(0);
+    shop.platform.observe(rananeeti_platform::Hlc(replaces_hlc));
+    let payload = CartSetPayload {
+        user_id: session.user_id.clone(),
+        home_region: session.home_region.clone(),
+        book_id: book_id.to_string(),
+        quantity,
+        replaces_hlc,
+    };
+    let id = CommandId::digest(KIND_CART_SET, format!("{}\u{1f}{book_id}\u{1f}{quantity}\u{1f}{replaces_hlc}", session.user_id).as_bytes());
+    submit(shop, KIND_CART_SET, id, serde_json::to_value(&payload).expect("serializes")).await
+}
+
+fn parse_quantity(quantity: Option<i64>, zero_allowed: bool) -> Result<i64, ApiError> {
+    let quantity = quantity.ok_or_else(|| ApiError::invalid("quantity", "how many copies"))?;
+    let low = if zero_allowed { 0 } else { 1 };
+    if !(low..=QUANTITY_MAX).contains(&quantity) {
+        return Err(ApiError::invalid("quantity", format!("from {low} to {QUANTITY_MAX}")));
+    }
+    Ok(quantity)
+}
+
+async fn add_to_cart(State(shop): State<Shop>, headers: HeaderMap, ApiJson(body): ApiJson<CartRequest>) -> Result<Response, ApiError> {
+    let session = session(&shop, &headers)?;
+    let quantity = parse_quantity(body.quantity.or(Some(1)), false)?;
+    Ok(submitted(change_cart(&shop, &session, &body.book_id, quantity, true).await?, json!({})))
+}
+
+async fn set_in_cart(State(shop): State<Shop>, headers: HeaderMap, ApiJson(body): ApiJson<CartRequest>) -> Result<Response, ApiError> {
+    let session = session(&shop, &headers)?;
+    let quantity = parse_quantity(body.quantity, true)?;
+    Ok(submitted(change_cart(&shop, &session, &body.book_id, quantity, false).await?, json!({})))
+}
+
+async fn remove_from_cart(State(shop): State<Shop>, headers: HeaderMap, ApiJson(body): ApiJson<CartRequest>) -> Result<Response, ApiError> {
+    let session = session(&shop, &headers)?;
+    if body.quantity.is_some() {
+        return Err(ApiError::invalid("quantity", "DELETE takes only book_id"));
+    }
+    Ok(submitted(change_cart(&shop, &session, &body.book_id, 0, false).await?, json!({})))
+}
+
+// ---- orders ----
+
+/// Turns the user's cart into an order (one command). The same cart checked out twice is one
+/// order; a checkout queued during an outage may still be rejected for stock, and says so.
+pub async fn checkout(shop: &Shop, session: &Session) -> Result<Submitted, ApiError> {
+    let pool = reader(shop).await?;
+    let lines = cart_of(&pool, &session.user_id).await.map_err(unavailable)?;
+    if lines.is_empty() {
+        return Err(ApiError::invalid("cart", "the cart is empty"));
+    }
+    let cart_version = lines.iter().map(|line| line.hlc).max().unwrap_or(0);
+    let payload = CheckoutPayload { user_id: session.user_id.clone(), home_region: session.home_region.clone(), cart_version };
+    let id = CommandId::digest(KIND_CHECKOUT, format!("{}\u{1f}{cart_version}", session.user_id).as_bytes());
+    submit(shop, KIND_CHECKOUT, id, serde_json::to_value(&payload).expect("serializes")).await
+}
+
+async fn place_order(State(shop): State<Shop>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let session = session(&shop, &headers)?;
+    Ok(submitted(checkout(&shop, &session).await?, json!({})))
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Order {
+    pub id: String,
+    /// committed, pending or rejected
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub total_cents: i64,
+    pub placed_at_ms: u64,
+    pub lines: Vec<Value>,
+}
+
+async fn order_lines(pool: &AnyPool, order_id: &str) -> Result<Vec<Value>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT l.book_id, b.title, l.quantity, l.price_cents FROM bs_order_lines l JOIN bs_books b ON b.id = l.book_id \
+         WHERE l.order_id = $1 ORDER BY b.title",
+    )
+    .bind(order_id)
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(json!({
+                "book_id": row.try_get::<String, _>("book_id")?,
+                "title": row.try_get::<String, _>("title")?,
+                "quantity": row.try_get::<i64, _>("quantity")?,
+                "price_cents": row.try_get::<i64, _>("price_cents")?,
+            }))
+        })
+        .collect()
+}
+
+/// One of the user's orders: placed (committed), or a checkout still pending or rejected.
+pub async fn order_of(shop: &Shop, session: &Session, id: &str) -> Result<Option<Order>, ApiError> {
+    let pool = reader(shop).await?;
+    let row = sqlx::query("SELECT id, total_cents, placed_hlc FROM bs_orders WHERE id = $1 AND user_id = $2")
+        .bind(id)
+        .bind(&session.user_id)
+        .fetch_optional(&pool)
+        .await
+        .map_err(unavailable)?;
+    if let Some(row) = row {
+        return Ok(Some(Order {
+            id: id.to_string(),
+            status: "committed".into(),
+            reason: None,
+            total_cents: row.try_get("total_cents").map_err(unavailable)?,
+            placed_at_ms: (row.try_get::<i64, _>("placed_hlc").map_err(unavailable)? as u64) >> 16,
+            lines: order_lines(&pool, id).await.map_err(unavailable)?,
+        }));
+    }
+    let Ok(command_id) = CommandId::parse_hex(id) else { return Ok(None) };
+    let Some(status) = shop.platform.status(&command_id).await.map_err(unavailable)? else { return Ok(None) };
+    let owner = status.payload.get("user_id").and_then(Value::as_str);
+    if status.kind != KIND_CHECKOUT || owner != Some(session.user_id.as_str()) {
+        // Someone else's order is not found, never shown.
+        return Ok(None);
+    }
+    let (status_name, reason) = match &status.state {
+        CommandState::Rejected { reason } => ("rejected", Some(reason.clone())),
+        CommandState::Pending => ("pending", None),
+        // Committed in its region but not yet here: still on its way.
+        CommandState::Committed => ("pending", None),
+    };
+    Ok(Some(Order {
+        id: id.to_string(),
+        status: status_name.into(),
+        reason,
+        total_cents: 0,
+        placed_at_ms: status.hlc >> 16,
+        lines: Vec::new(),
+    }))
+}
+
+async fn show_order(State(shop): State<Shop>, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<Order>, ApiError> {
+    let session = session(&shop, &headers)?;
+    order_of(&shop, &session, &id).await?.map(Json).ok_or(ApiError::NotFound)
+}
+
+/// The user's orders, newest first: placed ones, then checkouts waiting in this node's queue.
+pub async fn orders_of(shop: &Shop, session: &Session) -> Result<Vec<Order>, ApiError> {
+    let pool = reader(shop).await?;
+    let rows = sqlx::query("SELECT id, total_cents, placed_hlc FROM bs_orders WHERE user_id = $1 ORDER BY placed_hlc DESC LIMIT 100")
+        .bind(&session.user_id)
+        .fetch_all(&pool)
+        .await
+        .map_err(unavailable)?;
+    let mut orders = Vec::new();
+    for row in rows {
+        let id: String = row.try_get("id").map_err(unavailable)?;
+        orders.push(Order {
+            lines: order_lines(&pool, &id).await.map_err(unavailable)?,
+            status: "committed".into(),
+            reason: None,
+            total_cents: row.try_get("total_cents").map_err(unavailable)?,
+            placed_at_ms: (row.try_get::<i64, _>("placed_hlc").map_err(unavailable)? as u64) >> 16,
+            id,
+        });
+    }
+    let pending = shop.platform.pending(KIND_CHECKOUT, 100).map_err(unavailable)?;
+    for status in pending.into_iter().rev() {
+        if status.payload.get("user_id").and_then(Value::as_str) == Some(session.user_id.as_str()) {
+            orders.insert(0, Order {
+                id: status.id.to_hex(),
+                status: "pending".into(),
+                reason: None,
+                total_cents: 0,
+                placed_at_ms: status.hlc >> 16,
+                lines: Vec::new(),
+            });
+        }
+    }
+    Ok(orders)
+}
+
+async fn list_orders(State(shop): State<Shop>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    let session = session(&shop, &headers)?;
+    Ok(Json(json!({ "items": orders_of(&shop, &session).await?, "next": null })))
+}
+
+// ---- blog ----
+
+pub fn render_markdown(markdown: &str) -> String {
+    let parser = pulldown_cmark::Parser::new_ext(markdown, pulldown_cmark::Options::ENABLE_TABLES);
+    let mut html = String::new();
+    pulldown_cmark::html::push_html(&mut html, parser);
+    // Whatever the Markdown holds (raw HTML, javascript: links), only safe HTML leaves.
+    ammonia::clean(&html)
+}
+
+pub async fn posts(pool: &AnyPool, limit: usize) -> Result<Vec<Value>, sqlx::Error> {
+    let rows = sqlx::query("SELECT slug, title, author, published_hlc FROM bs_blog_posts WHERE deleted = 0 ORDER BY published_hlc DESC LIMIT $1")
+        .bind(limit as i64)
+        .fetch_all(pool)
+        .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(json!({
+                "slug": row.try_get::<String, _>("slug")?,
+                "title": row.try_get::<String, _>("title")?,
+                "author": row.try_get::<String, _>("author")?,
+                "published_at_ms": (row.try_get::<i64, _>("published_hlc")? as u64) >> 16,
+            }))
+        })
+        .collect()
+}
+
+pub async fn post_by_slug(pool: &AnyPool, slug: &str) -> Result<Option<Value>, sqlx::Error> {
+    let row = sqlx::query("SELECT slug, title, author, body_md, published_hlc FROM bs_blog_posts WHERE slug = $1 AND deleted = 0")
+        .bind(slug)
+        .fetch_optional(pool)
+        .await?;
+    row.map(|row| {
+        let body: String = row.try_get("body_md")?;
+        Ok(json!({
+            "slug": row.try_get::<String, _>("slug")?,
+            "title": row.try_get::<String, _>("title")?,
+            "author": row.try_get::<String, _>("author")?,
+            "body_markdown": body,
+            "body_html": render_markdown(&body),
+            "published_at_ms": (row.try_get::<i64, _>("published_hlc")? as u64) >> 16,
+        }))
+    })
+    .transpose()
+}
+
+async fn list_posts(State(shop): State<Shop>) -> Result<Json<Value>, ApiError> {
+    let pool = reader(&shop).await?;
+    Ok(Json(json!({ "items": posts(&pool, 100).await.map_err(unavailable)?, "next": null })))
+}
+
+async fn show_post(State(shop): State<Shop>, Path(slug): Path<String>) -> Result<Json<Value>, ApiError> {
+    let pool = reader(&shop).await?;
+    post_by_slug(&pool, &slug).await.map_err(unavailable)?.map(Json).ok_or(ApiError::NotFound)
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewPost {
+    title: String,
+    body_markdown: String,
+    #[serde(default)]
+    author: Option<String>,
+}
+
+fn text_field(field: &'static str, value: &str, max: usize) -> Result<String, ApiError> {
+    let value = value.trim();
+    let chars = value.chars().count();
+    if chars == 0 {
+        return Err(ApiError::invalid(field, "cannot be empty"));
+    }
+    if chars > max {
+        return Err(ApiError::invalid(field, format!("at most {max} characters (this one has {chars})")));
+    }
+    if value.chars().any(|c| c.is_control() && c != '\n' && c != '\r' && c != '\t') {
+        return Err(ApiError::invalid(field, "no control characters"));
+    }
+    Ok(value.to_string())
+}
+
+async fn create_post(State(shop): State<Shop>, headers: HeaderMap, ApiJson(body): ApiJson<NewPost>) -> Result<Response, ApiError> {
+    if let Err(refused) = require_admin(&shop, &headers) {
+        return Ok(refused);
+    }
+    let title = text_field("title", &body.title, 120)?;
+    let body_md = text_field("body_markdown", &body.body_markdown, 20_000)?;
+    let author = text_field("author", body.author.as_deref().unwrap_or("The bookstore"), 60)?;
+    let slug = catalog::slug(&title);
+    if slug.is_empty() {
+        return Err(ApiError::invalid("title", "needs letters or digits"));
+    }
+    let payload = BlogPostPayload { slug: slug.clone(), title, body_md, author };
+    let id = CommandId::digest(KIND_BLOG_POST, slug.as_bytes());
+    Ok(submitted(submit(&shop, KIND_BLOG_POST, id, serde_json::to_value(&payload).expect("serializes")).await?, json!({ "slug": slug })))
+}
+
+// ---- admin: books ----
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BookRequest {
+    title: String,
+    author: String,
+    category: String,
+    price_cents: i64,
+    #[serde(default)]
+    rating: Option<i64>,
+    stock: i64,
+    #[serde(default)]
+    description: String,
+}
+
+fn parse_book(id: Option<String>, body: BookRequest) -> Result<Book, ApiError> {
+    let title = text_field("title", &body.title, 200)?;
+    let author = text_field("author", &body.author, 120)?;
+    let category = text_field("category", &body.category, 40)?;
+    if !(0..=1_000_000).contains(&body.price_cents) {
+        return Err(ApiError::invalid("price_cents", "from 0 to 1000000 cents"));
+    }
+    let rating = body.rating.unwrap_or(0);
+    if !(0..=50).contains(&rating) {
+        return Err(ApiError::invalid("rating", "tenths of a star, from 0 to 50"));
+    }
+    if !(0..=1_000_000).contains(&body.stock) {
+        return Err(ApiError::invalid("stock", "from 0 to 1000000"));
+    }
+    let description = if body.description.trim().is_empty() { String::new() } else { text_field("description", &body.description, 4000)? };
+    let id = id.unwrap_or_else(|| catalog::slug(&title));
+    if id.is_empty() {
+        return Err(ApiError::invalid("title", "needs letters or digits"));
+    }
+    Ok(Book { cover: format!("/bookstore/covers/{id}.svg"), id, title, author, category, price_cents: body.price_cents, rating, stock: body.stock, description })
+}
+
+async fn put_book(shop: &Shop, book: Book) -> Result<Response, ApiError> {
+    let payload = BookPutPayload { book: book.clone() };
+    let value = serde_json::to_value(&payload).expect("serializes");
+    let id = CommandId::digest(KIND_BOOK_PUT, format!("{value}\u{1f}{}", rananeeti_platform::hlc::wall_clock_ms()).as_bytes());
+    Ok(submitted(submit(shop, KIND_BOOK_PUT, id, value).await?, json!({ "book_id": book.id })))
+}
+
+async fn create_book(State(shop): State<Shop>, headers: HeaderMap, ApiJson(body): ApiJson<BookRequest>) -> Result<Response, ApiError> {
+    if let Err(refused) = require_admin(&shop, &headers) {
+        return Ok(refused);
+    }
+    let book = parse_book(None, body)?;
+    let pool = reader(&shop).await?;
+    if get_book(&pool, &book.id).await.map_err(unavailable)?.is_some() {
+        return Err(ApiError::invalid("title", format!("a book with id {} exists; PUT /api/admin/books/{} changes it", book.id, book.id)));
+    }
+    put_book(&shop, book).await
+}
+
+async fn update_book(State(shop): State<Shop>, headers: HeaderMap, Path(id): Path<String>, ApiJson(body): ApiJson<BookRequest>) -> Result<Response, ApiError> {
+    if let Err(refused) = require_admin(&shop, &headers) {
+        return Ok(refused);
+    }
+    let pool = reader(&shop).await?;
+    if get_book(&pool, &id).await.map_err(unavailable)?.is_none() {
+        return Err(ApiError::NotFound);
+    }
+    put_book(&shop, parse_book(Some(id), body)?).await
+}
+
+async fn delete_book(State(shop): State<Shop>, headers: HeaderMap, Path(id): Path<String>) -> Result<Response, ApiError> {
+    if let Err(refused) = require_admin(&shop, &headers) {
+        return Ok(refused);
+    }
+    let pool = reader(&shop).await?;
+    if get_book(&pool, &id).await.map_err(unavailable)?.is_none() {
+        return Err(ApiError::NotFound);
+    }
+    let payload = BookDeletePayload { book_id: id.clone() };
+    let command_id = CommandId::digest(KIND_BOOK_DELETE, format!("{id}\u{1f}{}", rananeeti_platform::hlc::wall_clock_ms()).as_bytes());
+    Ok(submitted(submit(&shop, KIND_BOOK_DELETE, command_id, serde_json::to_value(&payload).expect("serializes")).await?, json!({ "book_id": id })))
+}
+
+/// Recounts best sellers from the orders in this region's store (admin).
+async fn rebuild(State(shop): State<Shop>, headers: HeaderMap) -> Result<Response, ApiError> {
+    if let Err(refused) = require_admin(&shop, &headers) {
+        return Ok(refused);
+    }
+    let pool = shop.platform.store().writer();
+    let mut tx = pool.begin().await.map_err(unavailable)?;
+    rebuild_bestsellers(&mut tx).await.map_err(unavailable)?;
+    tx.commit().await.map_err(unavailable)?;
+    Ok(Json(json!({ "rebuilt": true })).into_response())
+}
