@@ -10,7 +10,9 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use rananeeti_node::{ApiError, ApiJson};
 use rananeeti_platform::sqlx::{self, AnyPool, Row};
-use rananeeti_platform::{CommandId, CommandState, NewCommand, Outcome, Platform, SubmitError, SubmitOptions, Submitted};
+use rananeeti_platform::{
+    CommandId, CommandState, NewCommand, Outcome, Platform, SubmitError, SubmitOptions, Submitted,
+};
 use serde_json::{json, Value};
 use std::sync::Arc;
 
@@ -65,13 +67,10 @@ async fn reader(shop: &Shop) -> Result<AnyPool, ApiError> {
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| {
-            let (scheme, token) = value.split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then_some(token.trim())
-        })
+    headers.get(axum::http::header::AUTHORIZATION).and_then(|value| value.to_str().ok()).and_then(|value| {
+        let (scheme, token) = value.split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then_some(token.trim())
+    })
 }
 
 /// The signed-in shopper, or 401.
@@ -82,7 +81,9 @@ pub fn session(shop: &Shop, headers: &HeaderMap) -> Result<Session, ApiError> {
 /// The admin (the deployment's admin token), or 401; a shopper's token gets 403.
 fn require_admin(shop: &Shop, headers: &HeaderMap) -> Result<(), Response> {
     match bearer(headers) {
-        Some(token) if bool::from(subtle::ConstantTimeEq::ct_eq(token.as_bytes(), shop.admin_token.as_bytes())) => Ok(()),
+        Some(token) if bool::from(subtle::ConstantTimeEq::ct_eq(token.as_bytes(), shop.admin_token.as_bytes())) => {
+            Ok(())
+        }
         Some(token) if shop.key.verify(token).is_some() => {
             Err((StatusCode::FORBIDDEN, Json(json!({ "error": { "message": "admins only" } }))).into_response())
         }
@@ -110,7 +111,9 @@ fn submitted(submitted: Submitted, extra: Value) -> Response {
             }
             (StatusCode::OK, body)
         }
-        Outcome::Rejected { reason } => (StatusCode::CONFLICT, json!({ "id": id, "status": "rejected", "reason": reason })),
+        Outcome::Rejected { reason } => {
+            (StatusCode::CONFLICT, json!({ "id": id, "status": "rejected", "reason": reason }))
+        }
     };
     if let (Some(body), Value::Object(extra)) = (body.as_object_mut(), extra) {
         body.extend(extra);
@@ -183,7 +186,8 @@ async fn list_books(
     State(shop): State<Shop>,
     query: Result<Query<BooksQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let Query(query) = query.map_err(|rejection| ApiError::BadRequest { field: None, message: rejection.body_text() })?;
+    let Query(query) =
+        query.map_err(|rejection| ApiError::BadRequest { field: None, message: rejection.body_text() })?;
     let q = query.q.unwrap_or_default().trim().to_string();
     if q.chars().count() > QUERY_CHARS_MAX {
         return Err(ApiError::invalid("q", format!("at most {QUERY_CHARS_MAX} characters")));
@@ -191,8 +195,9 @@ async fn list_books(
     let limit = parse_limit(query.limit.as_deref())?;
     let category = query.category.unwrap_or_default();
     let pool = reader(&shop).await?;
-    let (items, next) =
-        search_books(&pool, &q, category.trim(), query.after.as_deref().unwrap_or(""), limit).await.map_err(unavailable)?;
+    let (items, next) = search_books(&pool, &q, category.trim(), query.after.as_deref().unwrap_or(""), limit)
+        .await
+        .map_err(unavailable)?;
     Ok(Json(json!({ "items": items, "next": next })))
 }
 
@@ -288,7 +293,11 @@ pub async fn create_account(shop: &Shop, email: &str, password: &str) -> Result<
 async fn signup(State(shop): State<Shop>, ApiJson(body): ApiJson<Credentials>) -> Result<Response, ApiError> {
     let (user_id, outcome) = create_account(&shop, &body.email, &body.password).await?;
     if matches!(outcome.outcome, Outcome::Duplicate { first: CommandState::Committed }) {
-        return Ok((StatusCode::CONFLICT, Json(json!({ "error": { "field": "email", "message": "an account with this email already exists" } }))).into_response());
+        return Ok((
+            StatusCode::CONFLICT,
+            Json(json!({ "error": { "field": "email", "message": "an account with this email already exists" } })),
+        )
+            .into_response());
     }
     Ok(submitted(outcome, json!({ "user_id": user_id })))
 }
@@ -304,7 +313,10 @@ pub async fn sign_in(shop: &Shop, email: &str, password: &str) -> Result<Option<
         .map_err(unavailable)?;
     let Some(row) = row else {
         // The same work as a real check, so timing does not tell which emails exist.
-        let _ = auth::password_matches(password, "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$2FSQ7Ub4mSFV2Rj2WGsNHtI2r5TOtHZlS3oWHGBmoOA");
+        let _ = auth::password_matches(
+            password,
+            "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$2FSQ7Ub4mSFV2Rj2WGsNHtI2r5TOtHZlS3oWHGBmoOA",
+        );
         return Ok(None);
     };
     let hash: String = row.try_get("password_hash").map_err(unavailable)?;
@@ -328,7 +340,8 @@ async fn signin(State(shop): State<Shop>, ApiJson(body): ApiJson<Credentials>) -
             "expires_in_seconds": auth::TOKEN_LIFETIME_MS / 1000,
         }))
         .into_response()),
-        None => Ok((StatusCode::UNAUTHORIZED, Json(json!({ "error": { "message": "wrong email or password" } }))).into_response()),
+        None => Ok((StatusCode::UNAUTHORIZED, Json(json!({ "error": { "message": "wrong email or password" } })))
+            .into_response()),
     }
 }
 
@@ -396,12 +409,19 @@ struct CartRequest {
 }
 
 /// Sets the quantity of one book in the user's cart (0 removes it); `add` adds to what is there.
-pub async fn change_cart(shop: &Shop, session: &Session, book_id: &str, quantity: i64, add: bool) -> Result<Submitted, ApiError> {
+pub async fn change_cart(
+    shop: &Shop,
+    session: &Session,
+    book_id: &str,
+    quantity: i64,
+    add: bool,
+) -> Result<Submitted, ApiError> {
     let pool = reader(shop).await?;
     if quantity > 0 && get_book(&pool, book_id).await.map_err(unavailable)?.is_none() {
         return Err(ApiError::invalid("book_id", format!("no book {book_id}")));
     }
-    let current = cart_of(&pool, &session.user_id).await.map_err(unavailable)?.into_iter().find(|line| line.book_id == book_id);
+    let current =
+        cart_of(&pool, &session.user_id).await.map_err(unavailable)?.into_iter().find(|line| line.book_id == book_id);
     let quantity = if add { quantity + current.as_ref().map(|line| line.quantity).unwrap_or(0) } else { quantity };
     if quantity > QUANTITY_MAX {
         return Err(ApiError::invalid("quantity", format!("at most {QUANTITY_MAX} of one book")));
@@ -415,7 +435,10 @@ pub async fn change_cart(shop: &Shop, session: &Session, book_id: &str, quantity
         quantity,
         replaces_hlc,
     };
-    let id = CommandId::digest(KIND_CART_SET, format!("{}\u{1f}{book_id}\u{1f}{quantity}\u{1f}{replaces_hlc}", session.user_id).as_bytes());
+    let id = CommandId::digest(
+        KIND_CART_SET,
+        format!("{}\u{1f}{book_id}\u{1f}{quantity}\u{1f}{replaces_hlc}", session.user_id).as_bytes(),
+    );
     submit(shop, KIND_CART_SET, id, serde_json::to_value(&payload).expect("serializes")).await
 }
 
@@ -428,19 +451,31 @@ fn parse_quantity(quantity: Option<i64>, zero_allowed: bool) -> Result<i64, ApiE
     Ok(quantity)
 }
 
-async fn add_to_cart(State(shop): State<Shop>, headers: HeaderMap, ApiJson(body): ApiJson<CartRequest>) -> Result<Response, ApiError> {
+async fn add_to_cart(
+    State(shop): State<Shop>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<CartRequest>,
+) -> Result<Response, ApiError> {
     let session = session(&shop, &headers)?;
     let quantity = parse_quantity(body.quantity.or(Some(1)), false)?;
     Ok(submitted(change_cart(&shop, &session, &body.book_id, quantity, true).await?, json!({})))
 }
 
-async fn set_in_cart(State(shop): State<Shop>, headers: HeaderMap, ApiJson(body): ApiJson<CartRequest>) -> Result<Response, ApiError> {
+async fn set_in_cart(
+    State(shop): State<Shop>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<CartRequest>,
+) -> Result<Response, ApiError> {
     let session = session(&shop, &headers)?;
     let quantity = parse_quantity(body.quantity, true)?;
     Ok(submitted(change_cart(&shop, &session, &body.book_id, quantity, false).await?, json!({})))
 }
 
-async fn remove_from_cart(State(shop): State<Shop>, headers: HeaderMap, ApiJson(body): ApiJson<CartRequest>) -> Result<Response, ApiError> {
+async fn remove_from_cart(
+    State(shop): State<Shop>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<CartRequest>,
+) -> Result<Response, ApiError> {
     let session = session(&shop, &headers)?;
     if body.quantity.is_some() {
         return Err(ApiError::invalid("quantity", "DELETE takes only book_id"));
@@ -459,7 +494,8 @@ pub async fn checkout(shop: &Shop, session: &Session) -> Result<Submitted, ApiEr
         return Err(ApiError::invalid("cart", "the cart is empty"));
     }
     let cart_version = lines.iter().map(|line| line.hlc).max().unwrap_or(0);
-    let payload = CheckoutPayload { user_id: session.user_id.clone(), home_region: session.home_region.clone(), cart_version };
+    let payload =
+        CheckoutPayload { user_id: session.user_id.clone(), home_region: session.home_region.clone(), cart_version };
     let id = CommandId::digest(KIND_CHECKOUT, format!("{}\u{1f}{cart_version}", session.user_id).as_bytes());
     submit(shop, KIND_CHECKOUT, id, serde_json::to_value(&payload).expect("serializes")).await
 }
@@ -543,7 +579,11 @@ pub async fn order_of(shop: &Shop, session: &Session, id: &str) -> Result<Option
     }))
 }
 
-async fn show_order(State(shop): State<Shop>, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<Order>, ApiError> {
+async fn show_order(
+    State(shop): State<Shop>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Order>, ApiError> {
     let session = session(&shop, &headers)?;
     order_of(&shop, &session, &id).await?.map(Json).ok_or(ApiError::NotFound)
 }
@@ -551,11 +591,13 @@ async fn show_order(State(shop): State<Shop>, headers: HeaderMap, Path(id): Path
 /// The user's orders, newest first: placed ones, then checkouts waiting in this node's queue.
 pub async fn orders_of(shop: &Shop, session: &Session) -> Result<Vec<Order>, ApiError> {
     let pool = reader(shop).await?;
-    let rows = sqlx::query("SELECT id, total_cents, placed_hlc FROM bs_orders WHERE user_id = $1 ORDER BY placed_hlc DESC LIMIT 100")
-        .bind(&session.user_id)
-        .fetch_all(&pool)
-        .await
-        .map_err(unavailable)?;
+    let rows = sqlx::query(
+        "SELECT id, total_cents, placed_hlc FROM bs_orders WHERE user_id = $1 ORDER BY placed_hlc DESC LIMIT 100",
+    )
+    .bind(&session.user_id)
+    .fetch_all(&pool)
+    .await
+    .map_err(unavailable)?;
     let mut orders = Vec::new();
     for row in rows {
         let id: String = row.try_get("id").map_err(unavailable)?;
@@ -571,14 +613,17 @@ pub async fn orders_of(shop: &Shop, session: &Session) -> Result<Vec<Order>, Api
     let pending = shop.platform.pending(KIND_CHECKOUT, 100).map_err(unavailable)?;
     for status in pending.into_iter().rev() {
         if status.payload.get("user_id").and_then(Value::as_str) == Some(session.user_id.as_str()) {
-            orders.insert(0, Order {
-                id: status.id.to_hex(),
-                status: "pending".into(),
-                reason: None,
-                total_cents: 0,
-                placed_at_ms: status.hlc >> 16,
-                lines: Vec::new(),
-            });
+            orders.insert(
+                0,
+                Order {
+                    id: status.id.to_hex(),
+                    status: "pending".into(),
+                    reason: None,
+                    total_cents: 0,
+                    placed_at_ms: status.hlc >> 16,
+                    lines: Vec::new(),
+                },
+            );
         }
     }
     Ok(orders)
@@ -617,10 +662,12 @@ pub async fn posts(pool: &AnyPool, limit: usize) -> Result<Vec<Value>, sqlx::Err
 }
 
 pub async fn post_by_slug(pool: &AnyPool, slug: &str) -> Result<Option<Value>, sqlx::Error> {
-    let row = sqlx::query("SELECT slug, title, author, body_md, published_hlc FROM bs_blog_posts WHERE slug = $1 AND deleted = 0")
-        .bind(slug)
-        .fetch_optional(pool)
-        .await?;
+    let row = sqlx::query(
+        "SELECT slug, title, author, body_md, published_hlc FROM bs_blog_posts WHERE slug = $1 AND deleted = 0",
+    )
+    .bind(slug)
+    .fetch_optional(pool)
+    .await?;
     row.map(|row| {
         let body: String = row.try_get("body_md")?;
         Ok(json!({
@@ -669,7 +716,11 @@ fn text_field(field: &'static str, value: &str, max: usize) -> Result<String, Ap
     Ok(value.to_string())
 }
 
-async fn create_post(State(shop): State<Shop>, headers: HeaderMap, ApiJson(body): ApiJson<NewPost>) -> Result<Response, ApiError> {
+async fn create_post(
+    State(shop): State<Shop>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<NewPost>,
+) -> Result<Response, ApiError> {
     if let Err(refused) = require_admin(&shop, &headers) {
         return Ok(refused);
     }
@@ -682,7 +733,10 @@ async fn create_post(State(shop): State<Shop>, headers: HeaderMap, ApiJson(body)
     }
     let payload = BlogPostPayload { slug: slug.clone(), title, body_md, author };
     let id = CommandId::digest(KIND_BLOG_POST, slug.as_bytes());
-    Ok(submitted(submit(&shop, KIND_BLOG_POST, id, serde_json::to_value(&payload).expect("serializes")).await?, json!({ "slug": slug })))
+    Ok(submitted(
+        submit(&shop, KIND_BLOG_POST, id, serde_json::to_value(&payload).expect("serializes")).await?,
+        json!({ "slug": slug }),
+    ))
 }
 
 // ---- admin: books ----
@@ -715,34 +769,63 @@ fn parse_book(id: Option<String>, body: BookRequest) -> Result<Book, ApiError> {
     if !(0..=1_000_000).contains(&body.stock) {
         return Err(ApiError::invalid("stock", "from 0 to 1000000"));
     }
-    let description = if body.description.trim().is_empty() { String::new() } else { text_field("description", &body.description, 4000)? };
+    let description = if body.description.trim().is_empty() {
+        String::new()
+    } else {
+        text_field("description", &body.description, 4000)?
+    };
     let id = id.unwrap_or_else(|| catalog::slug(&title));
     if id.is_empty() {
         return Err(ApiError::invalid("title", "needs letters or digits"));
     }
-    Ok(Book { cover: format!("/bookstore/covers/{id}.svg"), id, title, author, category, price_cents: body.price_cents, rating, stock: body.stock, description })
+    Ok(Book {
+        cover: format!("/bookstore/covers/{id}.svg"),
+        id,
+        title,
+        author,
+        category,
+        price_cents: body.price_cents,
+        rating,
+        stock: body.stock,
+        description,
+    })
 }
 
 async fn put_book(shop: &Shop, book: Book) -> Result<Response, ApiError> {
     let payload = BookPutPayload { book: book.clone() };
     let value = serde_json::to_value(&payload).expect("serializes");
-    let id = CommandId::digest(KIND_BOOK_PUT, format!("{value}\u{1f}{}", rananeeti_platform::hlc::wall_clock_ms()).as_bytes());
+    let id = CommandId::digest(
+        KIND_BOOK_PUT,
+        format!("{value}\u{1f}{}", rananeeti_platform::hlc::wall_clock_ms()).as_bytes(),
+    );
     Ok(submitted(submit(shop, KIND_BOOK_PUT, id, value).await?, json!({ "book_id": book.id })))
 }
 
-async fn create_book(State(shop): State<Shop>, headers: HeaderMap, ApiJson(body): ApiJson<BookRequest>) -> Result<Response, ApiError> {
+async fn create_book(
+    State(shop): State<Shop>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<BookRequest>,
+) -> Result<Response, ApiError> {
     if let Err(refused) = require_admin(&shop, &headers) {
         return Ok(refused);
     }
     let book = parse_book(None, body)?;
     let pool = reader(&shop).await?;
     if get_book(&pool, &book.id).await.map_err(unavailable)?.is_some() {
-        return Err(ApiError::invalid("title", format!("a book with id {} exists; PUT /api/admin/books/{} changes it", book.id, book.id)));
+        return Err(ApiError::invalid(
+            "title",
+            format!("a book with id {} exists; PUT /api/admin/books/{} changes it", book.id, book.id),
+        ));
     }
     put_book(&shop, book).await
 }
 
-async fn update_book(State(shop): State<Shop>, headers: HeaderMap, Path(id): Path<String>, ApiJson(body): ApiJson<BookRequest>) -> Result<Response, ApiError> {
+async fn update_book(
+    State(shop): State<Shop>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<BookRequest>,
+) -> Result<Response, ApiError> {
     if let Err(refused) = require_admin(&shop, &headers) {
         return Ok(refused);
     }
@@ -753,7 +836,11 @@ async fn update_book(State(shop): State<Shop>, headers: HeaderMap, Path(id): Pat
     put_book(&shop, parse_book(Some(id), body)?).await
 }
 
-async fn delete_book(State(shop): State<Shop>, headers: HeaderMap, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn delete_book(
+    State(shop): State<Shop>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     if let Err(refused) = require_admin(&shop, &headers) {
         return Ok(refused);
     }
@@ -762,8 +849,14 @@ async fn delete_book(State(shop): State<Shop>, headers: HeaderMap, Path(id): Pat
         return Err(ApiError::NotFound);
     }
     let payload = BookDeletePayload { book_id: id.clone() };
-    let command_id = CommandId::digest(KIND_BOOK_DELETE, format!("{id}\u{1f}{}", rananeeti_platform::hlc::wall_clock_ms()).as_bytes());
-    Ok(submitted(submit(&shop, KIND_BOOK_DELETE, command_id, serde_json::to_value(&payload).expect("serializes")).await?, json!({ "book_id": id })))
+    let command_id = CommandId::digest(
+        KIND_BOOK_DELETE,
+        format!("{id}\u{1f}{}", rananeeti_platform::hlc::wall_clock_ms()).as_bytes(),
+    );
+    Ok(submitted(
+        submit(&shop, KIND_BOOK_DELETE, command_id, serde_json::to_value(&payload).expect("serializes")).await?,
+        json!({ "book_id": id }),
+    ))
 }
 
 /// Recounts best sellers from the orders in this region's store (admin).

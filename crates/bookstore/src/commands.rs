@@ -150,7 +150,11 @@ async fn signup_replicated(command: &Command, connection: &mut AnyConnection) ->
     insert_user(command, &payload, connection).await
 }
 
-async fn insert_user(command: &Command, payload: &SignupPayload, connection: &mut AnyConnection) -> Result<(), sqlx::Error> {
+async fn insert_user(
+    command: &Command,
+    payload: &SignupPayload,
+    connection: &mut AnyConnection,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO bs_users (id, email, password_hash, home_region, created_hlc) VALUES ($1, $2, $3, $4, $5) \
          ON CONFLICT DO NOTHING",

@@ -56,7 +56,13 @@ async fn cover(Path(file): Path<String>) -> Response {
         return rananeeti_node::ApiError::NotFound.into_response();
     };
     let hue = id.bytes().fold(7u32, |hash, byte| hash.wrapping_mul(31).wrapping_add(byte as u32)) % 360;
-    let initials: String = id.split('-').filter(|word| !word.is_empty()).take(3).filter_map(|word| word.chars().next()).collect::<String>().to_uppercase();
+    let initials: String = id
+        .split('-')
+        .filter(|word| !word.is_empty())
+        .take(3)
+        .filter_map(|word| word.chars().next())
+        .collect::<String>()
+        .to_uppercase();
     let initials: String = initials.chars().filter(char::is_ascii_alphanumeric).collect();
     let svg = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"200\" height=\"300\" viewBox=\"0 0 200 300\">\
@@ -64,5 +70,12 @@ async fn cover(Path(file): Path<String>) -> Response {
          <rect x=\"12\" y=\"12\" width=\"176\" height=\"276\" fill=\"none\" stroke=\"hsl({hue},60%,80%)\" stroke-width=\"2\"/>\
          <text x=\"100\" y=\"165\" font-family=\"Georgia,serif\" font-size=\"56\" text-anchor=\"middle\" fill=\"hsl({hue},70%,92%)\">{initials}</text></svg>"
     );
-    ([(axum::http::header::CONTENT_TYPE, "image/svg+xml"), (axum::http::header::CACHE_CONTROL, "public, max-age=86400")], svg).into_response()
+    (
+        [
+            (axum::http::header::CONTENT_TYPE, "image/svg+xml"),
+            (axum::http::header::CACHE_CONTROL, "public, max-age=86400"),
+        ],
+        svg,
+    )
+        .into_response()
 }

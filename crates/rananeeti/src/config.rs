@@ -19,6 +19,15 @@ pub struct Config {
     pub replication: ReplicationSection,
     pub ownership: OwnershipSection,
     pub cafe: CafeSection,
+    pub bookstore: BookstoreSection,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BookstoreSection {
+    /// File holding the key that signs the bookstore's session tokens; every node of the
+    /// deployment must have the same. Without one, tokens work only on the node that issued them.
+    pub session_key_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -49,6 +49,9 @@ pub struct NodeArgs {
     /// The peer node that keeps copies of this node's queued commands (URL).
     #[arg(long)]
     pub queue_peer: Option<String>,
+    /// File holding the key that signs bookstore sessions (the same on every node).
+    #[arg(long)]
+    pub session_key_file: Option<PathBuf>,
     /// The witness that votes on ownership with the regions (URL).
     #[arg(long)]
     pub witness: Option<String>,
@@ -89,6 +92,9 @@ pub fn resolve(args: &NodeArgs) -> anyhow::Result<Config> {
     }
     if let Some(url) = &args.queue_peer {
         config.queue.copy_peer_url = Some(url.clone());
+    }
+    if let Some(file) = &args.session_key_file {
+        config.bookstore.session_key_file = Some(file.clone());
     }
     if let Some(url) = &args.witness {
         config.ownership.witness_url = Some(url.clone());
@@ -142,8 +148,25 @@ async fn serve(config: Config, addr_file: Option<PathBuf>) -> anyhow::Result<()>
         "fallback queue opened"
     );
 
-    let apps: Vec<Box<dyn App>> =
-        vec![Box::new(CafeApp { config: CafeConfig { seats_per_slot: config.cafe.seats_per_slot } })];
+    let session_key = match &config.bookstore.session_key_file {
+        Some(file) => {
+            let key = read_token_file(file)?;
+            anyhow::ensure!(
+                key.expose().len() >= 16,
+                "session key file {} holds fewer than 16 characters",
+                file.display()
+            );
+            rananeeti_bookstore::auth::SessionKey::new(key.expose().as_bytes())
+        }
+        None => {
+            tracing::warn!("no bookstore.session_key_file: bookstore sign-ins work only on this node");
+            rananeeti_bookstore::auth::SessionKey::random()
+        }
+    };
+    let apps: Vec<Box<dyn App>> = vec![
+        Box::new(CafeApp { config: CafeConfig { seats_per_slot: config.cafe.seats_per_slot } }),
+        Box::new(rananeeti_bookstore::BookstoreApp { key: session_key, admin_token: admin_token.expose().into() }),
+    ];
     let mut migrations = rananeeti_platform::schema::MIGRATIONS.to_vec();
     let mut registry = Registry::default();
     for app in &apps {

@@ -110,6 +110,7 @@ struct NodePlan {
     store_url: String,
     admin_token_file: PathBuf,
     cluster_token_file: PathBuf,
+    session_key_file: PathBuf,
     /// The other regions' node URLs, as `--peer REGION=URL,URL` values.
     peers: Vec<String>,
     /// The node that keeps copies of this node's queue: the next node of its region, or the
@@ -175,6 +176,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         None => ensure_admin_token(&data)?,
     };
     let cluster_token_file = ensure_token(&data, "cluster-token")?;
+    let session_key_file = ensure_token(&data, "session-key")?;
     let config = args
         .config
         .as_deref()
@@ -220,6 +222,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
                 store_url: database.url.clone(),
                 admin_token_file: admin_token_file.clone(),
                 cluster_token_file: cluster_token_file.clone(),
+                session_key_file: session_key_file.clone(),
                 peers: Vec::new(),
                 queue_peer: None,
                 witness: None,
@@ -440,7 +443,9 @@ fn spawn_node(executable: &Path, plan: &NodePlan) -> anyhow::Result<Child> {
         .arg("--addr-file")
         .arg(&plan.addr_file)
         .arg("--cluster-token-file")
-        .arg(&plan.cluster_token_file);
+        .arg(&plan.cluster_token_file)
+        .arg("--session-key-file")
+        .arg(&plan.session_key_file);
     for peer in &plan.peers {
         command.arg("--peer").arg(peer);
     }
