@@ -79,15 +79,15 @@ pub fn session(shop: &Shop, headers: &HeaderMap) -> Result<Session, ApiError> {
 }
 
 /// The admin (the deployment's admin token), or 401; a shopper's token gets 403.
-fn require_admin(shop: &Shop, headers: &HeaderMap) -> Result<(), Response> {
+fn require_admin(shop: &Shop, headers: &HeaderMap) -> Result<(), Box<Response>> {
     match bearer(headers) {
         Some(token) if bool::from(subtle::ConstantTimeEq::ct_eq(token.as_bytes(), shop.admin_token.as_bytes())) => {
             Ok(())
         }
-        Some(token) if shop.key.verify(token).is_some() => {
-            Err((StatusCode::FORBIDDEN, Json(json!({ "error": { "message": "admins only" } }))).into_response())
-        }
-        _ => Err(ApiError::Unauthorized.into_response()),
+        Some(token) if shop.key.verify(token).is_some() => Err(Box::new(
+            (StatusCode::FORBIDDEN, Json(json!({ "error": { "message": "admins only" } }))).into_response(),
+        )),
+        _ => Err(Box::new(ApiError::Unauthorized.into_response())),
     }
 }
 
@@ -722,7 +722,7 @@ async fn create_post(
     ApiJson(body): ApiJson<NewPost>,
 ) -> Result<Response, ApiError> {
     if let Err(refused) = require_admin(&shop, &headers) {
-        return Ok(refused);
+        return Ok(*refused);
     }
     let title = text_field("title", &body.title, 120)?;
     let body_md = text_field("body_markdown", &body.body_markdown, 20_000)?;
@@ -807,7 +807,7 @@ async fn create_book(
     ApiJson(body): ApiJson<BookRequest>,
 ) -> Result<Response, ApiError> {
     if let Err(refused) = require_admin(&shop, &headers) {
-        return Ok(refused);
+        return Ok(*refused);
     }
     let book = parse_book(None, body)?;
     let pool = reader(&shop).await?;
@@ -827,7 +827,7 @@ async fn update_book(
     ApiJson(body): ApiJson<BookRequest>,
 ) -> Result<Response, ApiError> {
     if let Err(refused) = require_admin(&shop, &headers) {
-        return Ok(refused);
+        return Ok(*refused);
     }
     let pool = reader(&shop).await?;
     if get_book(&pool, &id).await.map_err(unavailable)?.is_none() {
@@ -842,7 +842,7 @@ async fn delete_book(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     if let Err(refused) = require_admin(&shop, &headers) {
-        return Ok(refused);
+        return Ok(*refused);
     }
     let pool = reader(&shop).await?;
     if get_book(&pool, &id).await.map_err(unavailable)?.is_none() {
@@ -862,7 +862,7 @@ async fn delete_book(
 /// Recounts best sellers from the orders in this region's store (admin).
 async fn rebuild(State(shop): State<Shop>, headers: HeaderMap) -> Result<Response, ApiError> {
     if let Err(refused) = require_admin(&shop, &headers) {
-        return Ok(refused);
+        return Ok(*refused);
     }
     let pool = shop.platform.store().writer();
     let mut tx = pool.begin().await.map_err(unavailable)?;

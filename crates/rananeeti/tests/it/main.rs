@@ -3,6 +3,7 @@
 mod postgres;
 
 mod admin;
+mod bookstore_api;
 mod browser;
 mod cafe_api;
 mod crash;
