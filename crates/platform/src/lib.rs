@@ -27,7 +27,7 @@ pub use id::{CommandId, InvalidCommandId};
 pub use metrics::PlatformMetrics;
 pub use ownership::{Forwarder, OwnerRow, Ownership, OwnershipConfig, Route};
 pub use platform::{
-    CommandState, CommandStatus, DrainConfig, Outcome, Platform, PlatformConfig, StoreUnavailable, SubmitConfig,
+    CommandState, CommandStatus, DrainConfig, Outcome, Platform, PlatformConfig, ReadPool, StoreUnavailable, SubmitConfig,
     SubmitError, SubmitOptions, Submitted,
 };
 pub use replication::{Applied, OutboxEntry, OutboxPage, ReplicationError};

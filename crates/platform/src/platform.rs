@@ -72,6 +72,14 @@ pub struct PlatformConfig {
     pub ownership: OwnershipConfig,
 }
 
+/// A pool to read from, and whether it is another region's (stale: replicated, may lag).
+#[derive(Clone, Debug)]
+pub struct ReadPool {
+    pub pool: AnyPool,
+    /// The region whose database this is, when it is not this region's.
+    pub stale_from: Option<String>,
+}
+
 /// Where a command stands.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "status", rename_all = "lowercase")]
@@ -640,6 +648,32 @@ impl Platform {
         self.injected_store_fault().await?;
         self.store.ensure_migrated().await?;
         Ok(self.store.reader())
+    }
+
+    /// A pool for reads that survive this region's database being down: the reader (or writer)
+    /// while the store answers, else another region's database, marked stale (it is replicated
+    /// data and can lag). Fails only when there is no fallback either.
+    pub async fn read_pool(&self) -> Result<ReadPool, StoreUnavailable> {
+        let local_failing = matches!(self.faults.store_access(), StoreAccess::Fail) || self.breaker.state() == BreakerState::Open;
+        if !local_failing {
+            match self.reader().await {
+                Ok(pool) => return Ok(ReadPool { pool, stale_from: None }),
+                Err(error) if self.store.fallback_readers().is_empty() => return Err(error),
+                Err(_) => {}
+            }
+        }
+        match self.store.fallback_readers().into_iter().next() {
+            Some((region, pool)) => Ok(ReadPool { pool, stale_from: Some(region) }),
+            None => self.reader().await.map(|pool| ReadPool { pool, stale_from: None }),
+        }
+    }
+
+    /// A read on the local store failed: counts toward opening the breaker when the failure is
+    /// the store's (so later reads go to a fallback region and writes to the queue).
+    pub fn read_failed(&self, error: &sqlx::Error) {
+        if is_transient(error) {
+            self.store_failed();
+        }
     }
 
     /// Where a command stands, looked up in the store and then in this node's queue. `None` when

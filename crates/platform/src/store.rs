@@ -84,6 +84,8 @@ pub struct Store {
     migrated: AtomicBool,
     migrate_lock: tokio::sync::Mutex<()>,
     rebuilds: AtomicU64,
+    /// Other regions' databases, read (never written) when this region's cannot be.
+    fallback_readers: RwLock<Vec<(String, AnyPool)>>,
 }
 
 static INSTALL_DRIVERS: Once = Once::new();
@@ -108,6 +110,7 @@ impl Store {
             migrated: AtomicBool::new(false),
             migrate_lock: tokio::sync::Mutex::new(()),
             rebuilds: AtomicU64::new(0),
+            fallback_readers: RwLock::new(Vec::new()),
         })
     }
 
@@ -122,6 +125,30 @@ impl Store {
     pub fn reader(&self) -> AnyPool {
         let pools = self.pools.read().unwrap_or_else(|poisoned| poisoned.into_inner());
         pools.reader.clone().unwrap_or_else(|| pools.writer.clone())
+    }
+
+    /// Adds another region's database as a last resort for reads (replicated data: it can lag).
+    /// SQLite files are opened read-only.
+    pub fn add_fallback_reader(&self, region: &str, url: &str) -> Result<(), StoreError> {
+        let kind = StoreKind::from_url(url)?;
+        let url = match kind {
+            StoreKind::Sqlite => url.replace("mode=rwc", "mode=ro"),
+            StoreKind::Postgres => url.to_string(),
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(self.config.connections_max.min(4))
+            .min_connections(0)
+            .acquire_timeout(Duration::from_millis(self.config.acquire_timeout_ms))
+            .idle_timeout(Duration::from_secs(60))
+            .connect_lazy(&url)
+            .map_err(|error| StoreError::InvalidUrl(redact(&error.to_string())))?;
+        self.fallback_readers.write().unwrap_or_else(|poisoned| poisoned.into_inner()).push((region.to_string(), pool));
+        Ok(())
+    }
+
+    /// The other regions' databases to read from when this one fails, in order.
+    pub fn fallback_readers(&self) -> Vec<(String, AnyPool)> {
+        self.fallback_readers.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
     }
 
     pub fn rebuilds_total(&self) -> u64 {

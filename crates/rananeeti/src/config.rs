@@ -110,6 +110,8 @@ pub struct StoreSection {
     pub writer_url: Option<String>,
     /// Optional reader endpoint (replica); reads use the writer when absent.
     pub reader_url: Option<String>,
+    /// Other regions' databases, read (marked stale) when this region's cannot be.
+    pub fallback_readers: Vec<FallbackReader>,
     pub connections_max: u32,
     pub busy_timeout_ms: u64,
     pub statement_timeout_ms: u64,
@@ -121,12 +123,20 @@ impl Default for StoreSection {
         StoreSection {
             writer_url: None,
             reader_url: None,
+            fallback_readers: Vec::new(),
             connections_max: 8,
             busy_timeout_ms: 1000,
             statement_timeout_ms: 1500,
             acquire_timeout_ms: 1000,
         }
     }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FallbackReader {
+    pub region: String,
+    pub url: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

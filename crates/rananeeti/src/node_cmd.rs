@@ -49,6 +49,10 @@ pub struct NodeArgs {
     /// The peer node that keeps copies of this node's queued commands (URL).
     #[arg(long)]
     pub queue_peer: Option<String>,
+    /// Another region's database to read from when this region's is down, as REGION=URL;
+    /// repeatable. Replaces the configuration's store.fallback_readers when given.
+    #[arg(long = "fallback-reader", value_name = "REGION=URL")]
+    pub fallback_readers: Vec<String>,
     /// File holding the key that signs bookstore sessions (the same on every node).
     #[arg(long)]
     pub session_key_file: Option<PathBuf>,
@@ -92,6 +96,19 @@ pub fn resolve(args: &NodeArgs) -> anyhow::Result<Config> {
     }
     if let Some(url) = &args.queue_peer {
         config.queue.copy_peer_url = Some(url.clone());
+    }
+    if !args.fallback_readers.is_empty() {
+        config.store.fallback_readers = args
+            .fallback_readers
+            .iter()
+            .map(|text| {
+                let (region, url) = text
+                    .split_once('=')
+                    .filter(|(region, url)| !region.trim().is_empty() && !url.trim().is_empty())
+                    .with_context(|| "--fallback-reader: expected REGION=URL".to_string())?;
+                Ok(crate::config::FallbackReader { region: region.trim().to_string(), url: url.trim().to_string() })
+            })
+            .collect::<anyhow::Result<_>>()?;
     }
     if let Some(file) = &args.session_key_file {
         config.bookstore.session_key_file = Some(file.clone());
@@ -190,6 +207,11 @@ async fn serve(config: Config, addr_file: Option<PathBuf>) -> anyhow::Result<()>
         },
         migrations,
     )?;
+    for fallback in &config.store.fallback_readers {
+        store
+            .add_fallback_reader(&fallback.region, &fallback.url)
+            .with_context(|| format!("fallback reader for region {}", fallback.region))?;
+    }
     if let Err(error) = store.ensure_migrated().await {
         // The node still starts: writes go to the queue until the store answers.
         tracing::warn!(%error, "store not reachable at start; migrations run when it is");

@@ -118,6 +118,8 @@ struct NodePlan {
     queue_peer: Option<String>,
     /// The witness's URL, when the deployment has more than one region.
     witness: Option<String>,
+    /// The other regions' databases, as `--fallback-reader REGION=URL` values.
+    fallback_readers: Vec<String>,
     config: Option<PathBuf>,
 }
 
@@ -226,6 +228,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
                 peers: Vec::new(),
                 queue_peer: None,
                 witness: None,
+                fallback_readers: Vec::new(),
                 config: config.clone(),
                 name,
             };
@@ -249,8 +252,15 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             }
         }
     }
-    // Every node pulls every other region's outbox, from any of that region's nodes.
+    // Every node pulls every other region's outbox, from any of that region's nodes, and reads
+    // the other regions' databases when its own is down.
     for plan in &mut plans {
+        plan.fallback_readers = topology
+            .regions
+            .iter()
+            .filter(|region| region.name != plan.region)
+            .map(|region| format!("{}={}", region.name, region.database.url))
+            .collect();
         plan.peers = topology
             .regions
             .iter()
@@ -454,6 +464,9 @@ fn spawn_node(executable: &Path, plan: &NodePlan) -> anyhow::Result<Child> {
     }
     if let Some(witness) = &plan.witness {
         command.arg("--witness").arg(witness);
+    }
+    for fallback in &plan.fallback_readers {
+        command.arg("--fallback-reader").arg(fallback);
     }
     if let Some(config) = &plan.config {
         command.arg("--config").arg(config);
