@@ -71,8 +71,17 @@ fn field(body: &Value) -> &str {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn bookstore_api_end_to_end() {
-    let up = start_up(1, 1, "sqlite").await;
+async fn bookstore_api_end_to_end_sqlite() {
+    bookstore_api_end_to_end("sqlite").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bookstore_api_end_to_end_postgres() {
+    bookstore_api_end_to_end("postgres").await;
+}
+
+async fn bookstore_api_end_to_end(store: &str) {
+    let up = start_up(1, 1, store).await;
     let api = Api::new(up.topology.gateway_url.as_deref().unwrap());
     let admin = up.token.clone();
 
