@@ -38,7 +38,7 @@ pub struct ReplicationConfig {
 }
 
 const LONG_POLL_MS_MAX: u64 = 10_000;
-const OUTBOX_POLL_INTERVAL: Duration = Duration::from_millis(50);
+const OUTBOX_POLL_INTERVAL: Duration = Duration::from_millis(25);
 const PULL_ENTRIES_MAX: usize = 1000;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -108,7 +108,9 @@ async fn outbox(
     let limit = query.limit.unwrap_or(256).clamp(1, PULL_ENTRIES_MAX);
     let wait = Duration::from_millis(query.wait_ms.unwrap_or(0).min(LONG_POLL_MS_MAX));
     let started = Instant::now();
+    let mut commits = platform.outbox_commits();
     loop {
+        commits.borrow_and_update();
         let page = platform
             .outbox_after(query.after, limit)
             .await
@@ -120,7 +122,8 @@ async fn outbox(
         if !page.entries.is_empty() || started.elapsed() >= wait {
             return Ok(Json(page));
         }
-        tokio::time::sleep(OUTBOX_POLL_INTERVAL).await;
+        // Woken by a commit on this node, or polled for the other nodes' commits.
+        let _ = tokio::time::timeout(OUTBOX_POLL_INTERVAL, commits.changed()).await;
     }
 }
 

@@ -222,6 +222,8 @@ pub struct Platform {
     pub(crate) clock: HlcClock,
     metrics: PlatformMetrics,
     drain_wakeup: Arc<tokio::sync::Notify>,
+    /// Bumped after each commit that wrote the outbox, so a waiting outbox read wakes at once.
+    outbox_commits: tokio::sync::watch::Sender<u64>,
     queue_fsyncs_seen: std::sync::atomic::AtomicU64,
     copier: std::sync::OnceLock<(Arc<dyn QueueCopier>, CopyDurability)>,
     forwarder: std::sync::OnceLock<Arc<dyn Forwarder>>,
@@ -260,6 +262,7 @@ impl Platform {
             clock: HlcClock::default(),
             metrics,
             drain_wakeup: Arc::new(tokio::sync::Notify::new()),
+            outbox_commits: tokio::sync::watch::channel(0).0,
             queue_fsyncs_seen: std::sync::atomic::AtomicU64::new(0),
             stuck_reported: std::sync::Mutex::new(std::collections::HashSet::new()),
             copier: std::sync::OnceLock::new(),
@@ -598,6 +601,7 @@ impl Platform {
                     let ordered = self.config.outbox_commit_ordered && self.store.kind() == StoreKind::Postgres;
                     append_outbox(&mut tx, ordered, command).await?;
                     tx.commit().await?;
+                    self.outbox_commits.send_modify(|commits| *commits += 1);
                     Ok(Outcome::Committed)
                 }
                 Err(ApplyError::Store(error)) => Err(error.into()),
@@ -648,6 +652,12 @@ impl Platform {
         self.injected_store_fault().await?;
         self.store.ensure_migrated().await?;
         Ok(self.store.reader())
+    }
+
+    /// Changes after every commit this node writes to the outbox (other nodes of the region
+    /// commit too: a reader must still poll, this only wakes it early).
+    pub fn outbox_commits(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.outbox_commits.subscribe()
     }
 
     /// A pool for reads that survive this region's database being down: the reader (or writer)
