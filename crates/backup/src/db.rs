@@ -228,24 +228,23 @@ pub async fn import(
     let end = end.ok_or_else(|| anyhow::anyhow!("the export is truncated: it has no end mark"))?;
     anyhow::ensure!(end.rows == rows_done, "the export says {} rows, {rows_done} were read", end.rows);
     if kind == StoreKind::Postgres {
-        // Sequences continue after the restored rows.
-        for table in &target_tables {
-            let sequence: Option<String> =
-                sqlx::query("SELECT CAST(pg_get_serial_sequence($1, 'seq') AS TEXT) AS name")
-                    .bind(table)
-                    .fetch_one(&mut *tx)
-                    .await
-                    .ok()
-                    .and_then(|row| row.try_get::<Option<String>, _>("name").ok().flatten());
-            if let Some(sequence) = sequence {
-                sqlx::query(&format!(
-                    "SELECT setval($1, COALESCE((SELECT MAX(seq) FROM {}), 0) + 1, false)",
-                    quote(table)
-                ))
-                .bind(sequence)
-                .fetch_one(&mut *tx)
-                .await?;
-            }
+        // Sequences continue after the restored rows. (Only columns that have one are asked:
+        // an error would abort the transaction, and COMMIT would then roll it back.)
+        let serial = sqlx::query(
+            "SELECT CAST(table_name AS TEXT) AS name FROM information_schema.columns \
+             WHERE table_schema = current_schema() AND column_name = 'seq' AND column_default LIKE 'nextval%'",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        for row in serial {
+            let table: String = row.try_get("name")?;
+            sqlx::query(&format!(
+                "SELECT setval(pg_get_serial_sequence($1, 'seq'), COALESCE((SELECT MAX(seq) FROM {}), 0) + 1, false)",
+                quote(&table)
+            ))
+            .bind(&table)
+            .fetch_one(&mut *tx)
+            .await?;
         }
     }
     tx.commit().await?;

@@ -233,12 +233,12 @@ impl SealedWriter {
         Ok(())
     }
 
-    /// Finishes the streams and the upload; answers the object's SHA-256.
-    pub async fn finish(mut self) -> anyhow::Result<String> {
+    /// Finishes the streams and the upload; answers the object's SHA-256 and size.
+    pub async fn finish(mut self) -> anyhow::Result<(String, u64)> {
         let age = self.chain.take().expect("finished once").finish()?;
         age.finish()?;
         self.drain().await?;
         self.upload.shutdown().await.context("completing the upload")?;
-        Ok(hex::encode(self.hasher.clone().finalize()))
+        Ok((hex::encode(self.hasher.clone().finalize()), self.bytes))
     }
 }

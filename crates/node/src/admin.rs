@@ -65,6 +65,7 @@ pub fn router(platform: Arc<Platform>, token: AdminToken) -> Router {
     Router::new()
         .route("/admin/faults", get(get_faults).post(set_faults))
         .route("/admin/queue", get(get_queue))
+        .route("/admin/queue/export", get(export_queue))
         .route("/admin/conflicts", get(get_conflicts))
         .route_layer(axum::middleware::from_fn_with_state(token, require_token))
         .with_state(platform)
@@ -162,6 +163,26 @@ async fn set_faults(
 }
 
 const QUEUE_LISTED_MAX: usize = 20;
+const QUEUE_EXPORT_PAGE: usize = 1000;
+
+/// Every command waiting in this node's queue, oldest first (for backups).
+async fn export_queue(State(platform): State<Arc<Platform>>) -> Result<Json<Value>, ApiError> {
+    let queue = platform.queue();
+    let mut commands = Vec::new();
+    let mut after = None;
+    loop {
+        let page = queue.peek(after, QUEUE_EXPORT_PAGE).map_err(|error| ApiError::Internal(error.to_string()))?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.seq);
+        for entry in &page {
+            match serde_json::from_slice::<Value>(&entry.body) {
+                Ok(command) => commands.push(command),
+                Err(error) => tracing::error!(seq = entry.seq, %error, "queued entry does not decode; left out of the export"),
+            }
+        }
+    }
+    Ok(Json(json!({ "node": platform.node(), "region": platform.region(), "commands": commands })))
+}
 
 async fn get_queue(State(platform): State<Arc<Platform>>) -> Result<Json<Value>, ApiError> {
     let queue = platform.queue();

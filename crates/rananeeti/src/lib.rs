@@ -1,6 +1,7 @@
 //! The rananeeti binary's library half: configuration, the `up` supervisor and local PostgreSQL
 //! clusters, kept here so integration tests can drive them.
 
+pub mod backup_cmd;
 pub mod config;
 pub mod gateway_cmd;
 pub mod node_cmd;

@@ -17,6 +17,8 @@ enum Command {
     Node(Box<rananeeti::node_cmd::NodeArgs>),
     /// Run the gateway in front of nodes started elsewhere, from a config file.
     Gateway(rananeeti::gateway_cmd::GatewayArgs),
+    /// Backups: keygen, create, list, verify, restore, prune.
+    Backup(rananeeti::backup_cmd::BackupArgs),
     /// Run a witness: the third voter on ownership for a two-region deployment.
     Witness(rananeeti::witness_cmd::WitnessArgs),
 }
@@ -27,6 +29,7 @@ fn main() -> anyhow::Result<()> {
         Command::Up(args) => rananeeti::up::run(args),
         Command::Node(args) => rananeeti::node_cmd::run(*args),
         Command::Gateway(args) => rananeeti::gateway_cmd::run(args),
+        Command::Backup(args) => rananeeti::backup_cmd::run(args),
         Command::Witness(args) => rananeeti::witness_cmd::run(args),
     }
 }

@@ -134,6 +134,14 @@ fn parse_peer(text: &str) -> anyhow::Result<rananeeti_node::replication::PeerReg
     Ok(rananeeti_node::replication::PeerRegion { region: region.trim().to_string(), urls })
 }
 
+/// Every migration a node runs: the platform's and each app's (what a restore must create).
+pub fn all_migrations() -> Vec<rananeeti_platform::Migration> {
+    let mut migrations = rananeeti_platform::schema::MIGRATIONS.to_vec();
+    migrations.extend(CafeApp { config: CafeConfig::default() }.migrations());
+    migrations.extend(rananeeti_bookstore::catalog::migrations());
+    migrations
+}
+
 pub fn run(args: NodeArgs) -> anyhow::Result<()> {
     rananeeti_node::telemetry::init_json_logs();
     let config = resolve(&args)?;
