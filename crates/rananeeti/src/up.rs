@@ -66,6 +66,19 @@ pub struct UpArgs {
     /// Use the admin token in this file instead of generating DIR/admin-token.
     #[arg(long)]
     pub admin_token_file: Option<PathBuf>,
+    /// Take scheduled backups into this repository (file:///path or s3://bucket/prefix).
+    #[arg(long, requires = "backup_recipient")]
+    pub backup_repo: Option<String>,
+    /// Public key file scheduled backups are encrypted to.
+    #[arg(long)]
+    pub backup_recipient: Option<PathBuf>,
+    /// Seconds between scheduled backups.
+    #[arg(long, default_value_t = 3600)]
+    pub backup_interval_seconds: u64,
+    /// Private key to verify each scheduled backup with, right after it is taken (optional: the
+    /// key can stay offline).
+    #[arg(long)]
+    pub backup_verify_key: Option<PathBuf>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -380,6 +393,17 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         .into_iter()
         .map(|node| tokio::spawn(supervise(node, executable.clone(), topology_file.clone(), shutdown.clone())))
         .collect();
+    if let (Some(repo), Some(recipient)) = (&args.backup_repo, &args.backup_recipient) {
+        let schedule = BackupSchedule {
+            executable: executable.clone(),
+            data: data.clone(),
+            repo: repo.clone(),
+            recipient: recipient.clone(),
+            every: Duration::from_secs(args.backup_interval_seconds.max(1)),
+            verify_key: args.backup_verify_key.clone(),
+        };
+        tokio::spawn(schedule.run(shutdown.clone()));
+    }
     let _ = shutdown.wait_for(|requested| *requested).await;
     tracing::info!("shutting down");
     for supervisor in supervisors {
@@ -392,6 +416,58 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     remove_if_exists(&topology_path)?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Scheduled backups: `rananeeti backup create` (then `verify`, then `prune`) as child processes,
+/// so the compression never slows this supervisor.
+struct BackupSchedule {
+    executable: PathBuf,
+    data: PathBuf,
+    repo: String,
+    recipient: PathBuf,
+    every: Duration,
+    verify_key: Option<PathBuf>,
+}
+
+impl BackupSchedule {
+    async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(self.every) => {}
+                _ = shutdown.wait_for(|requested| *requested) => return,
+            }
+            let data = self.data.display().to_string();
+            let recipient = self.recipient.display().to_string();
+            if !self.step(&["backup", "create", "--data", &data, "--repo", &self.repo, "--recipient", &recipient]).await
+            {
+                continue;
+            }
+            if let Some(key) = &self.verify_key {
+                let key = key.display().to_string();
+                self.step(&["backup", "verify", "--repo", &self.repo, "--key", &key]).await;
+            }
+            self.step(&["backup", "prune", "--repo", &self.repo]).await;
+        }
+    }
+
+    async fn step(&self, args: &[&str]) -> bool {
+        let output =
+            tokio::process::Command::new(&self.executable).args(args).stdin(std::process::Stdio::null()).output().await;
+        match output {
+            Ok(output) if output.status.success() => {
+                tracing::info!(step = args[1], output = %String::from_utf8_lossy(&output.stdout).trim(), "scheduled backup");
+                true
+            }
+            Ok(output) => {
+                tracing::error!(step = args[1], error = %String::from_utf8_lossy(&output.stderr).trim(), "scheduled backup failed");
+                false
+            }
+            Err(error) => {
+                tracing::error!(step = args[1], %error, "could not run the scheduled backup");
+                false
+            }
+        }
+    }
 }
 
 /// The port at `node_index` after the deployment's port (0: the gateway's own).

@@ -259,3 +259,36 @@ async fn damaged_backups_and_wrong_keys_fail_clearly() {
     assert!(none.contains("no complete backup"), "{none}");
     let _ = up;
 }
+
+/// `up` with a backup schedule takes backups by itself and verifies each one.
+#[tokio::test(flavor = "multi_thread")]
+async fn up_takes_and_verifies_scheduled_backups() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, public) = keygen(dir.path());
+    let repo = format!("file://{}", dir.path().join("repo").display());
+    let data = dir.path().join("data");
+    let port = rananeeti::postgres::free_loopback_port().unwrap();
+    let log_path = dir.path().join("up.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rananeeti"))
+        .args(["up", "--regions", "1", "--nodes-per-region", "1", "--backup-interval-seconds", "2"])
+        .args(["--backup-repo", &repo, "--backup-recipient", &public, "--backup-verify-key", &key])
+        .arg("--port")
+        .arg(port.to_string())
+        .arg("--data")
+        .arg(&data)
+        .stdout(Stdio::from(log.try_clone().unwrap()))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .unwrap();
+    let listed = eventually("a scheduled backup, verified", Duration::from_secs(90), || async {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let verified = log.lines().any(|line| line.contains("scheduled backup") && line.contains("is good"));
+        let listed = String::from_utf8_lossy(&rananeeti(&["backup", "list", "--repo", &repo]).stdout).to_string();
+        (verified && listed.lines().count() >= 2).then_some(listed)
+    })
+    .await;
+    assert!(listed.contains("sqlite"), "{listed}");
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT);
+    let _ = child.wait();
+}
