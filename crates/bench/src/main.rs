@@ -1,21 +1,26 @@
 //! `rananeeti-bench`: a real node over loopback, on SQLite and on PostgreSQL, against the same
 //! insert done directly with sqlx and against one fsync per queued write; prints a markdown table.
 //! `--scenario replication` instead runs two regions replicating to each other and measures the
-//! lag, beside PostgreSQL streaming replication.
+//! lag, beside PostgreSQL streaming replication. `--scenario gateway` puts one node behind our
+//! gateway and behind nginx and measures what each proxy adds.
 //!
 //! `machine` describes the host, `load` is the HTTP load generator, `baseline` the two baselines,
 //! `platform_alone` and `queue_alone` the node's parts without HTTP around them, `node` runs and
 //! watches the node process, `scenario` is one store's run, `report` the output. The replication
 //! scenario: `replication` (the regions and its report), `open_loop` (fixed-rate load), `lag`
-//! (the watchers), `streaming` (the PostgreSQL baseline).
+//! (the watchers), `streaming` (the PostgreSQL baseline). The gateway scenario: `gateway` (the run
+//! and its report), `proxies` (the gateway and nginx processes), `fixed_connections` (GET load).
 
 mod baseline;
+mod fixed_connections;
+mod gateway;
 mod lag;
 mod load;
 mod machine;
 mod node;
 mod open_loop;
 mod platform_alone;
+mod proxies;
 mod queue_alone;
 mod replication;
 mod report;
@@ -28,8 +33,11 @@ use clap::{Parser, ValueEnum};
 use rananeeti_platform::StoreKind;
 use report::Report;
 use scenario::Plan;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+/// Where Debian's nginx package puts the binary.
+const DEFAULT_NGINX_BIN: &str = "/usr/sbin/nginx";
 
 #[derive(Parser)]
 #[command(
@@ -37,13 +45,15 @@ use std::time::{Duration, Instant};
     about = "Benchmarks a rananeeti node against direct-insert and fsync-per-write baselines"
 )]
 struct Args {
-    /// What to measure: one node's write paths, or two regions' replication lag.
+    /// What to measure: one node's write paths, two regions' replication lag, or the gateway
+    /// beside nginx.
     #[arg(long, value_enum, default_value_t = Scenario::Node)]
     scenario: Scenario,
-    /// 1 s cells and a smaller outage (replication: 3 s cells), to check the benchmark runs.
+    /// 1 s cells and a smaller outage (replication: 3 s cells; gateway: 0.5 s turns), to check
+    /// the benchmark runs.
     #[arg(long)]
     quick: bool,
-    /// Which store the node runs on.
+    /// Which store the node runs on (the gateway scenario: SQLite always).
     #[arg(long, value_enum, default_value_t = StoreChoice::Both)]
     store: StoreChoice,
     /// Also write the markdown report to this file.
@@ -61,6 +71,9 @@ struct Args {
     /// Directory for the temporary files; it must not be tmpfs, or fsync costs nothing.
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// The nginx binary of the gateway scenario.
+    #[arg(long, default_value = DEFAULT_NGINX_BIN)]
+    nginx_bin: PathBuf,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -70,6 +83,9 @@ enum Scenario {
     /// Two regions of one node each: replication lag at fixed write rates, beside PostgreSQL
     /// streaming replication.
     Replication,
+    /// One node direct, behind `rananeeti gateway` and behind nginx: the latency, CPU and memory
+    /// each proxy adds under the same GET load.
+    Gateway,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -105,6 +121,9 @@ fn main() -> anyhow::Result<()> {
         Scenario::Node => runtime.block_on(run_node(&args, node_binary, work_dir.path().to_path_buf()))?,
         Scenario::Replication => {
             runtime.block_on(run_replication(&args, node_binary, work_dir.path().to_path_buf()))?.into_markdown()
+        }
+        Scenario::Gateway => {
+            runtime.block_on(run_gateway(&args, node_binary, work_dir.path().to_path_buf()))?.into_markdown()
         }
     };
     print!("{markdown}");
@@ -183,6 +202,68 @@ async fn run_replication(
         busy_outside_run: [busy_before, busy_after],
         stores,
         baseline,
+        notes,
+    })
+}
+
+async fn run_gateway(args: &Args, node_binary: PathBuf, work_dir: PathBuf) -> anyhow::Result<gateway::GatewayReport> {
+    let started = Instant::now();
+    let started_at = now_rfc3339();
+    let plan = gateway::GatewayPlan {
+        warmup: if args.quick { Duration::from_millis(250) } else { Duration::from_secs(1) },
+        turn: if args.quick { Duration::from_millis(500) } else { Duration::from_secs(1) },
+        healthz_rounds: if args.quick { 4 } else { 10 },
+        list_rounds: if args.quick { 2 } else { 5 },
+        node_rust_log: args.node_rust_log.clone(),
+        nginx_binary: args.nginx_bin.clone(),
+    };
+    let machine = machine::describe(&work_dir);
+    eprintln!("[bench] {} cores, {}, {}", machine.cores, machine.cpu_model, machine.kernel);
+    let nginx_version = gateway::nginx_version(&plan.nginx_binary);
+    let busy_before = machine_busy().await;
+    let mut notes = Vec::new();
+    // Dropping the run on Ctrl-C drops its process guards: the node, the gateway and nginx stop.
+    let (cells, memory, gateway_counters) = tokio::select! {
+        result = gateway::run(&plan, &node_binary, &work_dir, &mut notes) => result?,
+        _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted; the node, the gateway and nginx were stopped"),
+    };
+    let busy_after = machine_busy().await;
+    let mut command = String::from("cargo run --release -p rananeeti-bench -- --scenario gateway");
+    if args.quick {
+        command.push_str(" --quick");
+    }
+    if args.nginx_bin != Path::new(DEFAULT_NGINX_BIN) {
+        command.push_str(&format!(" --nginx-bin {}", args.nginx_bin.display()));
+    }
+    if let Some(filter) = &args.node_rust_log {
+        command.push_str(&format!(" --node-rust-log '{filter}'"));
+    }
+    Ok(gateway::GatewayReport {
+        machine,
+        command,
+        mode: format!(
+            "{}: the three targets take turns of {} ms, {} turns each for GET /healthz and {} for the list, \
+             after a {} ms warm-up each; {} connections; fixed rate {}/s; gateway and nginx with {} workers \
+             each; node and gateway {}, nginx {}",
+            if args.quick { "quick" } else { "full" },
+            plan.turn.as_millis(),
+            plan.healthz_rounds,
+            plan.list_rounds,
+            plan.warmup.as_millis(),
+            gateway::CONNECTIONS,
+            gateway::FIXED_RATE_PER_SECOND,
+            gateway::PROXY_WORKERS,
+            node_binary.display(),
+            plan.nginx_binary.display()
+        ),
+        nginx_version,
+        started_at,
+        code_version: code_version(),
+        took_seconds: started.elapsed().as_secs_f64(),
+        busy_outside_run: [busy_before, busy_after],
+        cells,
+        memory,
+        gateway_counters,
         notes,
     })
 }

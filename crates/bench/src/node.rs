@@ -326,23 +326,32 @@ pub fn cpu_seconds(entry: &str) -> Option<f64> {
 /// its backends; the benchmark's pooled connections live as long as a cell).
 pub fn process_and_children_cpu_seconds(pid: u32) -> Option<f64> {
     let mut total = cpu_seconds(&pid.to_string())?;
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let name = entry.file_name();
-        let Some(child) = name.to_str().filter(|name| name.bytes().all(|byte| byte.is_ascii_digit())) else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else { continue };
-        // Field 4, the parent's pid, is the second after the command name.
-        let parent = stat.rfind(')').and_then(|end| stat[end + 1..].split_whitespace().nth(1)?.parse::<u32>().ok());
-        if parent == Some(pid) {
-            total += cpu_seconds(child).unwrap_or(0.0);
-        }
+    for child in child_pids(pid) {
+        total += cpu_seconds(&child.to_string()).unwrap_or(0.0);
     }
     Some(total)
 }
 
+/// The processes alive now whose parent is `pid` (an nginx master's workers, a postmaster's
+/// backends), from the parent pid in each `/proc/PID/stat`.
+pub fn child_pids(pid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let mut children = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(child) = name.to_str().and_then(|name| name.parse::<u32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else { continue };
+        // Field 4, the parent's pid, is the second after the command name.
+        let parent = stat.rfind(')').and_then(|end| stat[end + 1..].split_whitespace().nth(1)?.parse::<u32>().ok());
+        if parent == Some(pid) {
+            children.push(child);
+        }
+    }
+    children
+}
+
 /// A `kB` line of /proc/PID/status, e.g. `VmRSS:     12345 kB`.
-fn read_status_kib(pid: u32, key: &str) -> Option<u64> {
+pub fn read_status_kib(pid: u32, key: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|line| line.starts_with(key))?;
     line[key.len()..].trim().trim_end_matches("kB").trim().parse().ok()
