@@ -62,7 +62,7 @@ fn unavailable(error: impl std::fmt::Display) -> ApiError {
     ApiError::Unavailable(error.to_string())
 }
 
-async fn reader(shop: &Shop) -> Result<AnyPool, ApiError> {
+pub(crate) async fn reader(shop: &Shop) -> Result<AnyPool, ApiError> {
     shop.platform.reader().await.map_err(unavailable)
 }
 
@@ -122,7 +122,17 @@ fn submitted(submitted: Submitted, extra: Value) -> Response {
 }
 
 async fn submit(shop: &Shop, kind: &'static str, id: CommandId, payload: Value) -> Result<Submitted, ApiError> {
-    shop.platform.submit(NewCommand { kind, id, payload }, SubmitOptions::default()).await.map_err(submit_error)
+    submit_with(shop, kind, id, payload, SubmitOptions::default()).await
+}
+
+pub(crate) async fn submit_with(
+    shop: &Shop,
+    kind: &'static str,
+    id: CommandId,
+    payload: Value,
+    options: SubmitOptions,
+) -> Result<Submitted, ApiError> {
+    shop.platform.submit(NewCommand { kind, id, payload }, options).await.map_err(submit_error)
 }
 
 // ---- catalog ----
@@ -427,6 +437,18 @@ pub async fn change_cart(
         return Err(ApiError::invalid("quantity", format!("at most {QUANTITY_MAX} of one book")));
     }
     let replaces_hlc = current.map(|line| line.hlc).unwrap_or(0);
+    submit_cart_set(shop, session, book_id, quantity, replaces_hlc, SubmitOptions::default()).await
+}
+
+/// Submits one cart line's new quantity, replacing the line as the user saw it (`replaces_hlc`).
+pub async fn submit_cart_set(
+    shop: &Shop,
+    session: &Session,
+    book_id: &str,
+    quantity: i64,
+    replaces_hlc: u64,
+    options: SubmitOptions,
+) -> Result<Submitted, ApiError> {
     shop.platform.observe(rananeeti_platform::Hlc(replaces_hlc));
     let payload = CartSetPayload {
         user_id: session.user_id.clone(),
@@ -439,7 +461,7 @@ pub async fn change_cart(
         KIND_CART_SET,
         format!("{}\u{1f}{book_id}\u{1f}{quantity}\u{1f}{replaces_hlc}", session.user_id).as_bytes(),
     );
-    submit(shop, KIND_CART_SET, id, serde_json::to_value(&payload).expect("serializes")).await
+    submit_with(shop, KIND_CART_SET, id, serde_json::to_value(&payload).expect("serializes"), options).await
 }
 
 fn parse_quantity(quantity: Option<i64>, zero_allowed: bool) -> Result<i64, ApiError> {
@@ -494,10 +516,21 @@ pub async fn checkout(shop: &Shop, session: &Session) -> Result<Submitted, ApiEr
         return Err(ApiError::invalid("cart", "the cart is empty"));
     }
     let cart_version = lines.iter().map(|line| line.hlc).max().unwrap_or(0);
+    submit_checkout(shop, session, cart_version, SubmitOptions::default()).await
+}
+
+/// Submits a checkout of the cart whose newest line has `cart_version` as its HLC: the same
+/// cart checked out twice has one id, so it is one order.
+pub async fn submit_checkout(
+    shop: &Shop,
+    session: &Session,
+    cart_version: u64,
+    options: SubmitOptions,
+) -> Result<Submitted, ApiError> {
     let payload =
         CheckoutPayload { user_id: session.user_id.clone(), home_region: session.home_region.clone(), cart_version };
     let id = CommandId::digest(KIND_CHECKOUT, format!("{}\u{1f}{cart_version}", session.user_id).as_bytes());
-    submit(shop, KIND_CHECKOUT, id, serde_json::to_value(&payload).expect("serializes")).await
+    submit_with(shop, KIND_CHECKOUT, id, serde_json::to_value(&payload).expect("serializes"), options).await
 }
 
 async fn place_order(State(shop): State<Shop>, headers: HeaderMap) -> Result<Response, ApiError> {
@@ -724,38 +757,45 @@ async fn create_post(
     if let Err(refused) = require_admin(&shop, &headers) {
         return Ok(*refused);
     }
-    let title = text_field("title", &body.title, 120)?;
-    let body_md = text_field("body_markdown", &body.body_markdown, 20_000)?;
-    let author = text_field("author", body.author.as_deref().unwrap_or("The bookstore"), 60)?;
+    let payload = parse_post(&body.title, &body.body_markdown, body.author.as_deref())?;
+    let slug = payload.slug.clone();
+    Ok(submitted(submit_post(&shop, payload).await?, json!({ "slug": slug })))
+}
+
+/// A new post as the admin wrote it, checked field by field.
+pub(crate) fn parse_post(title: &str, body_markdown: &str, author: Option<&str>) -> Result<BlogPostPayload, ApiError> {
+    let title = text_field("title", title, 120)?;
+    let body_md = text_field("body_markdown", body_markdown, 20_000)?;
+    let author = text_field("author", author.unwrap_or("The bookstore"), 60)?;
     let slug = catalog::slug(&title);
     if slug.is_empty() {
         return Err(ApiError::invalid("title", "needs letters or digits"));
     }
-    let payload = BlogPostPayload { slug: slug.clone(), title, body_md, author };
-    let id = CommandId::digest(KIND_BLOG_POST, slug.as_bytes());
-    Ok(submitted(
-        submit(&shop, KIND_BLOG_POST, id, serde_json::to_value(&payload).expect("serializes")).await?,
-        json!({ "slug": slug }),
-    ))
+    Ok(BlogPostPayload { slug, title, body_md, author })
+}
+
+pub(crate) async fn submit_post(shop: &Shop, payload: BlogPostPayload) -> Result<Submitted, ApiError> {
+    let id = CommandId::digest(KIND_BLOG_POST, payload.slug.as_bytes());
+    submit(shop, KIND_BLOG_POST, id, serde_json::to_value(&payload).expect("serializes")).await
 }
 
 // ---- admin: books ----
 
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-struct BookRequest {
-    title: String,
-    author: String,
-    category: String,
-    price_cents: i64,
+pub(crate) struct BookRequest {
+    pub(crate) title: String,
+    pub(crate) author: String,
+    pub(crate) category: String,
+    pub(crate) price_cents: i64,
     #[serde(default)]
-    rating: Option<i64>,
-    stock: i64,
+    pub(crate) rating: Option<i64>,
+    pub(crate) stock: i64,
     #[serde(default)]
-    description: String,
+    pub(crate) description: String,
 }
 
-fn parse_book(id: Option<String>, body: BookRequest) -> Result<Book, ApiError> {
+pub(crate) fn parse_book(id: Option<String>, body: BookRequest) -> Result<Book, ApiError> {
     let title = text_field("title", &body.title, 200)?;
     let author = text_field("author", &body.author, 120)?;
     let category = text_field("category", &body.category, 40)?;
@@ -792,13 +832,18 @@ fn parse_book(id: Option<String>, body: BookRequest) -> Result<Book, ApiError> {
 }
 
 async fn put_book(shop: &Shop, book: Book) -> Result<Response, ApiError> {
-    let payload = BookPutPayload { book: book.clone() };
+    let book_id = book.id.clone();
+    Ok(submitted(submit_book_put(shop, book).await?, json!({ "book_id": book_id })))
+}
+
+pub(crate) async fn submit_book_put(shop: &Shop, book: Book) -> Result<Submitted, ApiError> {
+    let payload = BookPutPayload { book };
     let value = serde_json::to_value(&payload).expect("serializes");
     let id = CommandId::digest(
         KIND_BOOK_PUT,
         format!("{value}\u{1f}{}", rananeeti_platform::hlc::wall_clock_ms()).as_bytes(),
     );
-    Ok(submitted(submit(shop, KIND_BOOK_PUT, id, value).await?, json!({ "book_id": book.id })))
+    submit(shop, KIND_BOOK_PUT, id, value).await
 }
 
 async fn create_book(
@@ -848,15 +893,16 @@ async fn delete_book(
     if get_book(&pool, &id).await.map_err(unavailable)?.is_none() {
         return Err(ApiError::NotFound);
     }
-    let payload = BookDeletePayload { book_id: id.clone() };
+    Ok(submitted(submit_book_delete(&shop, &id).await?, json!({ "book_id": id })))
+}
+
+pub(crate) async fn submit_book_delete(shop: &Shop, id: &str) -> Result<Submitted, ApiError> {
+    let payload = BookDeletePayload { book_id: id.to_string() };
     let command_id = CommandId::digest(
         KIND_BOOK_DELETE,
         format!("{id}\u{1f}{}", rananeeti_platform::hlc::wall_clock_ms()).as_bytes(),
     );
-    Ok(submitted(
-        submit(&shop, KIND_BOOK_DELETE, command_id, serde_json::to_value(&payload).expect("serializes")).await?,
-        json!({ "book_id": id }),
-    ))
+    submit(shop, KIND_BOOK_DELETE, command_id, serde_json::to_value(&payload).expect("serializes")).await
 }
 
 /// Recounts best sellers from the orders in this region's store (admin).

@@ -4,12 +4,13 @@
 //! `/api/openapi.json`.
 //!
 //! `catalog` holds the books and the tables, `commands` the applies and their write patterns,
-//! `auth` passwords and tokens; only `api` knows HTTP.
+//! `auth` passwords and tokens; only `api` (JSON) and `pages` (HTML) know HTTP.
 
 pub mod api;
 pub mod auth;
 pub mod catalog;
 pub mod commands;
+pub mod pages;
 
 use axum::extract::Path;
 use axum::response::{IntoResponse, Response};
@@ -45,7 +46,7 @@ impl rananeeti_node::App for BookstoreApp {
 
     fn router(&self, platform: Arc<Platform>) -> Router {
         let shop = api::Shop { platform, key: self.key.clone(), admin_token: Arc::clone(&self.admin_token) };
-        api::router(shop).route("/bookstore/covers/{file}", get(cover))
+        api::router(shop.clone()).merge(pages::router(shop)).route("/bookstore/covers/{file}", get(cover))
     }
 }
 

@@ -11,11 +11,22 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
+/// A node's metric handles, made once (labels are not rebuilt per request).
+pub struct NodeMetrics {
+    /// By status class: 1xx .. 5xx.
+    pub responses: [prometheus_client::metrics::counter::Counter; 5],
+    pub duration: prometheus_client::metrics::histogram::Histogram,
+}
+
 /// One node as the gateway sees it.
 pub struct Node {
     pub name: String,
     pub region: String,
     pub url: String,
+    /// `url`'s scheme and authority, parsed once.
+    pub scheme: hyper::http::uri::Scheme,
+    pub authority: hyper::http::uri::Authority,
+    pub metrics: NodeMetrics,
     healthy: AtomicBool,
     drained: AtomicBool,
     removed: AtomicBool,
@@ -28,11 +39,27 @@ pub struct Node {
 }
 
 impl Node {
-    fn new(region: &str, config: &NodeConfig) -> Node {
+    fn new(region: &str, config: &NodeConfig, metrics: &GatewayMetrics) -> Node {
+        let url = config.url.trim_end_matches('/').to_string();
+        let parsed: hyper::Uri = url.parse().unwrap_or_else(|_| hyper::Uri::from_static("http://invalid.invalid"));
+        let labels = NodeLabels { region: region.to_string(), node: config.name.clone() };
+        let classes = ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|class| {
+            metrics
+                .responses
+                .get_or_create(&crate::metrics::ResponseLabels {
+                    region: region.to_string(),
+                    node: config.name.clone(),
+                    class,
+                })
+                .clone()
+        });
         Node {
             name: config.name.clone(),
             region: region.to_string(),
-            url: config.url.trim_end_matches('/').to_string(),
+            scheme: parsed.scheme().cloned().unwrap_or(hyper::http::uri::Scheme::HTTP),
+            authority: parsed.authority().cloned().unwrap_or_else(|| hyper::http::uri::Authority::from_static("invalid.invalid")),
+            metrics: NodeMetrics { responses: classes, duration: metrics.duration.get_or_create(&labels).clone() },
+            url,
             healthy: AtomicBool::new(true),
             drained: AtomicBool::new(false),
             removed: AtomicBool::new(false),
@@ -149,7 +176,7 @@ impl Backends {
             .iter()
             .map(|region| Region {
                 name: region.name.clone(),
-                nodes: region.nodes.iter().map(|node| Arc::new(Node::new(&region.name, node))).collect(),
+                nodes: region.nodes.iter().map(|node| Arc::new(Node::new(&region.name, node, &metrics))).collect(),
             })
             .collect::<Vec<_>>();
         let backends = Arc::new(Backends { regions: RwLock::new(Arc::new(Vec::new())), health, metrics, client });
@@ -174,7 +201,7 @@ impl Backends {
         if regions.iter().flat_map(|region| &region.nodes).any(|node| node.name == config.name) {
             return Err(ChangeError::Exists(config.name.clone()));
         }
-        let node = Arc::new(Node::new(region, config));
+        let node = Arc::new(Node::new(region, config, &self.metrics));
         let mut next: Vec<Region> = regions
             .iter()
             .map(|existing| Region { name: existing.name.clone(), nodes: existing.nodes.clone() })

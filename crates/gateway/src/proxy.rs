@@ -3,7 +3,7 @@
 
 use crate::backends::{Backends, Node};
 use crate::config::{GatewayConfig, Policy, RouteConfig};
-use crate::metrics::{GatewayMetrics, NodeLabels, ReasonLabels, ResponseLabels};
+use crate::metrics::{GatewayMetrics, ReasonLabels};
 use crate::routing;
 use bytes::Bytes;
 use governor::{DefaultKeyedRateLimiter, Quota};
@@ -90,6 +90,8 @@ pub struct Gateway {
     retry_budget: RetryBudget,
     default_route: RouteConfig,
     pub admin_token: Option<String>,
+    request_id_prefix: u64,
+    request_ids: std::sync::atomic::AtomicU64,
 }
 
 /// Why an attempt did not produce a response to pass on.
@@ -128,8 +130,17 @@ impl Gateway {
             metrics,
             registry,
             admin_token,
+            request_id_prefix: rand::random(),
+            request_ids: std::sync::atomic::AtomicU64::new(0),
             config,
         })
+    }
+
+    /// A new request id: this gateway's random prefix and a counter (no system call per request,
+    /// unlike a random UUID).
+    fn next_request_id(&self) -> String {
+        let n = self.request_ids.fetch_add(1, Ordering::Relaxed);
+        format!("{:016x}-{n:x}", self.request_id_prefix)
     }
 
     /// Forgets rate-limit state of clients not seen lately (call now and then).
@@ -145,7 +156,7 @@ impl Gateway {
             .and_then(|value| value.to_str().ok())
             .filter(|id| !id.is_empty() && id.len() <= REQUEST_ID_CHARS_MAX && id.chars().all(|c| c.is_ascii_graphic()))
             .map(str::to_string)
-            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+            .unwrap_or_else(|| self.next_request_id());
         let mut response = self.handle_inner(request, peer, &request_id).await;
         if let Ok(value) = HeaderValue::from_str(&request_id) {
             response.headers_mut().insert(REQUEST_ID, value);
@@ -189,6 +200,9 @@ impl Gateway {
             return plain(StatusCode::PAYLOAD_TOO_LARGE, "the request body is too large");
         }
         // Bodies are read whole (bounded) so that a retry can send them again.
+        if hyper::body::Body::is_end_stream(&body) {
+            return self.forward(parts, Bytes::new(), peer, request_id).await;
+        }
         let read = tokio::time::timeout(
             Duration::from_millis(self.config.limits.body_read_timeout_ms),
             Limited::new(body, body_max).collect(),
@@ -237,8 +251,9 @@ impl Gateway {
         let route = routing::route_for(&self.config.routes, parts.uri.path(), &self.default_route);
         let order = routing::region_order(route, &regions, &parts.headers);
         let idempotent = self.retryable_when_sent(&parts);
-        let headers = upstream_headers(&parts.headers, peer, request_id);
-        let path_and_query = parts.uri.path_and_query().map(|value| value.as_str()).unwrap_or("/").to_string();
+        let path_and_query = parts.uri.path_and_query().cloned().unwrap_or_else(|| hyper::http::uri::PathAndQuery::from_static("/"));
+        let mut parts = parts;
+        let headers = upstream_headers(std::mem::take(&mut parts.headers), peer, request_id);
         let mut tried = HashSet::new();
         let mut last_failure = String::from("no node is available");
         for attempt in 1..=self.config.retries.attempts_max {
@@ -248,12 +263,14 @@ impl Gateway {
                 self.metrics.refused.get_or_create(&ReasonLabels { reason: "retry_budget" }).inc();
                 break;
             }
-            let mut request = match Request::builder()
-                .method(parts.method.clone())
-                .uri(format!("{}{}", node.url, path_and_query))
-                .version(hyper::Version::HTTP_11)
-                .body(Full::new(body.clone()))
-            {
+            let uri = hyper::Uri::builder()
+                .scheme(node.scheme.clone())
+                .authority(node.authority.clone())
+                .path_and_query(path_and_query.clone())
+                .build();
+            let mut request = match uri.and_then(|uri| {
+                Request::builder().method(parts.method.clone()).uri(uri).version(hyper::Version::HTTP_11).body(Full::new(body.clone()))
+            }) {
                 Ok(request) => request,
                 Err(error) => return plain(StatusCode::BAD_REQUEST, &format!("bad request target: {error}")),
             };
@@ -337,19 +354,9 @@ impl Gateway {
     }
 
     fn respond(&self, node: &Node, response: Response<Incoming>, started: Instant) -> Response<Body> {
-        let labels = NodeLabels { region: node.region.clone(), node: node.name.clone() };
-        self.metrics.duration.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
-        let class = match response.status().as_u16() {
-            100..=199 => "1xx",
-            200..=299 => "2xx",
-            300..=399 => "3xx",
-            400..=499 => "4xx",
-            _ => "5xx",
-        };
-        self.metrics
-            .responses
-            .get_or_create(&ResponseLabels { region: node.region.clone(), node: node.name.clone(), class })
-            .inc();
+        node.metrics.duration.observe(started.elapsed().as_secs_f64());
+        let class = (response.status().as_u16() / 100).clamp(1, 5) as usize - 1;
+        node.metrics.responses[class].inc();
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         if let (Ok(region), Ok(name)) = (HeaderValue::from_str(&node.region), HeaderValue::from_str(&node.name)) {
@@ -390,8 +397,8 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-fn upstream_headers(incoming: &HeaderMap, peer: SocketAddr, request_id: &str) -> HeaderMap {
-    let mut headers = incoming.clone();
+fn upstream_headers(incoming: HeaderMap, peer: SocketAddr, request_id: &str) -> HeaderMap {
+    let mut headers = incoming;
     strip_hop_by_hop(&mut headers);
     headers.remove(hyper::header::HOST);
     let forwarded_for = match headers.get("x-forwarded-for").and_then(|value| value.to_str().ok()) {
@@ -434,7 +441,7 @@ mod tests {
         headers.insert("x-secret-hop", HeaderValue::from_static("1"));
         headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         headers.insert("x-kept", HeaderValue::from_static("1"));
-        let out = upstream_headers(&headers, "127.0.0.9:5000".parse().unwrap(), "abc");
+        let out = upstream_headers(headers, "127.0.0.9:5000".parse().unwrap(), "abc");
         assert!(
             !out.contains_key("x-secret-hop") && !out.contains_key("keep-alive") && !out.contains_key("connection")
         );

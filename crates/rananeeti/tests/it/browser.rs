@@ -19,10 +19,10 @@ use tempfile::TempDir;
 /// How long ChromeDriver gets to answer `/status` as ready.
 const CHROMEDRIVER_START_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a page gets to load after a click or `goto`, the submit budget included.
-const PAGE_LOAD_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const PAGE_LOAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a pending booking's page gets to show it confirmed once the database is back. The
 /// page asks every second; the rest is room for a busy 2-core machine, not a latency claim.
-const CONFIRM_ON_PAGE_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const CONFIRM_ON_PAGE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Between two looks at the page.
 const DOM_POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// Lines of ChromeDriver's log printed when the test fails.
@@ -45,7 +45,7 @@ const CHROMIUM_ARGS: [&str; 10] = [
 
 /// Set on `window` once a page has landed; still there later means the page was never reloaded
 /// or left, so whatever changed on it was changed by its own script.
-const NO_NAVIGATION_MARKER: &str = "rananeeti-test-no-navigation";
+pub(crate) const NO_NAVIGATION_MARKER: &str = "rananeeti-test-no-navigation";
 
 // ---------------------------------------------------------------------------------------------
 // ChromeDriver and the browser session.
@@ -70,14 +70,14 @@ fn chromedriver_binary() -> PathBuf {
 
 /// A `chromedriver` process in its own process group, so that dropping it also ends the
 /// Chromium it started, even when the session was never closed.
-struct ChromeDriver {
+pub(crate) struct ChromeDriver {
     child: Option<Child>,
     url: String,
     log_file: PathBuf,
 }
 
 impl ChromeDriver {
-    async fn start(dir: &Path) -> ChromeDriver {
+    pub(crate) async fn start(dir: &Path) -> ChromeDriver {
         let binary = chromedriver_binary();
         let port = free_loopback_port().expect("a free loopback port for chromedriver");
         let log_file = dir.join("chromedriver.log");
@@ -115,7 +115,7 @@ impl ChromeDriver {
         }
     }
 
-    fn log_tail(&self) -> String {
+    pub(crate) fn log_tail(&self) -> String {
         let log = std::fs::read_to_string(&self.log_file).unwrap_or_default();
         let lines: Vec<&str> = log.lines().collect();
         let start = lines.len().saturating_sub(CHROMEDRIVER_LOG_TAIL_LINES_MAX);
@@ -134,7 +134,7 @@ impl Drop for ChromeDriver {
 }
 
 /// A fresh headless Chromium with its own empty profile, driven through `driver`.
-async fn open_browser(driver: &ChromeDriver, profile_dir: &Path) -> Client {
+pub(crate) async fn open_browser(driver: &ChromeDriver, profile_dir: &Path) -> Client {
     let mut args: Vec<String> = CHROMIUM_ARGS.iter().map(|arg| arg.to_string()).collect();
     args.push(format!("--user-data-dir={}", profile_dir.display()));
     let mut capabilities = serde_json::Map::new();
@@ -157,7 +157,7 @@ async fn open_browser(driver: &ChromeDriver, profile_dir: &Path) -> Client {
 // Looking at pages.
 
 /// Runs `script` in the page; `None` when it cannot run now (mid-navigation) or answers null.
-async fn look(client: &Client, script: &str, args: Vec<Value>) -> Option<Value> {
+pub(crate) async fn look(client: &Client, script: &str, args: Vec<Value>) -> Option<Value> {
     match client.execute(script, args).await {
         Ok(Value::Null) | Err(_) => None,
         Ok(value) => Some(value),
@@ -165,7 +165,7 @@ async fn look(client: &Client, script: &str, args: Vec<Value>) -> Option<Value> 
 }
 
 /// Looks until `script` answers something other than null, at most `timeout`.
-async fn wait_for(client: &Client, what: &str, timeout: Duration, script: &str, args: Vec<Value>) -> Value {
+pub(crate) async fn wait_for(client: &Client, what: &str, timeout: Duration, script: &str, args: Vec<Value>) -> Value {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(value) = look(client, script, args.clone()).await {
@@ -242,12 +242,12 @@ async fn wait_for_status_in_place(client: &Client, status: &str) -> StatusPage {
 }
 
 /// Marks the current page; see [`NO_NAVIGATION_MARKER`].
-async fn mark_page(client: &Client) {
+pub(crate) async fn mark_page(client: &Client) {
     client.execute("window[arguments[0]] = true;", vec![json!(NO_NAVIGATION_MARKER)]).await.unwrap();
 }
 
 /// Saves the whole page, not only what fits the window, as `docs/screenshots/{name}`.
-async fn screenshot(client: &Client, name: &str) {
+pub(crate) async fn screenshot(client: &Client, name: &str) {
     let (width, height) = client.get_window_size().await.unwrap();
     let heights =
         client.execute("return [document.documentElement.scrollHeight, window.innerHeight];", vec![]).await.unwrap();

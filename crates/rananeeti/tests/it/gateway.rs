@@ -124,6 +124,8 @@ async fn a_frozen_region_loses_no_request() {
     for task in tasks {
         task.await.unwrap();
     }
+    // Read while r1 is still frozen (thawed, its checks pass again within 200 ms).
+    let metrics = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
     signal_region(&up, 0, Signal::SIGCONT);
 
     let log = log.lock().unwrap().clone();
@@ -147,7 +149,6 @@ async fn a_frozen_region_loses_no_request() {
         moved_after
     );
     assert!(failed.is_empty(), "no request fails (reads and digest-id bookings are retried): {failed:?}");
-    let metrics = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
     assert!(metrics.contains("rananeeti_gateway_node_healthy{region=\"r1\",node=\"r1-n1\"} 0"), "{metrics}");
 }
 

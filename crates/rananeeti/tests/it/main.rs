@@ -4,6 +4,7 @@ mod postgres;
 
 mod admin;
 mod bookstore_api;
+mod bookstore_browser;
 mod browser;
 mod cafe_api;
 mod crash;
