@@ -398,3 +398,58 @@ async fn limits_refuse_abuse_and_spare_other_clients() {
     let _ = kill(Pid::from_raw(gateway.id() as i32), Signal::SIGTERM);
     let _ = gateway.wait();
 }
+
+/// Writes `rananeeti gateway`'s config for `up`'s nodes and starts it; answers its URL.
+async fn standalone_gateway(up: &Up, dir: &std::path::Path, name: &str) -> (std::process::Child, String) {
+    let port = rananeeti::postgres::free_loopback_port().unwrap();
+    let mut config = format!("listen = \"127.0.0.1:{port}\"\n");
+    for region in &up.topology.regions {
+        config.push_str(&format!("[[regions]]\nname = \"{}\"\n", region.name));
+        for node in &region.nodes {
+            config.push_str(&format!("[[regions.nodes]]\nname = \"{}\"\nurl = \"{}\"\n", node.name, node.url));
+        }
+    }
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, config).unwrap();
+    let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_rananeeti"))
+        .args(["gateway", "--config"])
+        .arg(&path)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    eventually("the gateway to answer", SETTLE_TIMEOUT, || async {
+        let response = client().get(format!("{base}/gateway/healthz")).send().await.ok()?;
+        (response.status() == 200).then_some(())
+    })
+    .await;
+    (child, base)
+}
+
+/// Two gateways in front of the same nodes: a booking made through one is read through the
+/// other, and when one gateway is killed the other goes on serving; they share no state.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_gateways_either_works() {
+    let up = start_up(2, 1, "sqlite").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut first, a) = standalone_gateway(&up, dir.path(), "a").await;
+    let (mut second, b) = standalone_gateway(&up, dir.path(), "b").await;
+    let booked = client().post(format!("{a}/api/cafe/reservations")).json(&reservation("two", 1)).send().await.unwrap();
+    assert_eq!(booked.status(), 201);
+    let id = booked.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    let read = client().get(format!("{b}/api/cafe/reservations/{id}")).send().await.unwrap();
+    assert_eq!(read.status(), 200, "the other gateway serves the same data");
+
+    kill(Pid::from_raw(first.id() as i32), Signal::SIGKILL).unwrap();
+    let _ = first.wait();
+    assert!(client().get(format!("{a}/gateway/healthz")).send().await.is_err(), "the first gateway is gone");
+    for i in 2..12 {
+        let booked =
+            client().post(format!("{b}/api/cafe/reservations")).json(&reservation("two", i)).send().await.unwrap();
+        assert_eq!(booked.status(), 201, "the second gateway goes on alone");
+    }
+    let _ = kill(Pid::from_raw(second.id() as i32), Signal::SIGTERM);
+    let _ = second.wait();
+}
