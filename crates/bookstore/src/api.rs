@@ -62,6 +62,50 @@ fn unavailable(error: impl std::fmt::Display) -> ApiError {
     ApiError::Unavailable(error.to_string())
 }
 
+/// Runs a catalog read on this region's store, or, when it is failing, on another region's
+/// (replicated: it may lag). Answers the value and, when it came from another region, that
+/// region's name. A failure of the local store also counts toward opening its breaker.
+macro_rules! read_with_fallback {
+    ($shop:expr, |$pool:ident| $read:expr) => {{
+        let chosen = $shop.platform.read_pool().await.map_err(unavailable)?;
+        let first = {
+            let $pool = &chosen.pool;
+            $read.await
+        };
+        match first {
+            Ok(value) => (value, chosen.stale_from),
+            Err(error) if chosen.stale_from.is_none() => {
+                $shop.platform.read_failed(&error);
+                match $shop.platform.store().fallback_readers().into_iter().next() {
+                    Some((region, fallback)) => {
+                        let $pool = &fallback;
+                        ($read.await.map_err(unavailable)?, Some(region))
+                    }
+                    None => return Err(unavailable(error)),
+                }
+            }
+            Err(error) => return Err(unavailable(error)),
+        }
+    }};
+}
+
+/// A read answer, marked when it came from another region's database.
+fn stale_marked(mut body: Value, stale: Option<String>) -> Response {
+    match stale {
+        None => Json(body).into_response(),
+        Some(region) => {
+            if let Some(object) = body.as_object_mut() {
+                object.insert("stale".into(), json!({ "from_region": region }));
+            }
+            let mut response = Json(body).into_response();
+            if let Ok(value) = axum::http::HeaderValue::from_str(&region) {
+                response.headers_mut().insert("x-rananeeti-stale", value);
+            }
+            response
+        }
+    }
+}
+
 pub(crate) async fn reader(shop: &Shop) -> Result<AnyPool, ApiError> {
     shop.platform.reader().await.map_err(unavailable)
 }
@@ -195,7 +239,7 @@ pub async fn search_books(
 async fn list_books(
     State(shop): State<Shop>,
     query: Result<Query<BooksQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let Query(query) =
         query.map_err(|rejection| ApiError::BadRequest { field: None, message: rejection.body_text() })?;
     let q = query.q.unwrap_or_default().trim().to_string();
@@ -204,11 +248,10 @@ async fn list_books(
     }
     let limit = parse_limit(query.limit.as_deref())?;
     let category = query.category.unwrap_or_default();
-    let pool = reader(&shop).await?;
-    let (items, next) = search_books(&pool, &q, category.trim(), query.after.as_deref().unwrap_or(""), limit)
-        .await
-        .map_err(unavailable)?;
-    Ok(Json(json!({ "items": items, "next": next })))
+    let after = query.after.unwrap_or_default();
+    let ((items, next), stale) =
+        read_with_fallback!(shop, |pool| search_books(pool, &q, category.trim(), &after, limit));
+    Ok(stale_marked(json!({ "items": items, "next": next }), stale))
 }
 
 pub async fn get_book(pool: &AnyPool, id: &str) -> Result<Option<Book>, sqlx::Error> {
@@ -219,9 +262,10 @@ pub async fn get_book(pool: &AnyPool, id: &str) -> Result<Option<Book>, sqlx::Er
     row.as_ref().map(book_from_row).transpose()
 }
 
-async fn show_book(State(shop): State<Shop>, Path(id): Path<String>) -> Result<Json<Book>, ApiError> {
-    let pool = reader(&shop).await?;
-    get_book(&pool, &id).await.map_err(unavailable)?.map(Json).ok_or(ApiError::NotFound)
+async fn show_book(State(shop): State<Shop>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let (book, stale) = read_with_fallback!(shop, |pool| get_book(pool, &id));
+    let book = book.ok_or(ApiError::NotFound)?;
+    Ok(stale_marked(serde_json::to_value(book).expect("a book serializes"), stale))
 }
 
 pub async fn top_sellers(pool: &AnyPool, limit: usize) -> Result<Vec<Value>, sqlx::Error> {
@@ -241,9 +285,9 @@ pub async fn top_sellers(pool: &AnyPool, limit: usize) -> Result<Vec<Value>, sql
         .collect()
 }
 
-async fn bestsellers(State(shop): State<Shop>) -> Result<Json<Value>, ApiError> {
-    let pool = reader(&shop).await?;
-    Ok(Json(json!({ "items": top_sellers(&pool, BESTSELLERS).await.map_err(unavailable)?, "next": null })))
+async fn bestsellers(State(shop): State<Shop>) -> Result<Response, ApiError> {
+    let (items, stale) = read_with_fallback!(shop, |pool| top_sellers(pool, BESTSELLERS));
+    Ok(stale_marked(json!({ "items": items, "next": null }), stale))
 }
 
 /// "Customers who bought this also bought": books most often in the same orders.
@@ -715,14 +759,14 @@ pub async fn post_by_slug(pool: &AnyPool, slug: &str) -> Result<Option<Value>, s
     .transpose()
 }
 
-async fn list_posts(State(shop): State<Shop>) -> Result<Json<Value>, ApiError> {
-    let pool = reader(&shop).await?;
-    Ok(Json(json!({ "items": posts(&pool, 100).await.map_err(unavailable)?, "next": null })))
+async fn list_posts(State(shop): State<Shop>) -> Result<Response, ApiError> {
+    let (items, stale) = read_with_fallback!(shop, |pool| posts(pool, 100));
+    Ok(stale_marked(json!({ "items": items, "next": null }), stale))
 }
 
-async fn show_post(State(shop): State<Shop>, Path(slug): Path<String>) -> Result<Json<Value>, ApiError> {
-    let pool = reader(&shop).await?;
-    post_by_slug(&pool, &slug).await.map_err(unavailable)?.map(Json).ok_or(ApiError::NotFound)
+async fn show_post(State(shop): State<Shop>, Path(slug): Path<String>) -> Result<Response, ApiError> {
+    let (post, stale) = read_with_fallback!(shop, |pool| post_by_slug(pool, &slug));
+    Ok(stale_marked(post.ok_or(ApiError::NotFound)?, stale))
 }
 
 #[derive(serde::Deserialize)]

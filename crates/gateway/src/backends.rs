@@ -57,7 +57,10 @@ impl Node {
             name: config.name.clone(),
             region: region.to_string(),
             scheme: parsed.scheme().cloned().unwrap_or(hyper::http::uri::Scheme::HTTP),
-            authority: parsed.authority().cloned().unwrap_or_else(|| hyper::http::uri::Authority::from_static("invalid.invalid")),
+            authority: parsed
+                .authority()
+                .cloned()
+                .unwrap_or_else(|| hyper::http::uri::Authority::from_static("invalid.invalid")),
             metrics: NodeMetrics { responses: classes, duration: metrics.duration.get_or_create(&labels).clone() },
             url,
             healthy: AtomicBool::new(true),

@@ -251,11 +251,15 @@ impl Gateway {
         let route = routing::route_for(&self.config.routes, parts.uri.path(), &self.default_route);
         let order = routing::region_order(route, &regions, &parts.headers);
         let idempotent = self.retryable_when_sent(&parts);
-        let path_and_query = parts.uri.path_and_query().cloned().unwrap_or_else(|| hyper::http::uri::PathAndQuery::from_static("/"));
+        let path_and_query =
+            parts.uri.path_and_query().cloned().unwrap_or_else(|| hyper::http::uri::PathAndQuery::from_static("/"));
         let mut parts = parts;
         let headers = upstream_headers(std::mem::take(&mut parts.headers), peer, request_id);
         let mut tried = HashSet::new();
         let mut last_failure = String::from("no node is available");
+        // The last node's own 502/503/504, kept while another node is tried: when none does
+        // better, the client gets the node's answer (its page, its reason), not ours.
+        let mut last_answer: Option<(Arc<Node>, Response<Incoming>)> = None;
         for attempt in 1..=self.config.retries.attempts_max {
             let Some(node) = routing::pick(&order, &tried) else { break };
             tried.insert(node.name.clone());
@@ -269,7 +273,11 @@ impl Gateway {
                 .path_and_query(path_and_query.clone())
                 .build();
             let mut request = match uri.and_then(|uri| {
-                Request::builder().method(parts.method.clone()).uri(uri).version(hyper::Version::HTTP_11).body(Full::new(body.clone()))
+                Request::builder()
+                    .method(parts.method.clone())
+                    .uri(uri)
+                    .version(hyper::Version::HTTP_11)
+                    .body(Full::new(body.clone()))
             }) {
                 Ok(request) => request,
                 Err(error) => return plain(StatusCode::BAD_REQUEST, &format!("bad request target: {error}")),
@@ -290,6 +298,7 @@ impl Gateway {
                     if retry_status && idempotent && attempt < self.config.retries.attempts_max {
                         self.metrics.retries.get_or_create(&ReasonLabels { reason: "status" }).inc();
                         last_failure = format!("node {} answered {status}", node.name);
+                        last_answer = Some((Arc::clone(&node), response));
                         continue;
                     }
                     return self.respond(&node, response, started);
@@ -317,6 +326,9 @@ impl Gateway {
                     self.metrics.retries.get_or_create(&ReasonLabels { reason: "sent" }).inc();
                 }
             }
+        }
+        if let Some((node, response)) = last_answer {
+            return self.respond(&node, response, started);
         }
         tracing::warn!(request_id, reason = last_failure, tried = tried.len(), "no node served the request");
         self.metrics.refused.get_or_create(&ReasonLabels { reason: "no_node" }).inc();

@@ -341,4 +341,24 @@ async fn bestsellers_equal_a_recount_after_a_mixed_workload_in_two_regions() {
         async move { api.get("/api/bestsellers", None).await.1["items"].clone() }
     };
     assert_eq!(top(0).await, top(1).await);
+
+    // r1's database down: r1 still answers catalog reads, from r2's database, marked stale.
+    let r1 = Api::new(&up.region_urls(0)[0]);
+    let down = r1
+        .client
+        .post(format!("{}/admin/faults", r1.base))
+        .bearer_auth(&up.token)
+        .json(&json!({ "db": "down" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(down.status(), 200);
+    let (status, stale) = r1.get("/api/bestsellers", None).await;
+    assert_eq!(status, 200, "{stale}");
+    assert_eq!(stale["stale"]["from_region"], "r2", "{stale}");
+    assert_eq!(stale["items"], top(1).await);
+    let book = r1.client.get(format!("{}/api/books/emma", r1.base)).send().await.unwrap();
+    assert_eq!(book.headers()["x-rananeeti-stale"], "r2");
+    let (status, search) = r1.get("/api/books?q=austen", None).await;
+    assert_eq!((status, search["items"].as_array().unwrap().len()), (200, 6));
 }

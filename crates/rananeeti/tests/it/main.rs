@@ -3,6 +3,7 @@
 mod postgres;
 
 mod admin;
+mod backup;
 mod bookstore_api;
 mod bookstore_browser;
 mod browser;
