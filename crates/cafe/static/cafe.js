@@ -75,11 +75,12 @@
             window.setTimeout(poll, POLL_INTERVAL_MS);
             return;
           }
+          // Badge and note change together, so the page never says both "confirmed" and
+          // "queued"; then the freshly rendered content replaces them.
           setBadge(reservation.status, reservation.reason);
-          return replaceContent().catch(function () {
-            var note = document.getElementById("pending-note");
-            if (note) note.remove();
-          });
+          var note = document.getElementById("pending-note");
+          if (note) note.remove();
+          return replaceContent().catch(function () {});
         })
         .catch(function () {
           failures += 1;
