@@ -10,13 +10,19 @@
 //! scenario: `replication` (the regions and its report), `open_loop` (fixed-rate load), `lag`
 //! (the watchers), `streaming` (the PostgreSQL baseline). The gateway scenario: `gateway` (the run
 //! and its report), `proxies` (the gateway and nginx processes), `fixed_connections` (GET load).
+//! `--scenario bookstore`: `bookstore` (the run and its report) loads `rananeeti up` run by
+//! `deployment` through its gateway with `mixed_load`, on a catalog grown by `generated_books`.
 
 mod baseline;
+mod bookstore;
+mod deployment;
 mod fixed_connections;
 mod gateway;
+mod generated_books;
 mod lag;
 mod load;
 mod machine;
+mod mixed_load;
 mod node;
 mod open_loop;
 mod platform_alone;
@@ -86,6 +92,9 @@ enum Scenario {
     /// One node direct, behind `rananeeti gateway` and behind nginx: the latency, CPU and memory
     /// each proxy adds under the same GET load.
     Gateway,
+    /// `rananeeti up` (one region, two nodes) on each store: a browse mix and a checkout mix
+    /// through the gateway, at the seed's 269 books and at 100,000, and search alone.
+    Bookstore,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -124,6 +133,12 @@ fn main() -> anyhow::Result<()> {
         }
         Scenario::Gateway => {
             runtime.block_on(run_gateway(&args, node_binary, work_dir.path().to_path_buf()))?.into_markdown()
+        }
+        Scenario::Bookstore => {
+            let store = format!("{:?}", args.store).to_lowercase();
+            let run =
+                bookstore::run_scenario(args.quick, &store, args.store.kinds(), node_binary, work_dir.path().into());
+            runtime.block_on(run)?.into_markdown()
         }
     };
     print!("{markdown}");

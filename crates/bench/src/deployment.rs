@@ -1,0 +1,205 @@
+//! A whole local deployment as `rananeeti up` runs it (gateway, nodes, PostgreSQL when asked), as
+//! one child process of the benchmark: started in a fresh data directory, found through its
+//! `topology.json`, stopped with SIGINT (it stops its nodes and databases) also after an error.
+
+use anyhow::{bail, Context};
+use rananeeti::topology::Topology;
+use rananeeti_platform::StoreKind;
+use std::fs::File;
+use std::net::{Ipv4Addr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long `up` gets to write its topology (PostgreSQL's initdb is the slow part).
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long the gateway gets to pass a first request through to a node once `up` says it is up.
+const FIRST_ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long `up` gets to stop its nodes and PostgreSQL after SIGINT before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(60);
+/// Timeout of one readiness probe.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Lines of `up`'s log quoted when it fails.
+const LOG_TAIL_LINES_MAX: usize = 20;
+/// `up` takes its port for the gateway and the next ones for its nodes: this many in all are
+/// checked free before it starts (gateway, two nodes, one spare).
+const PORTS_NEEDED: u16 = 4;
+/// Bases tried for that run of ports, below the kernel's ephemeral range (32768 and up), so a
+/// port picked free is not taken by an outgoing connection a moment later.
+const PORT_BASE_FIRST: u16 = 20_000;
+const PORT_BASE_SPAN: u16 = 10_000;
+const PORT_BASE_ATTEMPTS_MAX: usize = 50;
+
+/// A running `rananeeti up`; SIGINT and a bounded wait when dropped.
+pub struct Deployment {
+    child: Child,
+    log_file: PathBuf,
+    pub topology: Topology,
+}
+
+impl Deployment {
+    /// `binary up --regions 1 --nodes-per-region NODES --port P --data DIR/data [--store postgres]`,
+    /// its output in `DIR/up.log`; returns once the gateway answers a catalog read.
+    pub async fn start(binary: &Path, dir: &Path, nodes_per_region: u32, store: StoreKind) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let port = free_port_run().context("finding free loopback ports for `rananeeti up`")?;
+        let data = dir.join("data");
+        let log_file = dir.join("up.log");
+        let log = File::create(&log_file).with_context(|| format!("creating {}", log_file.display()))?;
+        let mut command = Command::new(binary);
+        command
+            .arg("up")
+            .args(["--regions", "1", "--nodes-per-region", &nodes_per_region.to_string()])
+            .args(["--port", &port.to_string()])
+            .arg("--data")
+            .arg(&data);
+        if store == StoreKind::Postgres {
+            command.args(["--store", "postgres"]);
+        }
+        // Its defaults, not whatever this shell has set.
+        command.env_remove("RUST_LOG");
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("RANANEETI_") {
+                command.env_remove(key);
+            }
+        }
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().context("duplicating the log handle")?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {} up", binary.display()))?;
+        let mut deployment = Deployment { child, log_file, topology: Topology::default() };
+        deployment.topology = deployment.wait_for_topology(&data.join("topology.json")).await?;
+        deployment.wait_for_first_answer().await?;
+        Ok(deployment)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn gateway_url(&self) -> &str {
+        self.topology.gateway_url.as_deref().expect("the topology names the gateway once up is up")
+    }
+
+    /// The region's database (one region).
+    pub fn database_url(&self) -> &str {
+        &self.topology.regions[0].database.url
+    }
+
+    /// SIGINT, then waits for `up` to stop everything it started and exit 0.
+    pub fn stop(mut self) -> anyhow::Result<()> {
+        let status = self.interrupt_and_wait()?;
+        if !status.success() {
+            bail!("`rananeeti up` exited with {status} after SIGINT{}", log_tail(&self.log_file));
+        }
+        Ok(())
+    }
+
+    fn interrupt_and_wait(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        if let Some(status) = self.child.try_wait()? {
+            return Ok(status);
+        }
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).context("sending SIGINT to `rananeeti up`")?;
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                self.kill();
+                bail!("`rananeeti up` did not stop within {} s of SIGINT; killed", STOP_TIMEOUT.as_secs());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL to `up`; its nodes die with it (parent-death signal), PostgreSQL would not, so its
+    /// postmaster gets a fast shutdown (SIGINT) of its own.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(postmaster) = self.topology.regions.first().and_then(|region| region.database.pid) {
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(postmaster as i32), nix::sys::signal::Signal::SIGINT);
+        }
+    }
+
+    async fn wait_for_topology(&mut self, path: &Path) -> anyhow::Result<Topology> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Ok(text) = std::fs::read_to_string(path) {
+                if let Ok(topology) = serde_json::from_str::<Topology>(&text) {
+                    if topology.gateway_url.is_some() && !topology.regions.is_empty() {
+                        return Ok(topology);
+                    }
+                }
+            }
+            if let Some(status) = self.child.try_wait()? {
+                bail!("`rananeeti up` exited with {status} before it was up{}", log_tail(&self.log_file));
+            }
+            if Instant::now() >= deadline {
+                bail!("`rananeeti up` was not up within {} s{}", START_TIMEOUT.as_secs(), log_tail(&self.log_file));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The gateway health-checks its nodes before it sends them anything: wait for a 200.
+    async fn wait_for_first_answer(&mut self) -> anyhow::Result<()> {
+        let client = reqwest::Client::builder().timeout(PROBE_TIMEOUT).build()?;
+        let url = format!("{}/api/books?limit=1", self.gateway_url());
+        let deadline = Instant::now() + FIRST_ANSWER_TIMEOUT;
+        loop {
+            if let Ok(response) = client.get(&url).send().await {
+                if response.status().is_success() {
+                    return Ok(());
+                }
+            }
+            if let Some(status) = self.child.try_wait()? {
+                bail!("`rananeeti up` exited with {status}{}", log_tail(&self.log_file));
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "the gateway did not answer GET /api/books within {} s{}",
+                    FIRST_ANSWER_TIMEOUT.as_secs(),
+                    log_tail(&self.log_file)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Deployment {
+    fn drop(&mut self) {
+        // Only after an error: `stop` has reaped the child already, and then this does nothing.
+        if let Ok(None) = self.child.try_wait() {
+            if let Err(error) = self.interrupt_and_wait() {
+                eprintln!("[bench] stopping `rananeeti up`: {error:#}");
+            }
+        }
+    }
+}
+
+/// A base port such that it and the `PORTS_NEEDED - 1` after it can be bound on loopback now.
+fn free_port_run() -> anyhow::Result<u16> {
+    for _ in 0..PORT_BASE_ATTEMPTS_MAX {
+        let base = PORT_BASE_FIRST + (rand::random::<u16>() % PORT_BASE_SPAN);
+        let listeners: Result<Vec<TcpListener>, _> =
+            (base..base + PORTS_NEEDED).map(|port| TcpListener::bind((Ipv4Addr::LOCALHOST, port))).collect();
+        if listeners.is_ok() {
+            return Ok(base);
+        }
+    }
+    bail!("no run of {PORTS_NEEDED} free loopback ports in {PORT_BASE_ATTEMPTS_MAX} attempts")
+}
+
+fn log_tail(log_file: &Path) -> String {
+    let Ok(text) = std::fs::read_to_string(log_file) else { return String::new() };
+    let lines: Vec<&str> = text.lines().collect();
+    let tail = lines[lines.len().saturating_sub(LOG_TAIL_LINES_MAX)..].join("\n");
+    format!("\nlast lines of {}:\n{tail}", log_file.display())
+}
