@@ -215,17 +215,28 @@ pub async fn search_books(
     after: &str,
     limit: usize,
 ) -> Result<(Vec<Book>, Option<String>), sqlx::Error> {
-    let rows = sqlx::query(&format!(
-        "SELECT {BOOK_COLUMNS} FROM bs_books WHERE deleted = 0 AND ($1 = '' OR search LIKE $2 ESCAPE '\\') \
-         AND ($3 = '' OR category = $3) AND id > $4 ORDER BY id LIMIT $5"
-    ))
-    .bind(q)
-    .bind(like_pattern(q))
-    .bind(category)
-    .bind(after)
-    .bind((limit + 1) as i64)
-    .fetch_all(pool)
-    .await?;
+    // With a search, the matches are found first (PostgreSQL: through the trigram index) and
+    // then ordered; otherwise a planner may walk every book in id order testing each one.
+    let sql = if q.is_empty() {
+        format!(
+            "SELECT {BOOK_COLUMNS} FROM bs_books WHERE deleted = 0 AND ($1 = '' OR $2 = '') \
+             AND ($3 = '' OR category = $3) AND id > $4 ORDER BY id LIMIT $5"
+        )
+    } else {
+        format!(
+            "WITH matches AS MATERIALIZED (SELECT {BOOK_COLUMNS} FROM bs_books \
+             WHERE search LIKE $2 ESCAPE '\\' AND deleted = 0 AND $1 <> '') \
+             SELECT {BOOK_COLUMNS} FROM matches WHERE ($3 = '' OR category = $3) AND id > $4 ORDER BY id LIMIT $5"
+        )
+    };
+    let rows = sqlx::query(&sql)
+        .bind(q)
+        .bind(like_pattern(q))
+        .bind(category)
+        .bind(after)
+        .bind((limit + 1) as i64)
+        .fetch_all(pool)
+        .await?;
     let mut books = rows.iter().map(book_from_row).collect::<Result<Vec<_>, _>>()?;
     let next = if books.len() > limit {
         books.truncate(limit);
@@ -493,6 +504,10 @@ pub async fn submit_cart_set(
     replaces_hlc: u64,
     options: SubmitOptions,
 ) -> Result<Submitted, ApiError> {
+    // A line that does not exist (yet, or any more) is versioned by the user's newest order:
+    // adding a book again after a checkout emptied the cart is a new write, not a duplicate of
+    // the add before that checkout.
+    let replaces_hlc = if replaces_hlc == 0 { newest_order_hlc(shop, &session.user_id).await } else { replaces_hlc };
     shop.platform.observe(rananeeti_platform::Hlc(replaces_hlc));
     let payload = CartSetPayload {
         user_id: session.user_id.clone(),
@@ -506,6 +521,18 @@ pub async fn submit_cart_set(
         format!("{}\u{1f}{book_id}\u{1f}{quantity}\u{1f}{replaces_hlc}", session.user_id).as_bytes(),
     );
     submit_with(shop, KIND_CART_SET, id, serde_json::to_value(&payload).expect("serializes"), options).await
+}
+
+/// The HLC of the user's newest placed order, 0 when none or when the store cannot say.
+async fn newest_order_hlc(shop: &Shop, user_id: &str) -> u64 {
+    let Ok(pool) = shop.platform.reader().await else { return 0 };
+    sqlx::query("SELECT COALESCE(MAX(placed_hlc), 0) AS newest FROM bs_orders WHERE user_id = $1")
+        .bind(user_id)
+        .fetch_one(&pool)
+        .await
+        .ok()
+        .and_then(|row| row.try_get::<i64, _>("newest").ok())
+        .unwrap_or(0) as u64
 }
 
 fn parse_quantity(quantity: Option<i64>, zero_allowed: bool) -> Result<i64, ApiError> {

@@ -181,6 +181,10 @@ async fn bookstore_api_end_to_end(store: &str) {
     assert_eq!(order["total_cents"], ann_cart["total_cents"]);
     assert_eq!(order["lines"].as_array().unwrap().len(), 2);
     assert_eq!(api.get("/api/cart", Some(&ann)).await.1["items"].as_array().unwrap().len(), 0, "the cart was emptied");
+    // The same book in the same quantity as before the checkout is a new line, not a duplicate.
+    assert_eq!(cart(reqwest::Method::POST, json!({ "book_id": "emma", "quantity": 2 })).await.0, 201);
+    assert_eq!(api.get("/api/cart", Some(&ann)).await.1["items"][0]["quantity"], 2);
+    assert_eq!(cart(reqwest::Method::DELETE, json!({ "book_id": "emma" })).await.0, 201);
     let (_, orders) = api.get("/api/orders", Some(&ann)).await;
     assert_eq!(orders["items"].as_array().unwrap().len(), 1);
     assert_eq!(
@@ -276,23 +280,26 @@ async fn cart_add(api: &Api, token: &str, book: &str, quantity: i64) -> u16 {
 /// Sold copies per book, as stored and as recounted from the orders, in one region's database.
 async fn bestsellers_and_recount(up: &Up, region: usize) -> (BTreeMap<String, i64>, BTreeMap<String, i64>, usize) {
     let mut connection = sqlx::AnyConnection::connect(&up.topology.regions[region].database.url).await.unwrap();
+    // One read transaction (a SQLite snapshot): replication may commit between two reads.
+    let mut connection = connection.begin().await.unwrap();
     let read = |rows: Vec<sqlx::any::AnyRow>| {
         rows.iter().map(|row| (row.get::<String, _>("book_id"), row.get::<i64, _>("sold"))).collect::<BTreeMap<_, _>>()
     };
     let stored = read(
         sqlx::query("SELECT book_id, sold FROM bs_bestsellers WHERE sold > 0")
-            .fetch_all(&mut connection)
+            .fetch_all(&mut *connection)
             .await
             .unwrap(),
     );
     let recount = read(
         sqlx::query("SELECT book_id, CAST(SUM(quantity) AS BIGINT) AS sold FROM bs_order_lines GROUP BY book_id")
-            .fetch_all(&mut connection)
+            .fetch_all(&mut *connection)
             .await
             .unwrap(),
     );
     let orders: i64 =
-        sqlx::query("SELECT COUNT(*) AS n FROM bs_orders").fetch_one(&mut connection).await.unwrap().get("n");
+        sqlx::query("SELECT COUNT(*) AS n FROM bs_orders").fetch_one(&mut *connection).await.unwrap().get("n");
+    connection.commit().await.unwrap();
     (stored, recount, orders as usize)
 }
 
