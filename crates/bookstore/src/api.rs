@@ -347,7 +347,7 @@ pub async fn create_account(shop: &Shop, email: &str, password: &str) -> Result<
     let payload = SignupPayload {
         user_id: user_id.clone(),
         email: email.clone(),
-        password_hash: auth::hash_password(password),
+        password_hash: auth::hash_password_async(password).await,
         home_region: shop.platform.region().to_string(),
     };
     let id = CommandId::digest(KIND_SIGNUP, email.as_bytes());
@@ -378,14 +378,15 @@ pub async fn sign_in(shop: &Shop, email: &str, password: &str) -> Result<Option<
         .map_err(unavailable)?;
     let Some(row) = row else {
         // The same work as a real check, so timing does not tell which emails exist.
-        let _ = auth::password_matches(
+        let _ = auth::password_matches_async(
             password,
             "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$2FSQ7Ub4mSFV2Rj2WGsNHtI2r5TOtHZlS3oWHGBmoOA",
-        );
+        )
+        .await;
         return Ok(None);
     };
     let hash: String = row.try_get("password_hash").map_err(unavailable)?;
-    if !auth::password_matches(password, &hash) {
+    if !auth::password_matches_async(password, &hash).await {
         return Ok(None);
     }
     let session = Session {

@@ -118,6 +118,27 @@ pub fn password_matches(password: &str, hash: &str) -> bool {
     PasswordHash::new(hash).is_ok_and(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
 }
 
+/// Password hashing runs here, off the request threads, at most this many at once: argon2 is
+/// deliberately slow, and on the async workers it would starve the node's health checks.
+static HASHING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
+async fn off_the_workers<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    let _permit = HASHING.acquire().await.expect("the hashing semaphore is never closed");
+    tokio::task::spawn_blocking(work).await.expect("password hashing does not panic")
+}
+
+/// `hash_password` on the blocking pool.
+pub async fn hash_password_async(password: &str) -> String {
+    let password = password.to_string();
+    off_the_workers(move || hash_password(&password)).await
+}
+
+/// `password_matches` on the blocking pool.
+pub async fn password_matches_async(password: &str, hash: &str) -> bool {
+    let (password, hash) = (password.to_string(), hash.to_string());
+    off_the_workers(move || password_matches(&password, &hash)).await
+}
+
 /// A user's id: a digest of their email (the same in every region, before any region knows it).
 pub fn user_id(email: &str) -> String {
     rananeeti_platform::CommandId::digest("bookstore.user", email.as_bytes()).to_hex()
