@@ -283,7 +283,7 @@ impl Gateway {
                 Err(error) => return plain(StatusCode::BAD_REQUEST, &format!("bad request target: {error}")),
             };
             *request.headers_mut() = headers.clone();
-            match self.attempt(&node, request).await {
+            match self.attempt(&node, request, idempotent).await {
                 Ok(response) => {
                     let status = response.status();
                     let retry_status = matches!(
@@ -337,12 +337,15 @@ impl Gateway {
         response
     }
 
-    /// One attempt: the response head within the attempt timeout, given up at once if the node
-    /// goes down meanwhile (its checks fail or it is ejected).
+    /// One attempt: the response head within the attempt timeout. A request that may be retried
+    /// elsewhere is given up at once if the node goes down meanwhile (its checks fail or it is
+    /// ejected); any other waits for its answer: a node that is only slow may still apply it, and
+    /// the client should hear what happened.
     async fn attempt(
         &self,
         node: &Arc<Node>,
         request: Request<Full<Bytes>>,
+        abandon_when_down: bool,
     ) -> Result<Response<Incoming>, AttemptFailure> {
         let mut down = node.down_watch();
         down.borrow_and_update();
@@ -359,7 +362,9 @@ impl Gateway {
                 Ok(Err(error)) => Err(AttemptFailure::Sent(error.to_string())),
                 Err(_) => Err(AttemptFailure::Sent(format!("no response head within {timeout:?}"))),
             },
-            _ = down.changed() => Err(AttemptFailure::Sent("the node went down during the request".to_string())),
+            _ = down.changed(), if abandon_when_down => {
+                Err(AttemptFailure::Sent("the node went down during the request".to_string()))
+            }
         };
         node.in_flight.fetch_sub(1, Ordering::AcqRel);
         result
