@@ -10,9 +10,13 @@
 //! scenario: `replication` (the regions and its report), `open_loop` (fixed-rate load), `lag`
 //! (the watchers), `streaming` (the PostgreSQL baseline). The gateway scenario: `gateway` (the run
 //! and its report), `proxies` (the gateway and nginx processes), `fixed_connections` (GET load).
+//! `--scenario backup`: `backup` (the run and its report) times `rananeeti backup` beside restic
+//! on a database made by `backup_data`, each command measured by `measured`.
 //! `--scenario bookstore`: `bookstore` (the run and its report) loads `rananeeti up` run by
 //! `deployment` through its gateway with `mixed_load`, on a catalog grown by `generated_books`.
 
+mod backup;
+mod backup_data;
 mod baseline;
 mod bookstore;
 mod deployment;
@@ -22,6 +26,7 @@ mod generated_books;
 mod lag;
 mod load;
 mod machine;
+mod measured;
 mod mixed_load;
 mod node;
 mod open_loop;
@@ -80,6 +85,9 @@ struct Args {
     /// The nginx binary of the gateway scenario.
     #[arg(long, default_value = DEFAULT_NGINX_BIN)]
     nginx_bin: PathBuf,
+    /// The backup scenario's database size in MB (default 1000, with --quick 100).
+    #[arg(long)]
+    backup_size_mb: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -95,6 +103,9 @@ enum Scenario {
     /// `rananeeti up` (one region, two nodes) on each store: a browse mix and a checkout mix
     /// through the gateway, at the seed's 269 books and at 100,000, and search alone.
     Bookstore,
+    /// `rananeeti backup create`, `verify` and `restore` of a database of about 1 GB beside
+    /// `restic backup`, `check --read-data` and `restore`: time, peak memory, stored size.
+    Backup,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -115,6 +126,10 @@ impl StoreChoice {
 }
 
 fn main() -> anyhow::Result<()> {
+    // The backup scenario runs each measured command under this executable as a wrapper.
+    if let Some(exit_code) = measured::wrapper_main() {
+        std::process::exit(exit_code);
+    }
     let args = Args::parse();
     if cfg!(debug_assertions) {
         eprintln!("[bench] warning: this is a debug build; run with --release for numbers that mean something");
@@ -138,6 +153,10 @@ fn main() -> anyhow::Result<()> {
             let store = format!("{:?}", args.store).to_lowercase();
             let run =
                 bookstore::run_scenario(args.quick, &store, args.store.kinds(), node_binary, work_dir.path().into());
+            runtime.block_on(run)?.into_markdown()
+        }
+        Scenario::Backup => {
+            let run = backup::run_scenario(args.quick, args.backup_size_mb, node_binary, work_dir.path().into());
             runtime.block_on(run)?.into_markdown()
         }
     };
