@@ -177,7 +177,9 @@ async fn export_queue(State(platform): State<Arc<Platform>>) -> Result<Json<Valu
         for entry in &page {
             match serde_json::from_slice::<Value>(&entry.body) {
                 Ok(command) => commands.push(command),
-                Err(error) => tracing::error!(seq = entry.seq, %error, "queued entry does not decode; left out of the export"),
+                Err(error) => {
+                    tracing::error!(seq = entry.seq, %error, "queued entry does not decode; left out of the export")
+                }
             }
         }
     }

@@ -27,8 +27,8 @@ pub use id::{CommandId, InvalidCommandId};
 pub use metrics::PlatformMetrics;
 pub use ownership::{Forwarder, OwnerRow, Ownership, OwnershipConfig, Route};
 pub use platform::{
-    CommandState, CommandStatus, DrainConfig, Outcome, Platform, PlatformConfig, ReadPool, StoreUnavailable, SubmitConfig,
-    SubmitError, SubmitOptions, Submitted,
+    CommandState, CommandStatus, DrainConfig, Outcome, Platform, PlatformConfig, ReadPool, StoreUnavailable,
+    SubmitConfig, SubmitError, SubmitOptions, Submitted,
 };
 pub use replication::{Applied, OutboxEntry, OutboxPage, ReplicationError};
 pub use store::{Migration, Store, StoreConfig, StoreError, StoreKind};

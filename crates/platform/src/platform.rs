@@ -664,7 +664,8 @@ impl Platform {
     /// while the store answers, else another region's database, marked stale (it is replicated
     /// data and can lag). Fails only when there is no fallback either.
     pub async fn read_pool(&self) -> Result<ReadPool, StoreUnavailable> {
-        let local_failing = matches!(self.faults.store_access(), StoreAccess::Fail) || self.breaker.state() == BreakerState::Open;
+        let local_failing =
+            matches!(self.faults.store_access(), StoreAccess::Fail) || self.breaker.state() == BreakerState::Open;
         if !local_failing {
             match self.reader().await {
                 Ok(pool) => return Ok(ReadPool { pool, stale_from: None }),
