@@ -41,7 +41,7 @@ fn keygen(dir: &Path) -> (String, String) {
 
 /// Starts `up` on a restored directory and answers the reservation ids its regions hold.
 async fn reservations_after_restore(into: &Path, regions: u32, store: &str) -> (BTreeSet<String>, BTreeSet<String>) {
-    let port = rananeeti::postgres::free_loopback_port().unwrap();
+    let port = crate::support::free_port_run(regions as u16 + 2);
     let log = std::fs::File::create(into.with_extension("log")).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_rananeeti"))
         .args(["up", "--store", store, "--nodes-per-region", "1", "--regions"])
@@ -267,7 +267,7 @@ async fn up_takes_and_verifies_scheduled_backups() {
     let (key, public) = keygen(dir.path());
     let repo = format!("file://{}", dir.path().join("repo").display());
     let data = dir.path().join("data");
-    let port = rananeeti::postgres::free_loopback_port().unwrap();
+    let port = crate::support::free_port_run(2);
     let log_path = dir.path().join("up.log");
     let log = std::fs::File::create(&log_path).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_rananeeti"))

@@ -518,3 +518,18 @@ pub fn metric_value(metrics: &str, name: &str) -> Option<f64> {
         value.split_whitespace().next()?.parse().ok()
     })
 }
+
+/// A free loopback port followed by `count - 1` more free ones: `up` takes the gateway's port and
+/// the ones after it (nodes, witness). Another process may still take one meanwhile.
+pub fn free_port_run(count: u16) -> u16 {
+    for _ in 0..50 {
+        let port = rananeeti::postgres::free_loopback_port().unwrap();
+        let free = (1..count).all(|offset| {
+            port.checked_add(offset).is_some_and(|next| std::net::TcpListener::bind(("127.0.0.1", next)).is_ok())
+        });
+        if free {
+            return port;
+        }
+    }
+    panic!("no run of {count} free ports");
+}

@@ -4,7 +4,6 @@
 use crate::support::{eventually, reservation};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use rananeeti::postgres::free_loopback_port;
 use rananeeti::topology::Topology;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -29,7 +28,7 @@ async fn topology_with_node(path: &Path, not_pid: Option<u32>) -> Topology {
 async fn up_supervises_one_node(store: &str) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let port = free_loopback_port().unwrap();
+    let port = crate::support::free_port_run(2);
     let log = std::fs::File::create(dir.path().join("up.log")).unwrap();
     let mut up = Command::new(env!("CARGO_BIN_EXE_rananeeti"))
         .args(["up", "--regions", "1", "--nodes-per-region", "1", "--store", store, "--port"])
