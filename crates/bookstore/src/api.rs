@@ -279,11 +279,16 @@ async fn show_book(State(shop): State<Shop>, Path(id): Path<String>) -> Result<R
     Ok(stale_marked(serde_json::to_value(book).expect("a book serializes"), stale))
 }
 
+/// `BOOK_COLUMNS` qualified with the `b` alias, for joins.
+fn qualified_book_columns() -> String {
+    BOOK_COLUMNS.split(", ").map(|column| format!("b.{column}")).collect::<Vec<_>>().join(", ")
+}
+
 pub async fn top_sellers(pool: &AnyPool, limit: usize) -> Result<Vec<Value>, sqlx::Error> {
     let rows = sqlx::query(&format!(
         "SELECT {}, s.sold FROM bs_bestsellers s JOIN bs_books b ON b.id = s.book_id WHERE b.deleted = 0 \
          ORDER BY s.sold DESC, b.id LIMIT $1",
-        BOOK_COLUMNS.split(", ").map(|column| format!("b.{column}")).collect::<Vec<_>>().join(", ")
+        qualified_book_columns()
     ))
     .bind(limit as i64)
     .fetch_all(pool)
@@ -309,8 +314,8 @@ pub async fn also_bought(pool: &AnyPool, book_id: &str, limit: usize) -> Result<
          JOIN bs_books b ON b.id = l2.book_id \
          WHERE l1.book_id = $1 AND b.deleted = 0 \
          GROUP BY {} ORDER BY together DESC, b.id LIMIT $2",
-        BOOK_COLUMNS.split(", ").map(|column| format!("b.{column}")).collect::<Vec<_>>().join(", "),
-        BOOK_COLUMNS.split(", ").map(|column| format!("b.{column}")).collect::<Vec<_>>().join(", "),
+        qualified_book_columns(),
+        qualified_book_columns(),
     ))
     .bind(book_id)
     .bind(limit as i64)

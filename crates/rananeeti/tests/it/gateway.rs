@@ -137,9 +137,6 @@ async fn a_frozen_region_loses_no_request() {
         .map(|served| served.at - frozen_at)
         .min()
         .expect("r2 served after r1 froze");
-    let last_r1 =
-        log.iter().filter(|served| served.at > frozen_at + Duration::from_secs(2)).all(|s| s.region != "r2" || s.ok);
-    assert!(last_r1);
     let failed = failures(&log);
     println!(
         "frozen region: {} requests ({} after the freeze), {} failed, first answer from r2 {:?} after the freeze",
