@@ -303,7 +303,7 @@ pub async fn raise_stock(pool: &AnyPool) -> anyhow::Result<()> {
 }
 
 /// Inserts generated books numbered `0..count` in one transaction, `INSERT_BATCH_ROWS` per
-/// statement; on PostgreSQL then `ANALYZE bs_books`, so the planner knows the table's new size.
+/// statement, recounts the books per category; on PostgreSQL then `ANALYZE bs_books`, so the planner knows the table's new size.
 pub async fn insert(pool: &AnyPool, kind: StoreKind, count: usize) -> anyhow::Result<()> {
     // In the order they are made, not by id: a catalog grows by books of any title, so the
     // rows' physical order has nothing to do with the id order pages and searches read in.
@@ -358,6 +358,10 @@ pub async fn insert(pool: &AnyPool, kind: StoreKind, count: usize) -> anyhow::Re
         query.execute(&mut *transaction).await.with_context(|| format!("inserting generated books from {number}"))?;
         number += batch;
     }
+    // Books per category are derived (the book commands keep them); a bulk load recounts them.
+    rananeeti_bookstore::commands::rebuild_categories(&mut transaction)
+        .await
+        .context("recounting the books per category")?;
     transaction.commit().await.context("committing the generated books")?;
     if kind == StoreKind::Postgres {
         sqlx::query("ANALYZE bs_books").execute(pool).await.context("ANALYZE bs_books")?;

@@ -39,6 +39,7 @@ pub fn router(shop: Shop) -> Router {
         .route("/api/books", get(list_books))
         .route("/api/books/{id}", get(show_book))
         .route("/api/bestsellers", get(bestsellers))
+        .route("/api/categories", get(list_categories))
         .route("/api/recommendations/{book_id}", get(recommendations))
         .route("/api/auth/signup", post(signup))
         .route("/api/auth/signin", post(signin))
@@ -287,7 +288,7 @@ fn qualified_book_columns() -> String {
 pub async fn top_sellers(pool: &AnyPool, limit: usize) -> Result<Vec<Value>, sqlx::Error> {
     let rows = sqlx::query(&format!(
         "SELECT {}, s.sold FROM bs_bestsellers s JOIN bs_books b ON b.id = s.book_id WHERE b.deleted = 0 \
-         ORDER BY s.sold DESC, b.id LIMIT $1",
+         ORDER BY s.sold DESC, s.book_id LIMIT $1",
         qualified_book_columns()
     ))
     .bind(limit as i64)
@@ -306,19 +307,40 @@ async fn bestsellers(State(shop): State<Shop>) -> Result<Response, ApiError> {
     Ok(stale_marked(json!({ "items": items, "next": null }), stale))
 }
 
-/// "Customers who bought this also bought": books most often in the same orders.
+/// Every category with books, and how many (derived: `bs_categories`), by name.
+pub async fn categories(pool: &AnyPool) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    let rows = sqlx::query("SELECT category, books FROM bs_categories WHERE books > 0 ORDER BY category")
+        .fetch_all(pool)
+        .await?;
+    rows.iter().map(|row| Ok((row.try_get("category")?, row.try_get("books")?))).collect()
+}
+
+async fn list_categories(State(shop): State<Shop>) -> Result<Response, ApiError> {
+    let (categories, stale) = read_with_fallback!(shop, |pool| categories(pool));
+    let items: Vec<Value> =
+        categories.into_iter().map(|(category, books)| json!({ "category": category, "books": books })).collect();
+    Ok(stale_marked(json!({ "items": items, "next": null }), stale))
+}
+
+/// Orders of a book that "also bought" looks at: a bound, so a page's cost does not grow with a
+/// best seller's sales.
+const ALSO_BOUGHT_ORDERS: i64 = 1_000;
+
+/// "Customers who bought this also bought": books most often in the same orders, counted over
+/// up to `ALSO_BOUGHT_ORDERS` of the book's orders. Each step is an index lookup: the book's
+/// order lines by book, those orders' lines by order (the primary key), the books by id.
 pub async fn also_bought(pool: &AnyPool, book_id: &str, limit: usize) -> Result<Vec<Value>, sqlx::Error> {
     let rows = sqlx::query(&format!(
-        "SELECT {}, COUNT(*) AS together FROM bs_order_lines l1 \
-         JOIN bs_order_lines l2 ON l2.order_id = l1.order_id AND l2.book_id <> l1.book_id \
-         JOIN bs_books b ON b.id = l2.book_id \
-         WHERE l1.book_id = $1 AND b.deleted = 0 \
-         GROUP BY {} ORDER BY together DESC, b.id LIMIT $2",
-        qualified_book_columns(),
+        "WITH orders AS MATERIALIZED (SELECT order_id FROM bs_order_lines WHERE book_id = $1 LIMIT $3), \
+         together AS MATERIALIZED (SELECT l.book_id, COUNT(*) AS together FROM orders o \
+           JOIN bs_order_lines l ON l.order_id = o.order_id WHERE l.book_id <> $1 GROUP BY l.book_id) \
+         SELECT {}, t.together FROM together t JOIN bs_books b ON b.id = t.book_id \
+         WHERE b.deleted = 0 ORDER BY t.together DESC, b.id LIMIT $2",
         qualified_book_columns(),
     ))
     .bind(book_id)
     .bind(limit as i64)
+    .bind(ALSO_BOUGHT_ORDERS)
     .fetch_all(pool)
     .await?;
     rows.iter()
@@ -982,7 +1004,7 @@ pub(crate) async fn submit_book_delete(shop: &Shop, id: &str) -> Result<Submitte
     submit(shop, KIND_BOOK_DELETE, command_id, serde_json::to_value(&payload).expect("serializes")).await
 }
 
-/// Recounts best sellers from the orders in this region's store (admin).
+/// Recounts best sellers from the orders, and the books per category, in this region's store (admin).
 async fn rebuild(State(shop): State<Shop>, headers: HeaderMap) -> Result<Response, ApiError> {
     if let Err(refused) = require_admin(&shop, &headers) {
         return Ok(*refused);
@@ -990,6 +1012,7 @@ async fn rebuild(State(shop): State<Shop>, headers: HeaderMap) -> Result<Respons
     let pool = shop.platform.store().writer();
     let mut tx = pool.begin().await.map_err(unavailable)?;
     rebuild_bestsellers(&mut tx).await.map_err(unavailable)?;
+    rebuild_categories(&mut tx).await.map_err(unavailable)?;
     tx.commit().await.map_err(unavailable)?;
     Ok(Json(json!({ "rebuilt": true })).into_response())
 }

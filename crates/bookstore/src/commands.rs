@@ -324,6 +324,40 @@ pub async fn rebuild_bestsellers(connection: &mut AnyConnection) -> Result<(), s
     Ok(())
 }
 
+/// Recounts the books of every category from `bs_books` (admin rebuild, bulk loads).
+pub async fn rebuild_categories(connection: &mut AnyConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM bs_categories").execute(&mut *connection).await?;
+    sqlx::query(
+        "INSERT INTO bs_categories (category, books) \
+         SELECT category, COUNT(*) FROM bs_books WHERE deleted = 0 GROUP BY category",
+    )
+    .execute(&mut *connection)
+    .await?;
+    Ok(())
+}
+
+/// Recounts one category's books (through the `(category, title)` index): after a book command,
+/// for the category the book left and the one it is in.
+async fn recount_category(connection: &mut AnyConnection, category: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM bs_categories WHERE category = $1").bind(category).execute(&mut *connection).await?;
+    sqlx::query(
+        "INSERT INTO bs_categories (category, books) \
+         SELECT category, COUNT(*) FROM bs_books WHERE category = $1 AND deleted = 0 GROUP BY category",
+    )
+    .bind(category)
+    .execute(&mut *connection)
+    .await?;
+    Ok(())
+}
+
+async fn category_of(connection: &mut AnyConnection, book_id: &str) -> Result<Option<String>, sqlx::Error> {
+    let row = sqlx::query("SELECT category FROM bs_books WHERE id = $1")
+        .bind(book_id)
+        .fetch_optional(&mut *connection)
+        .await?;
+    row.map(|row| row.try_get("category")).transpose()
+}
+
 async fn book_put(command: &Command, connection: &mut AnyConnection) -> Result<(), ApplyError> {
     Ok(book_put_replicated(command, connection).await?)
 }
@@ -332,6 +366,7 @@ async fn book_put(command: &Command, connection: &mut AnyConnection) -> Result<(
 /// that arrives late does not undo a newer one).
 async fn book_put_replicated(command: &Command, connection: &mut AnyConnection) -> Result<(), sqlx::Error> {
     let BookPutPayload { book } = decode_replicated(command)?;
+    let before = category_of(connection, &book.id).await?;
     sqlx::query(
         "INSERT INTO bs_books (id, title, author, category, price_cents, rating, cover, stock, description, search, hlc, deleted) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 0) \
@@ -353,6 +388,10 @@ async fn book_put_replicated(command: &Command, connection: &mut AnyConnection) 
     .bind(command.hlc.0 as i64)
     .execute(&mut *connection)
     .await?;
+    if let Some(before) = before.filter(|before| *before != book.category) {
+        recount_category(connection, &before).await?;
+    }
+    recount_category(connection, &book.category).await?;
     Ok(())
 }
 
@@ -368,6 +407,9 @@ async fn book_delete_replicated(command: &Command, connection: &mut AnyConnectio
         .bind(&book_id)
         .execute(&mut *connection)
         .await?;
+    if let Some(category) = category_of(connection, &book_id).await? {
+        recount_category(connection, &category).await?;
+    }
     sqlx::query("DELETE FROM bs_cart_lines WHERE book_id = $1").bind(&book_id).execute(&mut *connection).await?;
     Ok(())
 }

@@ -25,7 +25,7 @@ use axum::{Json, Router};
 use hmac::{Hmac, Mac};
 use rananeeti_node::ApiError;
 use rananeeti_platform::hlc::wall_clock_ms;
-use rananeeti_platform::sqlx::{self, AnyPool, Row};
+use rananeeti_platform::sqlx::{self, AnyPool};
 use rananeeti_platform::{CommandId, CommandState, Outcome, SubmitOptions, Submitted};
 use serde_json::{json, Value};
 use sha2::Sha256;
@@ -999,17 +999,7 @@ impl Pages {
 
     async fn categories(&self) -> (Vec<(String, i64)>, Source) {
         if let Some((pool, source)) = self.catalog_pool().await {
-            let rows = sqlx::query(
-                "SELECT category, COUNT(*) AS books FROM bs_books WHERE deleted = 0 GROUP BY category ORDER BY category",
-            )
-            .fetch_all(&pool)
-            .await
-            .and_then(|rows| {
-                rows.iter()
-                    .map(|row| Ok((row.try_get::<String, _>("category")?, row.try_get::<i64, _>("books")?)))
-                    .collect::<Result<Vec<_>, sqlx::Error>>()
-            });
-            match rows {
+            match api::categories(&pool).await {
                 Ok(categories) => return (categories, source),
                 Err(error) => self.read_failed(&source, &error),
             }

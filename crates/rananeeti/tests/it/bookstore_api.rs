@@ -236,14 +236,31 @@ async fn bookstore_api_end_to_end(store: &str) {
         body[name] = bad;
         assert_eq!(field(&api.post("/api/admin/books", Some(&admin), body).await.1), name);
     }
-    let (status, created) = api.post("/api/admin/books", Some(&admin), new_book.clone()).await;
+    let science_before = category_count(&api, "Science").await;
+    assert!(science_before > 0, "the seed has science books");
+    let mut handbook = new_book.clone();
+    handbook["category"] = json!("Operations");
+    let (status, created) = api.post("/api/admin/books", Some(&admin), handbook.clone()).await;
     assert_eq!(status, 201, "{created}");
     assert_eq!(api.get("/api/books/the-rananeeti-handbook", None).await.0, 200);
+    assert_eq!(category_count(&api, "Operations").await, 1, "a new category is counted");
     assert_eq!(field(&api.post("/api/admin/books", Some(&admin), new_book.clone()).await.1), "title", "it exists");
+    // Moving the book recounts both categories; an emptied category is no longer listed.
+    let (status, _) = api
+        .call(reqwest::Method::PUT, "/api/admin/books/the-rananeeti-handbook", Some(&admin), Some(new_book.clone()))
+        .await;
+    assert_eq!(status, 201);
+    assert_eq!(category_count(&api, "Operations").await, 0);
+    assert_eq!(category_count(&api, "Science").await, science_before + 1);
     let (status, _) =
         api.call(reqwest::Method::DELETE, "/api/admin/books/the-rananeeti-handbook", Some(&admin), None).await;
     assert_eq!(status, 201);
     assert_eq!(api.get("/api/books/the-rananeeti-handbook", None).await.0, 404);
+    assert_eq!(category_count(&api, "Science").await, science_before, "a deleted book is no longer counted");
+    // The kept counts equal a recount from the catalog.
+    let (_, kept) = api.get("/api/categories", None).await;
+    assert_eq!(api.post("/api/admin/bestsellers/rebuild", Some(&admin), json!({})).await.0, 200);
+    assert_eq!(api.get("/api/categories", None).await.1, kept);
     assert_eq!(api.call(reqwest::Method::DELETE, "/api/admin/books/no-such-book", Some(&admin), None).await.0, 404);
 
     // Blog: Markdown rendered safely.
@@ -267,6 +284,14 @@ async fn bookstore_api_end_to_end(store: &str) {
     for path in ["/api/books", "/api/cart", "/api/orders", "/api/auth/signin", "/api/admin/books/{id}", "/api/blog"] {
         assert!(openapi["paths"].get(path).is_some(), "{path} documented");
     }
+}
+
+/// Books in a category as `/api/categories` counts them; 0 when it is not listed.
+async fn category_count(api: &Api, category: &str) -> i64 {
+    let (status, body) = api.get("/api/categories", None).await;
+    assert_eq!(status, 200, "{body}");
+    let items = body["items"].as_array().expect("items");
+    items.iter().find(|item| item["category"] == category).map_or(0, |item| item["books"].as_i64().expect("books"))
 }
 
 async fn dracula_price(api: &Api) -> i64 {
