@@ -17,6 +17,7 @@ mod platform;
 pub mod replication;
 pub mod schema;
 pub mod store;
+pub mod write_gate;
 
 pub use breaker::{BreakerConfig, BreakerState};
 pub use command::{ApplyError, Command, CommandHandler, NewCommand, Registry, WritePattern};

@@ -587,6 +587,7 @@ impl Platform {
         Box::pin(async move {
             self.injected_store_fault().await.map_err(|error| AttemptError::Transient(error.to_string()))?;
             self.store.ensure_migrated().await?;
+            let _turn = self.store.write_turn().await;
             let pool = self.store.writer();
             let mut tx = pool.begin().await?;
             // The dedup record goes first: it takes SQLite's write lock at once and, on PostgreSQL,
@@ -918,6 +919,7 @@ impl Platform {
     }
 
     async fn record_internal_rejection_inner(&self, command: &Command) -> Result<(), sqlx::Error> {
+        let _turn = self.store.write_turn().await;
         let pool = self.store.writer();
         let mut tx = pool.begin().await?;
         if insert_record(&mut tx, command, &self.config, "rejected", true).await? {

@@ -98,6 +98,7 @@ impl Platform {
             assert!(entries.windows(2).all(|pair| pair[0].seq < pair[1].seq), "a batch is in seq order");
             self.reader().await?; // the injected store fault applies to replication too
             self.store.ensure_migrated().await.map_err(StoreUnavailable::from)?;
+            let _turn = self.store.write_turn().await;
             let pool = self.store.writer();
             let mut tx = pool.begin().await?;
             let mut applied = 0;

@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Once, RwLock};
 use std::time::Duration;
 
+use crate::write_gate::{WriteGate, WriteTurn};
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StoreKind {
@@ -86,6 +88,8 @@ pub struct Store {
     rebuilds: AtomicU64,
     /// Other regions' databases, read (never written) when this region's cannot be.
     fallback_readers: RwLock<Vec<(String, AnyPool)>>,
+    /// Turns at SQLite's write lock (see `write_gate`); nothing for PostgreSQL.
+    write_gate: WriteGate,
 }
 
 static INSTALL_DRIVERS: Once = Once::new();
@@ -102,7 +106,14 @@ impl Store {
             }
         }
         let pools = build_pools(kind, &config)?;
+        let write_gate = match crate::write_gate::sqlite_path(&config.writer_url) {
+            Some(path) if kind == StoreKind::Sqlite => {
+                WriteGate::sqlite(&path, Duration::from_millis(config.busy_timeout_ms / 2))
+            }
+            _ => WriteGate::none(),
+        };
         Ok(Store {
+            write_gate,
             kind,
             config,
             pools: RwLock::new(pools),
@@ -116,6 +127,12 @@ impl Store {
 
     pub fn kind(&self) -> StoreKind {
         self.kind
+    }
+
+    /// Waits for a turn to write (SQLite: one writer at a time across the processes sharing the
+    /// file, in turn rather than by SQLite's sleeping retries); hold it until the transaction ends.
+    pub async fn write_turn(&self) -> WriteTurn {
+        self.write_gate.turn().await
     }
 
     pub fn writer(&self) -> AnyPool {
