@@ -204,6 +204,14 @@ pub fn migrations() -> Vec<Migration> {
         // with a large catalog; SQLite scans (fine at the seed's size).
         Migration { component: "bookstore", version: 3, sqlite: "", postgres: SEARCH_INDEX_POSTGRES },
         Migration { component: "bookstore", version: 4, sqlite: BROWSE_INDEXES, postgres: BROWSE_INDEXES },
+        // SQLite's search scans this covering index instead of the whole table (about 2x faster
+        // at 100,000 books); PostgreSQL searches through its trigram index.
+        Migration {
+            component: "bookstore",
+            version: 5,
+            sqlite: "CREATE INDEX bs_books_search ON bs_books (search, deleted, category, id)",
+            postgres: "",
+        },
     ]
 }
 
