@@ -23,6 +23,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use hmac::{Hmac, Mac};
+use rananeeti_node::pages::{asset_response, assets_digest, page_headers, Asset};
 use rananeeti_node::ApiError;
 use rananeeti_platform::hlc::wall_clock_ms;
 use rananeeti_platform::sqlx::{self, AnyPool};
@@ -60,9 +61,9 @@ pub fn router(shop: Shop) -> Router {
         .route("/bookstore/admin/books/{id}/delete", post(admin_delete_book))
         .route("/bookstore/admin/posts/new", get(admin_new_post).post(admin_create_post))
         .route("/bookstore/{*rest}", get(not_found))
-        .route("/static/bookstore/bookstore.css", get(|| async { asset(&CSS) }))
-        .route("/static/bookstore/bookstore.js", get(|| async { asset(&JS) }))
-        .route("/static/bookstore/logo.svg", get(|| async { asset(&LOGO) }))
+        .route("/static/bookstore/bookstore.css", get(|| async { asset_response(&CSS) }))
+        .route("/static/bookstore/bookstore.js", get(|| async { asset_response(&JS) }))
+        .route("/static/bookstore/logo.svg", get(|| async { asset_response(&LOGO) }))
         .route("/static/bookstore/{*rest}", get(not_found))
         .with_state(pages)
 }
@@ -103,45 +104,15 @@ static SEED: LazyLock<Vec<Book>> = LazyLock::new(catalog::seed_books);
 // ---------------------------------------------------------------------------------------------
 // Static files, compiled into the binary.
 
-struct Asset {
-    body: &'static [u8],
-    content_type: &'static str,
-}
-
 const CSS: Asset = Asset { body: include_bytes!("../static/bookstore.css"), content_type: "text/css; charset=utf-8" };
 const JS: Asset =
     Asset { body: include_bytes!("../static/bookstore.js"), content_type: "text/javascript; charset=utf-8" };
 const LOGO: Asset = Asset { body: include_bytes!("../static/logo.svg"), content_type: "image/svg+xml" };
-
-/// Pages link the files with `?v=` of this digest, so a cached copy never outlives a new build.
-const ASSETS_DIGEST: u64 = fnv1a(LOGO.body, fnv1a(JS.body, fnv1a(CSS.body, 0xcbf2_9ce4_8422_2325)));
-const ASSET_CACHE_CONTROL: &str = "public, max-age=86400";
-
-const fn fnv1a(bytes: &[u8], mut hash: u64) -> u64 {
-    let mut index = 0;
-    while index < bytes.len() {
-        hash ^= bytes[index] as u64;
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-        index += 1;
-    }
-    hash
-}
+const ASSETS_DIGEST: u64 = assets_digest(&[&CSS, &JS, &LOGO]);
 
 /// The `?v=` the templates append to static URLs.
 pub(crate) fn asset_version() -> String {
-    format!("{ASSETS_DIGEST:016x}")
-}
-
-fn asset(asset: &Asset) -> Response {
-    (
-        [
-            (header::CONTENT_TYPE, asset.content_type),
-            (header::CACHE_CONTROL, ASSET_CACHE_CONTROL),
-            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-        ],
-        asset.body,
-    )
-        .into_response()
+    rananeeti_node::pages::asset_version(ASSETS_DIGEST)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -588,17 +559,6 @@ impl Visit {
 
 // ---------------------------------------------------------------------------------------------
 // Rendering, redirects and error pages.
-
-const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; img-src 'self' data:; style-src 'self'; \
-     script-src 'self'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
-
-fn page_headers(response: &mut Response) {
-    let headers = response.headers_mut();
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CONTENT_SECURITY_POLICY));
-    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
-}
 
 /// A rendered page with the headers every page carries; the flash it showed is cleared.
 /// Carts, orders and accounts are personal, so pages are never stored by caches.

@@ -14,6 +14,7 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::get;
 use axum::Router;
+use rananeeti_node::pages::{asset_response, assets_digest, page_headers, Asset};
 use rananeeti_platform::{CommandId, CommandState, Outcome, Platform, SubmitError};
 use std::sync::Arc;
 use time::macros::format_description;
@@ -26,9 +27,9 @@ pub fn router(platform: Arc<Platform>) -> Router {
         .route("/cafe/reservations", get(list_page).post(place_reservation))
         .route("/cafe/reservations/{id}", get(status_page))
         .route("/cafe/{*rest}", get(not_found_page))
-        .route("/static/cafe/cafe.css", get(|| async { asset(&CSS) }))
-        .route("/static/cafe/cafe.js", get(|| async { asset(&JS) }))
-        .route("/static/cafe/logo.svg", get(|| async { asset(&LOGO) }))
+        .route("/static/cafe/cafe.css", get(|| async { asset_response(&CSS) }))
+        .route("/static/cafe/cafe.js", get(|| async { asset_response(&JS) }))
+        .route("/static/cafe/logo.svg", get(|| async { asset_response(&LOGO) }))
         .route("/static/cafe/{*rest}", get(not_found_page))
         .with_state(platform)
 }
@@ -36,72 +37,31 @@ pub fn router(platform: Arc<Platform>) -> Router {
 // ---------------------------------------------------------------------------------------------
 // Static files, compiled into the binary.
 
-struct Asset {
-    body: &'static [u8],
-    content_type: &'static str,
-}
-
 const CSS: Asset = Asset { body: include_bytes!("../static/cafe.css"), content_type: "text/css; charset=utf-8" };
 const JS: Asset = Asset { body: include_bytes!("../static/cafe.js"), content_type: "text/javascript; charset=utf-8" };
 const LOGO: Asset = Asset { body: include_bytes!("../static/logo.svg"), content_type: "image/svg+xml" };
-
-/// Pages link the files with `?v=` of this digest, so a cached copy never outlives a new build.
-const ASSETS_DIGEST: u64 = fnv1a(LOGO.body, fnv1a(JS.body, fnv1a(CSS.body, 0xcbf2_9ce4_8422_2325)));
-const ASSET_CACHE_CONTROL: &str = "public, max-age=86400";
-
-const fn fnv1a(bytes: &[u8], mut hash: u64) -> u64 {
-    let mut index = 0;
-    while index < bytes.len() {
-        hash ^= bytes[index] as u64;
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-        index += 1;
-    }
-    hash
-}
+const ASSETS_DIGEST: u64 = assets_digest(&[&CSS, &JS, &LOGO]);
 
 /// The `?v=` the templates append to static URLs.
 pub(crate) fn asset_version() -> String {
-    format!("{ASSETS_DIGEST:016x}")
-}
-
-fn asset(asset: &Asset) -> Response {
-    (
-        [
-            (header::CONTENT_TYPE, asset.content_type),
-            (header::CACHE_CONTROL, ASSET_CACHE_CONTROL),
-            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-        ],
-        asset.body,
-    )
-        .into_response()
+    rananeeti_node::pages::asset_version(ASSETS_DIGEST)
 }
 
 // ---------------------------------------------------------------------------------------------
 // Rendering and error pages.
 
-const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; img-src 'self' data:; style-src 'self'; \
-     script-src 'self'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
-
-/// A rendered page with the headers every page carries. Bookings hold people's names, so pages
-/// are never stored by caches.
+/// A rendered page with the headers every page carries (bookings hold people's names: never
+/// stored by caches).
 fn page(status: StatusCode, template: &impl Template) -> Response {
-    match template.render() {
-        Ok(body) => (
-            status,
-            [
-                (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
-                (header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CONTENT_SECURITY_POLICY)),
-                (header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")),
-                (header::REFERRER_POLICY, HeaderValue::from_static("same-origin")),
-            ],
-            Html(body),
-        )
-            .into_response(),
+    let mut response = match template.render() {
+        Ok(body) => (status, Html(body)).into_response(),
         Err(error) => {
             tracing::error!(%error, "page template failed to render");
             (StatusCode::INTERNAL_SERVER_ERROR, "Internal error: the page could not be rendered.").into_response()
         }
-    }
+    };
+    page_headers(&mut response);
+    response
 }
 
 const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
@@ -825,12 +785,6 @@ mod tests {
         assert!(heading("something else", "committed", None).is_none());
         assert_eq!(status_label("rejected", Some("fully booked")), "Rejected: fully booked");
         assert_eq!(status_label("pending", None), "Queued — pending");
-    }
-
-    #[test]
-    fn static_files_are_versioned_by_their_content() {
-        assert_eq!(asset_version().len(), 16);
-        assert_ne!(fnv1a(b"a", 0xcbf2_9ce4_8422_2325), fnv1a(b"b", 0xcbf2_9ce4_8422_2325));
     }
 
     fn view(status: &'static str, stored_in: &'static str, reason: Option<&str>) -> ReservationView {

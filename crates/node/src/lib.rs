@@ -8,6 +8,7 @@ pub mod app;
 pub mod error;
 pub mod json;
 pub mod ownership;
+pub mod pages;
 pub mod queue_copies;
 pub mod replication;
 pub mod server;
