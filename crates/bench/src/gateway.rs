@@ -723,20 +723,12 @@ impl GatewayReport {
             "\nThe gateway's refusals, retries, ejections, health changes and non-2xx responses at the end: {counters}."
         );
 
-        let _ = writeln!(out, "\n## Method\n");
-        for line in METHOD {
-            let _ = writeln!(out, "- {line}");
-        }
-        let _ = writeln!(
-            out,
-            "- nginx keeps up to {NGINX_UPSTREAM_KEEPALIVE} idle connections to the node per worker; the gateway its default."
-        );
-        if !self.notes.is_empty() {
-            let _ = writeln!(out, "\n## Notes\n");
-            for note in &self.notes {
-                let _ = writeln!(out, "- {note}");
-            }
-        }
+        let mut method: Vec<String> = METHOD.iter().map(|line| line.to_string()).collect();
+        method.push(format!(
+            "nginx keeps up to {NGINX_UPSTREAM_KEEPALIVE} idle connections to the node per worker; the gateway its default."
+        ));
+        crate::report::bullets(&mut out, "## Method", &method);
+        crate::report::bullets(&mut out, "## Notes", &self.notes);
         out
     }
 }

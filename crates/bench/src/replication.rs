@@ -732,16 +732,8 @@ impl ReplicationReport {
             }
         }
 
-        let _ = writeln!(out, "\n### Method\n");
-        for line in METHOD {
-            let _ = writeln!(out, "- {line}");
-        }
-        if !self.notes.is_empty() {
-            let _ = writeln!(out, "\n### Notes\n");
-            for note in &self.notes {
-                let _ = writeln!(out, "- {note}");
-            }
-        }
+        crate::report::bullets(&mut out, "### Method", &METHOD);
+        crate::report::bullets(&mut out, "### Notes", &self.notes);
         out
     }
 }

@@ -396,17 +396,19 @@ impl Report {
             );
         }
 
-        let _ = writeln!(out, "\n## Method\n");
-        for line in METHOD {
-            let _ = writeln!(out, "- {line}");
-        }
-
-        if !self.notes.is_empty() {
-            let _ = writeln!(out, "\n## Notes from this run\n");
-            for note in &self.notes {
-                let _ = writeln!(out, "- {note}");
-            }
-        }
+        bullets(&mut out, "## Method", &METHOD);
+        bullets(&mut out, "## Notes from this run", &self.notes);
         out
+    }
+}
+
+/// A heading and one bullet per line, as every report ends (nothing when there are no lines).
+pub fn bullets<Line: std::fmt::Display>(out: &mut String, heading: &str, lines: &[Line]) {
+    if lines.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "\n{heading}\n");
+    for line in lines {
+        let _ = writeln!(out, "- {line}");
     }
 }
