@@ -77,7 +77,11 @@ pub(crate) fn quote(name: &str) -> String {
 
 /// `SELECT` of the named columns of a table.
 pub(crate) fn select_sql(table: &str, columns: &[String]) -> String {
-    format!("SELECT {} FROM {}", columns.iter().map(|column| quote(column)).collect::<Vec<_>>().join(", "), quote(table))
+    format!(
+        "SELECT {} FROM {}",
+        columns.iter().map(|column| quote(column)).collect::<Vec<_>>().join(", "),
+        quote(table)
+    )
 }
 
 /// Writes a PostgreSQL row's canonical JSON into `out`.
@@ -279,7 +283,10 @@ async fn import_postgres(
                 )
                 .await?;
                 for column in &columns {
-                    anyhow::ensure!(target_columns.contains(column), "table {table}: column {column} does not exist here");
+                    anyhow::ensure!(
+                        target_columns.contains(column),
+                        "table {table}: column {column} does not exist here"
+                    );
                 }
                 sqlx::query(&format!("DELETE FROM {}", quote(&table))).execute(&mut *tx).await?;
                 let statement = format!(
@@ -287,7 +294,7 @@ async fn import_postgres(
                     quote(&table),
                     columns.iter().map(|column| quote(column)).collect::<Vec<_>>().join(", ")
                 );
-                let mut sink = (&mut *tx).copy_in_raw(&statement).await?;
+                let mut sink = tx.copy_in_raw(&statement).await?;
                 let mut buffer: Vec<u8> = Vec::with_capacity(COPY_CHUNK_BYTES + 64 * 1024);
                 let copied: anyhow::Result<()> = async {
                     loop {

@@ -240,10 +240,19 @@ mod tests {
     /// of serde_json's output.
     #[test]
     fn row_writer_matches_serde_json_byte_for_byte() {
-        let texts = ["", "plain", "quote \" and \\ backslash", "tab\tnew\nline\r", "\u{1}\u{1f}\u{7f}", "é ü 日本 🎉", "</script>"];
+        let texts = [
+            "",
+            "plain",
+            "quote \" and \\ backslash",
+            "tab\tnew\nline\r",
+            "\u{1}\u{1f}\u{7f}",
+            "é ü 日本 🎉",
+            "</script>",
+        ];
         for text in texts {
             for integer in [0i64, -1, 42, i64::MIN, i64::MAX] {
-                let values = vec![serde_json::Value::from(integer), serde_json::Value::from(text), serde_json::Value::Null];
+                let values =
+                    vec![serde_json::Value::from(integer), serde_json::Value::from(text), serde_json::Value::Null];
                 let mut out = Vec::new();
                 let mut row = RowWriter::start(&mut out);
                 row.integer(integer);

@@ -27,6 +27,12 @@ const REQUEST_TIMEOUT_MS: u64 = 300_000;
 /// Threads zstd compresses on while the export is read (its multithreaded mode; the calling
 /// thread only hands input over).
 const COMPRESSION_WORKERS_MAX: usize = 2;
+/// Input zstd gives each worker at a time. Its default for level 3 is 8 MB, and a worker holds
+/// several of them (input, output, the next job): 2 MB keeps the create under 100 MB of memory
+/// for a negligible loss of ratio.
+const COMPRESSION_JOB_BYTES: u32 = 2 << 20;
+/// Parts of a multipart upload in flight at once (object_store's default is 8 of 10 MB each).
+const UPLOAD_PARTS_IN_FLIGHT_MAX: usize = 2;
 
 pub struct Repo {
     store: Arc<dyn ObjectStore>,
@@ -61,13 +67,21 @@ impl Repo {
                     max_retries: RETRY_ATTEMPTS_MAX,
                     retry_timeout: Duration::from_millis(RETRY_BUDGET_MS),
                 };
-                let client = object_store::ClientOptions::new()
-                    .with_connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
-                    .with_timeout(Duration::from_millis(REQUEST_TIMEOUT_MS));
-                let store = object_store::aws::AmazonS3Builder::from_env()
+                let mut builder = object_store::aws::AmazonS3Builder::from_env();
+                // Timeouts unless the environment sets them (AWS_CONNECT_TIMEOUT, AWS_TIMEOUT);
+                // set key by key, as `with_client_options` would drop AWS_ALLOW_HTTP and the like.
+                for (key, value) in [
+                    (object_store::ClientConfigKey::ConnectTimeout, CONNECT_TIMEOUT_MS),
+                    (object_store::ClientConfigKey::Timeout, REQUEST_TIMEOUT_MS),
+                ] {
+                    let key = object_store::aws::AmazonS3ConfigKey::Client(key);
+                    if builder.get_config_value(&key).is_none() {
+                        builder = builder.with_config(key, format!("{value}ms"));
+                    }
+                }
+                let store = builder
                     .with_bucket_name(bucket)
                     .with_retry(retry)
-                    .with_client_options(client)
                     .build()
                     .with_context(|| format!("opening repository {display}"))?;
                 let prefix =
@@ -250,7 +264,9 @@ impl SealedWriter {
         let mut chain = zstd::stream::write::Encoder::new(age, level)?;
         let workers = std::thread::available_parallelism().map_or(1, |cores| cores.get()).min(COMPRESSION_WORKERS_MAX);
         chain.multithread(workers as u32)?;
-        let upload = object_store::buffered::BufWriter::new(Arc::clone(&repo.store), repo.object_path(backup, name));
+        chain.set_parameter(zstd::zstd_safe::CParameter::JobSize(COMPRESSION_JOB_BYTES))?;
+        let upload = object_store::buffered::BufWriter::new(Arc::clone(&repo.store), repo.object_path(backup, name))
+            .with_max_concurrency(UPLOAD_PARTS_IN_FLIGHT_MAX);
         Ok(SealedWriter { chain: Some(chain), shared, upload, hasher: Sha256::new(), bytes: 0, plain_bytes: 0 })
     }
 

@@ -400,15 +400,27 @@ async fn restore_region(
         })?;
     let decoder = zstd::stream::read::Decoder::new(decrypted)?;
     let lines = Box::new(std::io::BufReader::with_capacity(256 * 1024, decoder));
-    if let StoreKind::Sqlite = StoreKind::from_url(target_url)? {
-        // The import runs without a journal, which is only right for a file nobody had.
-        let path = rananeeti_backup::sqlite::path_of_url(target_url)?;
-        anyhow::ensure!(!path.exists(), "{} exists already: restore makes a new store", path.display());
-    }
-    let store = Store::open(store_config(target_url), crate::node_cmd::all_migrations())?;
+    let migrations_url = match StoreKind::from_url(target_url)? {
+        StoreKind::Sqlite => {
+            // Migrated under another name, then copied to the target (see `sqlite::copy_migrated`).
+            let target = rananeeti_backup::sqlite::path_of_url(target_url)?;
+            anyhow::ensure!(!target.exists(), "{} exists already: restore makes a new store", target.display());
+            let migrated = target.with_extension("migrated.db");
+            rananeeti_backup::sqlite::create_new(&migrated)?;
+            format!("sqlite://{}?mode=rwc", migrated.display())
+        }
+        StoreKind::Postgres => target_url.to_string(),
+    };
+    let store = Store::open(store_config(&migrations_url), crate::node_cmd::all_migrations())?;
     store.ensure_migrated().await.with_context(|| format!("preparing the store for region {}", region.name))?;
-    // The import has the store to itself.
     store.writer().close().await;
+    drop(store);
+    if migrations_url != target_url {
+        rananeeti_backup::sqlite::copy_migrated(
+            &rananeeti_backup::sqlite::path_of_url(&migrations_url)?,
+            &rananeeti_backup::sqlite::path_of_url(target_url)?,
+        )?;
+    }
     let database = database(target_url)?;
     let bar = indicatif::ProgressBar::new_spinner();
     bar.set_message(format!("restoring region {}", region.name));
