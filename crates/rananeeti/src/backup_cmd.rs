@@ -386,6 +386,14 @@ async fn restore_region(
     target_url: &str,
     scratch: &Path,
 ) -> anyhow::Result<Vec<Value>> {
+    anyhow::ensure!(
+        manifest.format == FORMAT_VERSION,
+        "backup {} is in format {}; this rananeeti ({}) reads format {FORMAT_VERSION}: use the version that made it ({})",
+        manifest.id,
+        manifest.format,
+        env!("CARGO_PKG_VERSION"),
+        manifest.tool_version
+    );
     let file = scratch.join(&region.object);
     repo.download_checked(&manifest.id, &region.object, &region.sha256, region.bytes, &file).await?;
     let reader = std::io::BufReader::new(std::fs::File::open(&file)?);

@@ -232,7 +232,16 @@ async fn damaged_backups_and_wrong_keys_fail_clearly() {
     let wrong = failed(&rananeeti(&["backup", "verify", "--repo", &repo, "--key", &other_key]));
     assert!(wrong.contains("wrong key"), "{wrong}");
 
+    // A backup in a format this version does not read is refused, saying so.
     let backup_dir = std::fs::read_dir(repo_dir.join("backups")).unwrap().next().unwrap().unwrap().path();
+    let manifest_path = backup_dir.join("manifest.json");
+    let manifest_text = std::fs::read_to_string(&manifest_path).unwrap();
+    let mut manifest: Value = serde_json::from_str(&manifest_text).unwrap();
+    manifest["format"] = Value::from(99);
+    std::fs::write(&manifest_path, serde_json::to_vec(&manifest).unwrap()).unwrap();
+    let newer = failed(&rananeeti(&["backup", "verify", "--repo", &repo, "--key", &key]));
+    assert!(newer.contains("format 99"), "{newer}");
+    std::fs::write(&manifest_path, manifest_text).unwrap();
     let object = backup_dir.join("r1.export.zst.age");
     let mut bytes = std::fs::read(&object).unwrap();
     let middle = bytes.len() / 2;
