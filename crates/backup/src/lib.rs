@@ -11,3 +11,4 @@ pub mod format;
 pub mod keys;
 pub mod repo;
 pub mod retention;
+pub mod sqlite;

@@ -10,9 +10,29 @@ use object_store::ObjectStore;
 use sha2::{Digest, Sha256};
 use std::io::Write;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 
 pub const MANIFEST: &str = "manifest.json";
+/// Retries of one request to a remote repository before the command fails, and the longest all
+/// of them may take: an unreachable repository fails the command in seconds, not minutes
+/// (object_store's defaults are 10 retries within 3 minutes).
+const RETRY_ATTEMPTS_MAX: usize = 3;
+const RETRY_BUDGET_MS: u64 = 20_000;
+const RETRY_BACKOFF_FIRST_MS: u64 = 100;
+const RETRY_BACKOFF_MAX_MS: u64 = 2_000;
+/// Connecting to a remote repository, and one request (a multipart part is 10 MB).
+const CONNECT_TIMEOUT_MS: u64 = 5_000;
+const REQUEST_TIMEOUT_MS: u64 = 300_000;
+/// Threads zstd compresses on while the export is read (its multithreaded mode; the calling
+/// thread only hands input over).
+const COMPRESSION_WORKERS_MAX: usize = 2;
+/// Input zstd gives each worker at a time. Its default for level 3 is 8 MB, and a worker holds
+/// several of them (input, output, the next job): 2 MB keeps the create under 100 MB of memory
+/// for a negligible loss of ratio.
+const COMPRESSION_JOB_BYTES: u32 = 2 << 20;
+/// Parts of a multipart upload in flight at once (object_store's default is 8 of 10 MB each).
+const UPLOAD_PARTS_IN_FLIGHT_MAX: usize = 2;
 
 pub struct Repo {
     store: Arc<dyn ObjectStore>,
@@ -38,8 +58,30 @@ impl Repo {
             }
             "s3" => {
                 let bucket = parsed.host_str().context("s3:// URL without a bucket")?;
-                let store = object_store::aws::AmazonS3Builder::from_env()
+                let retry = object_store::RetryConfig {
+                    backoff: object_store::BackoffConfig {
+                        init_backoff: Duration::from_millis(RETRY_BACKOFF_FIRST_MS),
+                        max_backoff: Duration::from_millis(RETRY_BACKOFF_MAX_MS),
+                        base: 2.0,
+                    },
+                    max_retries: RETRY_ATTEMPTS_MAX,
+                    retry_timeout: Duration::from_millis(RETRY_BUDGET_MS),
+                };
+                let mut builder = object_store::aws::AmazonS3Builder::from_env();
+                // Timeouts unless the environment sets them (AWS_CONNECT_TIMEOUT, AWS_TIMEOUT);
+                // set key by key, as `with_client_options` would drop AWS_ALLOW_HTTP and the like.
+                for (key, value) in [
+                    (object_store::ClientConfigKey::ConnectTimeout, CONNECT_TIMEOUT_MS),
+                    (object_store::ClientConfigKey::Timeout, REQUEST_TIMEOUT_MS),
+                ] {
+                    let key = object_store::aws::AmazonS3ConfigKey::Client(key);
+                    if builder.get_config_value(&key).is_none() {
+                        builder = builder.with_config(key, format!("{value}ms"));
+                    }
+                }
+                let store = builder
                     .with_bucket_name(bucket)
+                    .with_retry(retry)
                     .build()
                     .with_context(|| format!("opening repository {display}"))?;
                 let prefix =
@@ -48,6 +90,16 @@ impl Repo {
             }
             other => anyhow::bail!("unsupported repository scheme {other}: use file:///path or s3://bucket/prefix"),
         }
+    }
+
+    /// Asks the repository for its backups once: fails (within the retry budget) when it
+    /// cannot be reached, before any work is done.
+    pub async fn check_reachable(&self) -> anyhow::Result<()> {
+        self.store
+            .list_with_delimiter(Some(&self.prefix))
+            .await
+            .with_context(|| format!("repository {} is unreachable", self.display))?;
+        Ok(())
     }
 
     pub fn object_path(&self, backup: &str, name: &str) -> ObjectPath {
@@ -209,8 +261,12 @@ impl SealedWriter {
             age::Encryptor::with_recipients(recipients.iter().map(|recipient| recipient as &dyn age::Recipient))
                 .map_err(|error| anyhow::anyhow!("encryption: {error}"))?;
         let age = encryptor.wrap_output(shared.clone())?;
-        let chain = zstd::stream::write::Encoder::new(age, level)?;
-        let upload = object_store::buffered::BufWriter::new(Arc::clone(&repo.store), repo.object_path(backup, name));
+        let mut chain = zstd::stream::write::Encoder::new(age, level)?;
+        let workers = std::thread::available_parallelism().map_or(1, |cores| cores.get()).min(COMPRESSION_WORKERS_MAX);
+        chain.multithread(workers as u32)?;
+        chain.set_parameter(zstd::zstd_safe::CParameter::JobSize(COMPRESSION_JOB_BYTES))?;
+        let upload = object_store::buffered::BufWriter::new(Arc::clone(&repo.store), repo.object_path(backup, name))
+            .with_max_concurrency(UPLOAD_PARTS_IN_FLIGHT_MAX);
         Ok(SealedWriter { chain: Some(chain), shared, upload, hasher: Sha256::new(), bytes: 0, plain_bytes: 0 })
     }
 

@@ -10,7 +10,6 @@ use rananeeti_backup::repo::{Repo, SealedWriter};
 use rananeeti_backup::{db, keys, retention};
 use rananeeti_platform::{Store, StoreConfig, StoreKind};
 use serde_json::Value;
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
 #[derive(clap::Args, Debug)]
@@ -250,6 +249,16 @@ fn store_config(url: &str) -> StoreConfig {
     }
 }
 
+/// The database behind a store URL, as the backup reads and writes it.
+fn database(url: &str) -> anyhow::Result<db::Database> {
+    Ok(match StoreKind::from_url(url)? {
+        StoreKind::Sqlite => db::Database::Sqlite(rananeeti_backup::sqlite::path_of_url(url)?),
+        StoreKind::Postgres => {
+            db::Database::Postgres { pool: Store::open(store_config(url), Vec::new())?.writer(), url: url.to_string() }
+        }
+    })
+}
+
 fn progress_bar(what: &str) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new_spinner();
     bar.set_style(
@@ -275,6 +284,7 @@ pub async fn create(data: &Path, repo_url: &str, recipient_files: &[PathBuf], le
         recipients.extend(keys::read_recipients(file)?);
     }
     let repo = Repo::open(repo_url)?;
+    repo.check_reachable().await?;
     let started_ms = rananeeti_platform::hlc::wall_clock_ms();
     let id = format!(
         "{}-{}",
@@ -287,14 +297,13 @@ pub async fn create(data: &Path, repo_url: &str, recipient_files: &[PathBuf], le
     let mut regions = Vec::new();
     let result: anyhow::Result<()> = async {
         for source in &sources {
-            let store = Store::open(store_config(&source.url), Vec::new())?;
+            let database = database(&source.url)?;
             let object = format!("{}.export.zst.age", source.name);
             let mut out = SealedWriter::new(&repo, &id, &object, &recipients, level)?;
             let bar = progress_bar(&format!("backing up region {}", source.name));
-            let tables =
-                db::export(&store.writer(), store.kind(), &source.queued, &mut out, &|bytes| bar.set_position(bytes))
-                    .await
-                    .with_context(|| format!("exporting region {}", source.name))?;
+            let tables = db::export(&database, &source.queued, &mut out, &|bytes| bar.set_position(bytes))
+                .await
+                .with_context(|| format!("exporting region {}", source.name))?;
             let plain_bytes = out.plain_bytes;
             let (sha256, bytes) = out.finish().await?;
             bar.finish_and_clear();
@@ -377,6 +386,14 @@ async fn restore_region(
     target_url: &str,
     scratch: &Path,
 ) -> anyhow::Result<Vec<Value>> {
+    anyhow::ensure!(
+        manifest.format == FORMAT_VERSION,
+        "backup {} is in format {}; this rananeeti ({}) reads format {FORMAT_VERSION}: use the version that made it ({})",
+        manifest.id,
+        manifest.format,
+        env!("CARGO_PKG_VERSION"),
+        manifest.tool_version
+    );
     let file = scratch.join(&region.object);
     repo.download_checked(&manifest.id, &region.object, &region.sha256, region.bytes, &file).await?;
     let reader = std::io::BufReader::new(std::fs::File::open(&file)?);
@@ -390,18 +407,41 @@ async fn restore_region(
             other => anyhow::anyhow!("object {}: cannot decrypt: {other}", region.object),
         })?;
     let decoder = zstd::stream::read::Decoder::new(decrypted)?;
-    let mut lines = std::io::BufReader::with_capacity(256 * 1024, decoder).lines();
-    let store = Store::open(store_config(target_url), crate::node_cmd::all_migrations())?;
+    let lines = Box::new(std::io::BufReader::with_capacity(256 * 1024, decoder));
+    let migrations_url = match StoreKind::from_url(target_url)? {
+        StoreKind::Sqlite => {
+            // Migrated under another name, then copied to the target (see `sqlite::copy_migrated`).
+            let target = rananeeti_backup::sqlite::path_of_url(target_url)?;
+            anyhow::ensure!(!target.exists(), "{} exists already: restore makes a new store", target.display());
+            let migrated = target.with_extension("migrated.db");
+            rananeeti_backup::sqlite::create_new(&migrated)?;
+            format!("sqlite://{}?mode=rwc", migrated.display())
+        }
+        StoreKind::Postgres => target_url.to_string(),
+    };
+    let store = Store::open(store_config(&migrations_url), crate::node_cmd::all_migrations())?;
     store.ensure_migrated().await.with_context(|| format!("preparing the store for region {}", region.name))?;
+    store.writer().close().await;
+    drop(store);
+    if migrations_url != target_url {
+        rananeeti_backup::sqlite::copy_migrated(
+            &rananeeti_backup::sqlite::path_of_url(&migrations_url)?,
+            &rananeeti_backup::sqlite::path_of_url(target_url)?,
+        )?;
+    }
+    let database = database(target_url)?;
     let bar = indicatif::ProgressBar::new_spinner();
     bar.set_message(format!("restoring region {}", region.name));
-    let (queued, _end) = db::import(&store.writer(), store.kind(), &mut lines, &|rows| bar.set_position(rows))
-        .await
-        .with_context(|| format!("object {}", region.object))?;
+    let (queued, _end) = db::import(&database, lines, {
+        let bar = bar.clone();
+        move |rows| bar.set_position(rows)
+    })
+    .await
+    .with_context(|| format!("object {}", region.object))?;
     bar.finish_and_clear();
     // The restored tables must be the ones backed up, row for row.
     let tables: Vec<String> = region.tables.keys().cloned().collect();
-    let sums = db::sums(&store.writer(), store.kind(), &tables).await?;
+    let sums = db::sums(&database, &tables).await?;
     for (table, expected) in &region.tables {
         let actual = sums.get(table).cloned().unwrap_or_default();
         anyhow::ensure!(

@@ -232,7 +232,16 @@ async fn damaged_backups_and_wrong_keys_fail_clearly() {
     let wrong = failed(&rananeeti(&["backup", "verify", "--repo", &repo, "--key", &other_key]));
     assert!(wrong.contains("wrong key"), "{wrong}");
 
+    // A backup in a format this version does not read is refused, saying so.
     let backup_dir = std::fs::read_dir(repo_dir.join("backups")).unwrap().next().unwrap().unwrap().path();
+    let manifest_path = backup_dir.join("manifest.json");
+    let manifest_text = std::fs::read_to_string(&manifest_path).unwrap();
+    let mut manifest: Value = serde_json::from_str(&manifest_text).unwrap();
+    manifest["format"] = Value::from(99);
+    std::fs::write(&manifest_path, serde_json::to_vec(&manifest).unwrap()).unwrap();
+    let newer = failed(&rananeeti(&["backup", "verify", "--repo", &repo, "--key", &key]));
+    assert!(newer.contains("format 99"), "{newer}");
+    std::fs::write(&manifest_path, manifest_text).unwrap();
     let object = backup_dir.join("r1.export.zst.age");
     let mut bytes = std::fs::read(&object).unwrap();
     let middle = bytes.len() / 2;
@@ -288,4 +297,161 @@ async fn up_takes_and_verifies_scheduled_backups() {
     assert!(listed.contains("sqlite"), "{listed}");
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT);
     let _ = child.wait();
+}
+
+/// Runs `rananeeti` with extra environment variables, killed (and the test failed) if it has not
+/// finished within `bound`: a hang is a failure, not a slow pass.
+fn rananeeti_bounded(args: &[&str], envs: &[(&str, String)], bound: Duration) -> Output {
+    let dir = tempfile::tempdir().unwrap();
+    let (stdout_path, stderr_path) = (dir.path().join("stdout"), dir.path().join("stderr"));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rananeeti"))
+        .args(args)
+        .envs(envs.iter().map(|(name, value)| (*name, value.as_str())))
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&stdout_path).unwrap())
+        .stderr(std::fs::File::create(&stderr_path).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + bound;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "rananeeti {args:?} was still running after {bound:?}: {}",
+                std::fs::read_to_string(&stderr_path).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    Output { status, stdout: std::fs::read(&stdout_path).unwrap(), stderr: std::fs::read(&stderr_path).unwrap() }
+}
+
+/// A small tmpfs mounted for one test, unmounted when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Tmpfs {
+        assert!(
+            nix::unistd::Uid::effective().is_root(),
+            "this test mounts a small tmpfs to fill it, which needs root (tests and CI run as root)"
+        );
+        std::fs::create_dir_all(at).unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mount -t tmpfs at {}", at.display());
+        Tmpfs(at.to_path_buf())
+    }
+
+    /// Writes a file until the file system has no room left.
+    fn fill(&self) {
+        use std::io::Write;
+        let mut filler = std::fs::File::create(self.0.join("filler")).unwrap();
+        let block = vec![0u8; 4096];
+        loop {
+            if let Err(error) = filler.write_all(&block).and_then(|_| filler.sync_all()) {
+                assert_eq!(error.raw_os_error(), Some(nix::libc::ENOSPC), "filling {}: {error}", self.0.display());
+                break;
+            }
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// A repository on a full disk: `create` fails with one line and leaves nothing that `list`
+/// shows, even once there is room again; a restore onto a full disk fails with one line too.
+#[tokio::test(flavor = "multi_thread")]
+async fn full_disk_fails_clearly_and_leaves_no_listed_backup() {
+    let up = start_up(1, 1, "sqlite").await;
+    let client = reqwest::Client::new();
+    let node = up.region_urls(0)[0].clone();
+    for i in 0..20 {
+        assert_eq!(
+            crate::support::post_reservation(&client, &node, &reservation("full", i), false).await.unwrap().status,
+            201
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (key, public) = keygen(dir.path());
+    let data = up._dir.path().join("data");
+    let small = Tmpfs::mount(&dir.path().join("small"), "256k");
+    let full_repo_dir = small.0.join("repo");
+    std::fs::create_dir_all(&full_repo_dir).unwrap();
+    small.fill();
+    let full_repo = format!("file://{}", full_repo_dir.display());
+    let reason = failed(&rananeeti(&[
+        "backup",
+        "create",
+        "--data",
+        data.to_str().unwrap(),
+        "--repo",
+        &full_repo,
+        "--recipient",
+        &public,
+    ]));
+    assert!(reason.contains("No space left on device"), "{reason}");
+    let listed = ok(&rananeeti(&["backup", "list", "--repo", &full_repo]));
+    assert!(listed.contains("no backups"), "{listed}");
+    std::fs::remove_file(small.0.join("filler")).unwrap();
+    let listed = ok(&rananeeti(&["backup", "list", "--repo", &full_repo]));
+    assert!(listed.contains("no backups"), "nothing half-written is listed once there is room: {listed}");
+
+    // Restoring a good backup onto a full disk.
+    let repo = format!("file://{}", dir.path().join("repo").display());
+    ok(&rananeeti(&["backup", "create", "--data", data.to_str().unwrap(), "--repo", &repo, "--recipient", &public]));
+    small.fill();
+    let into = small.0.join("restored");
+    let reason =
+        failed(&rananeeti(&["backup", "restore", "--repo", &repo, "--key", &key, "--into", into.to_str().unwrap()]));
+    assert!(reason.contains("full") || reason.contains("No space left on device"), "{reason}");
+    drop(small);
+    let _ = up;
+}
+
+/// An S3 repository whose endpoint nobody listens on: `create`, `list` and `verify` each fail
+/// with one line saying the repository is unreachable, within the retry budget (bounded here so
+/// that a hang fails the test).
+#[tokio::test(flavor = "multi_thread")]
+async fn unreachable_repository_fails_clearly() {
+    let up = start_up(1, 1, "sqlite").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (key, public) = keygen(dir.path());
+    let data = up._dir.path().join("data");
+    let closed_port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let envs = [
+        ("AWS_ENDPOINT", format!("http://127.0.0.1:{closed_port}")),
+        ("AWS_ALLOW_HTTP", "true".to_string()),
+        ("AWS_ACCESS_KEY_ID", "rananeeti-test".to_string()),
+        ("AWS_SECRET_ACCESS_KEY", "rananeeti-test-secret".to_string()),
+        ("AWS_REGION", "us-east-1".to_string()),
+    ];
+    let repo = "s3://bucket/prefix";
+    let bound = Duration::from_secs(120);
+    let created = rananeeti_bounded(
+        &["backup", "create", "--data", data.to_str().unwrap(), "--repo", repo, "--recipient", &public],
+        &envs,
+        bound,
+    );
+    let reason = failed(&created);
+    assert!(reason.contains("s3://bucket/prefix") && reason.contains("unreachable"), "{reason}");
+    assert!(!reason.contains("rananeeti-test-secret"), "no secret in the message: {reason}");
+    let listed = failed(&rananeeti_bounded(&["backup", "list", "--repo", repo], &envs, bound));
+    assert!(listed.contains("s3://bucket/prefix"), "{listed}");
+    let verified = failed(&rananeeti_bounded(&["backup", "verify", "--repo", repo, "--key", &key], &envs, bound));
+    assert!(verified.contains("s3://bucket/prefix"), "{verified}");
+    let _ = up;
 }
