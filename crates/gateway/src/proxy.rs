@@ -80,17 +80,10 @@ impl RetryBudget {
     }
 }
 
-thread_local! {
-    /// The shard this thread serves (`server::serve_sharded`); 0 elsewhere.
-    pub(crate) static SHARD: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
-}
-
 pub struct Gateway {
     pub config: GatewayConfig,
     pub backends: Arc<Backends>,
-    /// One pool of upstream connections per shard: a connection's task runs on the shard's own
-    /// thread, so a forwarded request never hands off to another thread.
-    clients: Vec<UpstreamClient>,
+    client: UpstreamClient,
     pub metrics: GatewayMetrics,
     pub registry: prometheus_client::registry::Registry,
     limiter: DefaultKeyedRateLimiter<IpAddr>,
@@ -110,13 +103,11 @@ enum AttemptFailure {
 }
 
 impl Gateway {
-    /// A gateway to be served on `shards` threads (`server::serve_sharded`). Starts the health
-    /// checks on the current runtime.
-    pub fn new(config: GatewayConfig, admin_token: Option<String>, shards: usize) -> Arc<Gateway> {
+    pub fn new(config: GatewayConfig, admin_token: Option<String>) -> Arc<Gateway> {
         let mut registry = prometheus_client::registry::Registry::default();
         let metrics = GatewayMetrics::new(&mut registry);
-        let backends = Backends::new(&config.regions, config.health.clone(), metrics.clone(), upstream_client(&config));
-        let clients = (0..shards.max(1)).map(|_| upstream_client(&config)).collect();
+        let client = upstream_client(&config);
+        let backends = Backends::new(&config.regions, config.health.clone(), metrics.clone(), client.clone());
         let quota = Quota::per_second(NonZeroU32::new(config.limits.rate_per_ip_per_sec).unwrap_or(NonZeroU32::MIN))
             .allow_burst(NonZeroU32::new(config.limits.rate_burst_per_ip).unwrap_or(NonZeroU32::MIN));
         let default_route = RouteConfig {
@@ -134,7 +125,7 @@ impl Gateway {
             limiter: DefaultKeyedRateLimiter::keyed(quota),
             retry_budget,
             default_route,
-            clients,
+            client,
             backends,
             metrics,
             registry,
@@ -143,11 +134,6 @@ impl Gateway {
             request_ids: std::sync::atomic::AtomicU64::new(0),
             config,
         })
-    }
-
-    /// This shard's upstream client.
-    fn client(&self) -> &UpstreamClient {
-        &self.clients[SHARD.with(std::cell::Cell::get) % self.clients.len()]
     }
 
     /// A new request id: this gateway's random prefix and a counter (no system call per request,
@@ -367,7 +353,7 @@ impl Gateway {
         let started = Instant::now();
         let timeout = Duration::from_millis(self.config.upstream.attempt_timeout_ms);
         let result = tokio::select! {
-            sent = tokio::time::timeout(timeout, self.client().request(request)) => match sent {
+            sent = tokio::time::timeout(timeout, self.client.request(request)) => match sent {
                 Ok(Ok(response)) => {
                     node.observe_latency(started.elapsed());
                     Ok(response)

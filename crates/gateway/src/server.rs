@@ -10,39 +10,14 @@ use std::time::Duration;
 
 const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 
-/// Serves `listener` on `shards` threads until `shutdown` resolves, then lets open requests
-/// finish. Each shard is a single-threaded runtime accepting from the same socket, with its own
-/// upstream connections (`Gateway` keeps a client per shard): a request is read, forwarded and
-/// answered on one thread, with no hand-off between threads, as nginx's workers do. The state
-/// the shards share (nodes, health, in-flight counts, limits) is behind atomics and locks in
-/// `Gateway`. Health checks and the sweeper run on the caller's runtime.
-pub async fn serve_sharded(
-    listener: std::net::TcpListener,
+/// Serves until `shutdown` resolves, then lets open requests finish (for up to `drain`).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
     gateway: Arc<Gateway>,
-    shards: usize,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    listener.set_nonblocking(true)?;
-    tracing::info!(address = %listener.local_addr()?, shards, "gateway listening");
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let mut threads = Vec::new();
-    for shard in 0..shards.max(1) {
-        let listener = listener.try_clone()?;
-        let gateway = Arc::clone(&gateway);
-        let mut stopped = stopped.clone();
-        let thread = std::thread::Builder::new().name(format!("gateway-{shard}")).spawn(move || {
-            crate::proxy::SHARD.with(|current| current.set(shard));
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener)?;
-                let stop = async move {
-                    let _ = stopped.wait_for(|stop| *stop).await;
-                };
-                serve_shard(listener, gateway, stop).await
-            })
-        })?;
-        threads.push(thread);
-    }
+    tracing::info!(address = %listener.local_addr()?, "gateway listening");
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let sweeper = {
         let gateway = Arc::clone(&gateway);
         tokio::spawn(async move {
@@ -52,26 +27,6 @@ pub async fn serve_sharded(
             }
         })
     };
-    shutdown.await;
-    sweeper.abort();
-    let _ = stop.send(true);
-    let results = tokio::task::spawn_blocking(move || {
-        threads
-            .into_iter()
-            .map(|thread| thread.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a gateway shard panicked"))))
-            .collect::<Vec<_>>()
-    })
-    .await?;
-    results.into_iter().collect()
-}
-
-/// One shard: accepts and serves connections until `shutdown`, then lets open requests finish.
-async fn serve_shard(
-    listener: tokio::net::TcpListener,
-    gateway: Arc<Gateway>,
-    shutdown: impl std::future::Future<Output = ()>,
-) -> anyhow::Result<()> {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -106,6 +61,7 @@ async fn serve_shard(
             }
         });
     }
+    sweeper.abort();
     tracing::info!("gateway stopping: finishing open requests");
     if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await.is_err() {
         tracing::warn!("gateway stopped with requests still open");

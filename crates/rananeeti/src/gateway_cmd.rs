@@ -18,7 +18,7 @@ pub struct GatewayArgs {
     /// File holding the admin bearer token; overrides the file's `admin_token_file`.
     #[arg(long)]
     pub admin_token_file: Option<PathBuf>,
-    /// Threads serving requests, each with its own upstream connections (default: the machine's cores).
+    /// Worker threads (default: the machine's cores).
     #[arg(long)]
     pub workers: Option<usize>,
 }
@@ -53,14 +53,17 @@ pub fn run(args: GatewayArgs) -> anyhow::Result<()> {
     rananeeti_node::telemetry::init_json_logs();
     let config = load(&args)?;
     let token = read_token(&config)?;
-    let shards = args.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from)).max(1);
-    // This runtime runs the health checks and waits for the signal; the shards serve.
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(workers) = args.workers {
+        runtime.worker_threads(workers.max(1));
+    }
+    let runtime = runtime.enable_all().build()?;
     runtime.block_on(async move {
-        let listener = std::net::TcpListener::bind(&config.listen)
+        let listener = tokio::net::TcpListener::bind(&config.listen)
+            .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
-        let gateway = Gateway::new(config, token, shards);
-        rananeeti_gateway::server::serve_sharded(listener, gateway, shards, stop_signal()).await
+        let gateway = Gateway::new(config, token);
+        rananeeti_gateway::server::serve(listener, gateway, stop_signal()).await
     })
 }
 
@@ -94,28 +97,35 @@ impl Drop for GatewayHandle {
     }
 }
 
-/// Threads serving requests in the gateway `up` runs (one more runs its health checks).
-const GATEWAY_SHARDS: usize = 2;
-
-/// Runs a gateway on `listener` with threads of its own.
+/// Runs a gateway on `listener` with two worker threads of its own.
 pub fn spawn_gateway(
     listener: std::net::TcpListener,
     config: GatewayConfig,
     admin_token: Option<String>,
 ) -> anyhow::Result<GatewayHandle> {
     config.check()?;
-    let runtime =
-        tokio::runtime::Builder::new_current_thread().enable_all().build().context("building the gateway's runtime")?;
+    listener.set_nonblocking(true)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("gateway")
+        .enable_all()
+        .build()
+        .context("building the gateway's runtime")?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let thread = std::thread::Builder::new().name("gateway".into()).spawn(move || {
         runtime.block_on(async move {
-            let gateway = Gateway::new(config, admin_token, GATEWAY_SHARDS);
+            let listener = match tokio::net::TcpListener::from_std(listener) {
+                Ok(listener) => listener,
+                Err(error) => {
+                    tracing::error!(%error, "gateway listener");
+                    return;
+                }
+            };
+            let gateway = Gateway::new(config, admin_token);
             let stopped = async move {
                 let _ = stopped.await;
             };
-            if let Err(error) =
-                rananeeti_gateway::server::serve_sharded(listener, gateway, GATEWAY_SHARDS, stopped).await
-            {
+            if let Err(error) = rananeeti_gateway::server::serve(listener, gateway, stopped).await {
                 tracing::error!(error = format!("{error:#}"), "gateway stopped");
             }
         });
