@@ -22,6 +22,7 @@ pub struct BackupArgs {
 pub enum BackupCommand {
     /// Make a key pair: FILE (private, mode 0600, keep it offline) and FILE.pub.
     Keygen {
+        /// Where to write the private key; the public key goes to FILE.pub.
         #[arg(long)]
         out: PathBuf,
     },
@@ -42,14 +43,17 @@ pub enum BackupCommand {
     },
     /// List complete backups with size, ratio and age.
     List {
+        /// The repository: file:///path or s3://bucket/prefix (with the usual AWS_* variables).
         #[arg(long)]
         repo: String,
     },
     /// Download, check, decrypt and restore a backup into a scratch store, and compare it with
     /// its manifest.
     Verify {
+        /// The repository: file:///path or s3://bucket/prefix (with the usual AWS_* variables).
         #[arg(long)]
         repo: String,
+        /// The private key file (`backup keygen --out FILE` made it).
         #[arg(long)]
         key: PathBuf,
         /// The backup's id (default: the newest).
@@ -58,12 +62,16 @@ pub enum BackupCommand {
     },
     /// Build a new deployment directory from a backup (then `rananeeti up --data DIR2`).
     Restore {
+        /// The repository: file:///path or s3://bucket/prefix (with the usual AWS_* variables).
         #[arg(long)]
         repo: String,
+        /// The private key file (`backup keygen --out FILE` made it).
         #[arg(long)]
         key: PathBuf,
+        /// The new deployment's data directory (new or empty).
         #[arg(long)]
         into: PathBuf,
+        /// The backup's id (default: the newest).
         #[arg(long)]
         backup: Option<String>,
         /// The store to restore into (default: the one the backup came from).
@@ -72,6 +80,7 @@ pub enum BackupCommand {
     },
     /// Delete backups the retention policy does not keep.
     Prune {
+        /// The repository: file:///path or s3://bucket/prefix (with the usual AWS_* variables).
         #[arg(long)]
         repo: String,
         /// Show what would be deleted; delete nothing.
@@ -96,7 +105,8 @@ pub fn run(args: BackupArgs) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                // sqlx's "slow statement" warnings are for servers: a backup reads whole tables.
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,sqlx::query=error")),
         )
         .try_init();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
