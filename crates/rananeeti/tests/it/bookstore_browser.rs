@@ -2,11 +2,12 @@
 //! `rananeeti up` (one region, two nodes, through the gateway): sign up, search, a book's page,
 //! a cart of two books, a quantity changed, a checkout sent twice that orders once; then the
 //! database down on both nodes, a book added and ordered (*pending*), and the same order page
-//! turning *confirmed* by itself once the database is back.
+//! turning *confirmed* by itself once the database is back. Every kind of page is audited for
+//! WCAG AA's checkable rules (labels, alt text, names, Tab reachability, contrast).
 
 use crate::browser::{
-    look, mark_page, open_browser, screenshot, wait_for, ChromeDriver, CONFIRM_ON_PAGE_TIMEOUT, NO_NAVIGATION_MARKER,
-    PAGE_LOAD_TIMEOUT,
+    audit, look, mark_page, open_browser, screenshot, wait_for, ChromeDriver, CONFIRM_ON_PAGE_TIMEOUT,
+    NO_NAVIGATION_MARKER, PAGE_LOAD_TIMEOUT,
 };
 use crate::regions::{start_up, Up};
 use fantoccini::{Client, Locator};
@@ -277,6 +278,7 @@ async fn bookstore_in_a_browser_takes_orders_through_a_database_outage() {
 async fn shopping_scenario(client: &Client, up: &Up, gateway: &str) {
     // 1. The shop front, signed out: covers, prices, categories, no cart badge.
     let home = goto(client, &format!("{gateway}/bookstore"), "the shop front", "#top-rated .book-card").await;
+    audit(client, "the shop front").await;
     assert_eq!(home["badge"], Value::Null, "no cart badge before signing in: {home}");
     assert!(!home["signed_in"].as_bool().unwrap());
     let shelf = client
@@ -306,6 +308,7 @@ async fn shopping_scenario(client: &Client, up: &Up, gateway: &str) {
     client.goto(&format!("{gateway}/bookstore/signup")).await.unwrap();
     wait_page(client, "the sign-up form", false, r##"return document.getElementById("signup-form") ? true : null;"##)
         .await;
+    audit(client, "the sign-up form").await;
     let email = format!("reader-{}@example.com", std::process::id());
     type_into(client, "#email", &email).await;
     type_into(client, "#password", PASSWORD).await;
@@ -324,6 +327,7 @@ async fn shopping_scenario(client: &Client, up: &Up, gateway: &str) {
     // 3. Search from the header.
     type_into(client, "#site-search-q", "sherlock").await;
     let results = click_to_next_page(client, ".site-search button", "the search results", "#results").await;
+    audit(client, "the search results").await;
     assert_eq!(results["path"], "/bookstore/books");
     let titles = client
         .execute(
@@ -338,6 +342,7 @@ async fn shopping_scenario(client: &Client, up: &Up, gateway: &str) {
     // 4. The first result's page: cover, price, stock; one copy into the cart.
     click_to_next_page(client, "#results .book-card__title a", "the first result's page", "#book").await;
     let first = read_book_page(client).await;
+    audit(client, "a book's page").await;
     assert!(first.title.contains("Sherlock"), "{first:?}");
     assert!(first.cover_loaded, "the cover is shown: {first:?}");
     assert_eq!(first.price_text, dollars(first.price_cents), "{first:?}");
@@ -377,6 +382,7 @@ async fn shopping_scenario(client: &Client, up: &Up, gateway: &str) {
     assert_eq!(lines[&first.id], (3, first.price_cents, 3 * first.price_cents));
     assert_eq!((total, total_text), (expected_total, dollars(expected_total)));
     screenshot(client, "bookstore-cart.png").await;
+    audit(client, "the cart").await;
 
     // 7. "Place order" sent twice at once (as a double click without the page's script would),
     //    then pressed again: one order.
@@ -412,6 +418,7 @@ async fn shopping_scenario(client: &Client, up: &Up, gateway: &str) {
     let state = page_state(client).await;
     assert_eq!(state["badge"], 0, "the cart is empty after the order: {state}");
     screenshot(client, "bookstore-order.png").await;
+    audit(client, "an order").await;
     let listed = listed_orders(client, gateway).await;
     assert_eq!(listed, vec![(order.id.clone(), "committed".to_string())], "one order for three presses");
 
@@ -436,6 +443,7 @@ async fn shopping_scenario(client: &Client, up: &Up, gateway: &str) {
     .unwrap();
     assert_eq!(best, json!([first.id, second.id]), "best sellers, most sold first");
     screenshot(client, "bookstore-home.png").await;
+    audit(client, "the shop front with best sellers").await;
 
     // 9. The database goes down on both nodes: the catalogue is still shown, a book goes into
     //    the cart, and the order is taken, pending.
@@ -463,6 +471,7 @@ async fn shopping_scenario(client: &Client, up: &Up, gateway: &str) {
     assert!(pending.polls && pending.pending_note, "a pending order's page follows it: {pending:?}");
     assert_ne!(pending.id, order.id);
     screenshot(client, "bookstore-order-pending.png").await;
+    audit(client, "a pending order").await;
 
     // 10. The database is back: the same page turns confirmed by itself, with the book and total.
     mark_page(client).await;
@@ -496,6 +505,7 @@ async fn shopping_scenario(client: &Client, up: &Up, gateway: &str) {
     let missing =
         goto(client, &format!("{gateway}/bookstore/no-such-page"), "the 404 page", "[data-error-status]").await;
     assert!(missing["text"].as_str().unwrap().contains("We couldn't find that page"), "{missing}");
+    audit(client, "the 404 page").await;
     let forged = reqwest::Client::builder()
         .no_proxy()
         .build()
@@ -522,6 +532,7 @@ async fn admin_scenario(client: &Client, up: &Up, gateway: &str) {
     assert!(refused["text"].as_str().unwrap().contains("not this deployment's admin token"), "{refused}");
     type_into(client, "#token", &up.token).await;
     let admin = click_to_next_page(client, "#admin-signin-form button", "the admin's book list", "#admin-books").await;
+    audit(client, "the admin's book list").await;
     assert_eq!(admin["flash"], "admin-signed-in", "{admin}");
 
     // A book with a price that is not one: the form says which field, and keeps what was typed.
@@ -539,6 +550,7 @@ async fn admin_scenario(client: &Client, up: &Up, gateway: &str) {
     }
     click_to_next_page(client, "#book-form button[type=submit]", "the book form shown back", "#error-summary").await;
     screenshot(client, "bookstore-admin-book-form.png").await;
+    audit(client, "the admin book form with errors").await;
     let shown_back = look(
         client,
         r##"return [document.querySelector("#error-summary a").getAttribute("href"),
@@ -577,6 +589,7 @@ async fn admin_scenario(client: &Client, up: &Up, gateway: &str) {
     )
     .await;
     let post = click_to_next_page(client, "#post-form button[type=submit]", "the published post", "#post").await;
+    audit(client, "a blog post").await;
     assert_eq!(
         (post["flash"].as_str(), post["path"].as_str()),
         (Some("post-published"), Some("/bookstore/blog/summer-reading"))

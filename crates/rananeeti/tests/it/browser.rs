@@ -179,6 +179,93 @@ pub(crate) async fn wait_for(client: &Client, what: &str, timeout: Duration, scr
     }
 }
 
+/// What the page does wrong by WCAG 2.1 AA's checkable rules: no `lang`, no `h1`, a form field
+/// without a label, an image without `alt`, a link or button with no name, an element that
+/// cannot be reached by Tab, or text whose contrast with the background behind it is under
+/// 4.5:1 (3:1 for large text). Answers the problems, each naming the element.
+pub(crate) const AUDIT: &str = r##"
+    if (document.readyState !== "complete") return null;
+    const problems = [];
+    const describe = (el) => el.tagName.toLowerCase() + (el.id ? "#" + el.id : "") +
+        (el.className && typeof el.className === "string" ? "." + el.className.trim().split(/\s+/).join(".") : "") +
+        " \"" + (el.textContent || "").trim().slice(0, 40) + "\"";
+    const visible = (el) => {
+        const style = getComputedStyle(el);
+        const box = el.getBoundingClientRect();
+        return style.display !== "none" && style.visibility !== "hidden" && box.width > 0 && box.height > 0;
+    };
+    if (!document.documentElement.lang) problems.push("html has no lang");
+    if (!document.querySelector("h1")) problems.push("no h1");
+    for (const field of document.querySelectorAll("input, select, textarea")) {
+        if (field.type === "hidden" || field.type === "submit" || !visible(field)) continue;
+        if (field.labels.length === 0 && !field.getAttribute("aria-label") && !field.getAttribute("aria-labelledby"))
+            problems.push("field without a label: " + describe(field));
+    }
+    for (const image of document.querySelectorAll("img")) {
+        if (!image.hasAttribute("alt")) problems.push("image without alt: " + image.getAttribute("src"));
+    }
+    // Hidden from assistive technology on purpose (a second link to a book around its cover, the
+    // star glyphs beside the rating's text): judged by what stands for them instead.
+    const decorative = (el) => el.closest("[aria-hidden=true]") !== null;
+    for (const control of document.querySelectorAll("a[href], button")) {
+        if (!visible(control) || decorative(control)) continue;
+        const named = (control.textContent || "").trim() || control.getAttribute("aria-label") ||
+            [...control.querySelectorAll("img[alt]")].some((image) => image.alt.trim());
+        if (!named) problems.push("link or button without a name: " + describe(control));
+        if (control.tabIndex < 0) problems.push("not reachable by Tab: " + describe(control));
+    }
+    const rgba = (text) => {
+        const parts = text.match(/[\d.]+/g).map(Number);
+        return { r: parts[0], g: parts[1], b: parts[2], a: parts.length > 3 ? parts[3] : 1 };
+    };
+    const luminance = ({ r, g, b }) => {
+        const channel = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); };
+        return 0.2126 * channel(r) + 0.7152 * channel(g) + 0.0722 * channel(b);
+    };
+    const background = (el) => {
+        for (let node = el; node && node.nodeType === 1; node = node.parentElement) {
+            const style = getComputedStyle(node);
+            if (style.backgroundImage !== "none") return null; // a gradient or picture: not judged
+            const color = rgba(style.backgroundColor);
+            if (color.a >= 0.99) return color;
+        }
+        return { r: 255, g: 255, b: 255, a: 1 };
+    };
+    const seen = new Set();
+    const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+    while (walker.nextNode()) {
+        const text = walker.currentNode;
+        const el = text.parentElement;
+        if (!text.textContent.trim() || !el || seen.has(el) || !visible(el) || decorative(el)) continue;
+        seen.add(el);
+        const style = getComputedStyle(el);
+        const behind = background(el);
+        if (!behind) continue;
+        const color = rgba(style.color);
+        const front = { r: color.r * color.a + behind.r * (1 - color.a), g: color.g * color.a + behind.g * (1 - color.a),
+                        b: color.b * color.a + behind.b * (1 - color.a) };
+        const [light, dark] = [luminance(front), luminance(behind)].sort((x, y) => y - x);
+        const ratio = (light + 0.05) / (dark + 0.05);
+        const size = parseFloat(style.fontSize);
+        const large = size >= 24 || (size >= 18.66 && Number(style.fontWeight) >= 700);
+        if (ratio < (large ? 3 : 4.5))
+            problems.push("contrast " + ratio.toFixed(2) + ":1 (" + style.color + " on " +
+                `rgb(${behind.r}, ${behind.g}, ${behind.b})` + "): " + describe(el));
+    }
+    return problems;
+"##;
+
+/// Fails the test with every accessibility problem `AUDIT` finds on the page showing.
+pub(crate) async fn audit(client: &Client, what: &str) {
+    let problems = wait_for(client, what, PAGE_LOAD_TIMEOUT, AUDIT, vec![]).await;
+    let problems = problems.as_array().expect("the audit answers a list");
+    assert!(
+        problems.is_empty(),
+        "accessibility problems on {what}:\n{}",
+        serde_json::to_string_pretty(problems).unwrap()
+    );
+}
+
 /// What a booking's own page shows, once it has loaded.
 const STATUS_PAGE: &str = r##"
     const article = document.getElementById("reservation");
@@ -403,6 +490,7 @@ async fn booking_scenario(client: &Client, node: &Node) {
     };
     fill_booking_form(client, node, &first).await;
     screenshot(client, "cafe-book.png").await;
+    audit(client, "the booking form").await;
     click_book(client).await;
     let confirmed = wait_for_status_page(client, "the first booking's page").await;
     assert_eq!(confirmed.status, "committed", "{confirmed:?}");
@@ -410,6 +498,7 @@ async fn booking_scenario(client: &Client, node: &Node) {
     assert_eq!(confirmed.path, format!("/cafe/reservations/{}", confirmed.id));
     assert!(!confirmed.polls && !confirmed.pending_note, "a confirmed booking's page has nothing to wait for");
     screenshot(client, "cafe-confirmed.png").await;
+    audit(client, "a confirmed booking's page").await;
 
     // 2. The same form again: one booking, and the page says so.
     let again = book(client, node, &first).await;
@@ -435,6 +524,7 @@ async fn booking_scenario(client: &Client, node: &Node) {
     assert_eq!(queued.placed.as_deref(), Some("pending"), "{queued:?}");
     assert!(queued.polls && queued.pending_note, "a pending booking's page follows it: {queued:?}");
     screenshot(client, "cafe-pending.png").await;
+    audit(client, "a pending booking's page").await;
     mark_page(client).await;
     node.set_faults(json!({ "db": "up" })).await;
     let settled = wait_for_status_in_place(client, "committed").await;
@@ -527,4 +617,5 @@ async fn booking_scenario(client: &Client, node: &Node) {
         .collect();
     assert_eq!(listed, expected, "the list of reservations, newest first");
     screenshot(client, "cafe-reservations.png").await;
+    audit(client, "the list of bookings").await;
 }
