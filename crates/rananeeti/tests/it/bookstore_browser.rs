@@ -518,7 +518,52 @@ async fn shopping_scenario(client: &Client, up: &Up, gateway: &str) {
         .unwrap();
     assert_eq!(forged.status(), 403, "a checkout without the page's CSRF token");
 
+    // 12. A phone's width: every page fits without scrolling sideways.
+    narrow_pages_fit(client, gateway, &order.id).await;
+
     admin_scenario(client, up, gateway).await;
+}
+
+/// At 375 px wide (a small phone) the shop front, a search, a book, the cart (with the book added
+/// from its page at that width), the orders and an order fit the width: nothing makes the page
+/// scroll sideways, and each passes the accessibility audit. The window is put back after.
+async fn narrow_pages_fit(client: &Client, gateway: &str, order_id: &str) {
+    let (width, height) = client.get_window_size().await.unwrap();
+    client.set_window_size(375, 812).await.unwrap();
+    for (path, ready) in [
+        ("/bookstore".to_string(), "#top-rated .book-card"),
+        ("/bookstore/books?q=austen".to_string(), "#results"),
+        ("/bookstore/books/emma".to_string(), "#book"),
+        ("/bookstore/cart".to_string(), "#cart"),
+        ("/bookstore/orders".to_string(), "#main"),
+        (format!("/bookstore/orders/{order_id}"), "#main"),
+    ] {
+        goto(client, &format!("{gateway}{path}"), &path, ready).await;
+        let overflow = wait_page(
+            client,
+            &path,
+            false,
+            r##"const wide = [...document.querySelectorAll("body *")]
+                   .filter((el) => el.getBoundingClientRect().right > document.documentElement.clientWidth + 1)
+                   .map((el) => el.tagName.toLowerCase() + (el.id ? "#" + el.id : "") + "." + el.className);
+               return { page: document.documentElement.scrollWidth, view: document.documentElement.clientWidth,
+                        wide: wide.slice(0, 10) };"##,
+        )
+        .await;
+        assert!(
+            overflow["page"].as_i64().unwrap() <= overflow["view"].as_i64().unwrap(),
+            "{path} scrolls sideways at 375 px: {overflow}"
+        );
+        audit(client, &format!("{path} at 375 px")).await;
+        if path.starts_with("/bookstore/orders/") {
+            screenshot(client, "bookstore-order-phone.png").await;
+        }
+        if path == "/bookstore/books/emma" {
+            // The cart below then has a line to lay out.
+            add_to_cart(client, 1).await;
+        }
+    }
+    client.set_window_size(width as u32, height as u32).await.unwrap();
 }
 
 /// The admin: signs in with the deployment's token, adds a book, changes its price, publishes a
