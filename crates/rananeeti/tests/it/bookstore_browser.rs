@@ -6,7 +6,7 @@
 //! WCAG AA's checkable rules (labels, alt text, names, Tab reachability, contrast).
 
 use crate::browser::{
-    audit, look, mark_page, open_browser, screenshot, wait_for, ChromeDriver, CONFIRM_ON_PAGE_TIMEOUT,
+    audit, fits_width, look, mark_page, open_browser, screenshot, wait_for, ChromeDriver, CONFIRM_ON_PAGE_TIMEOUT,
     NO_NAVIGATION_MARKER, PAGE_LOAD_TIMEOUT,
 };
 use crate::regions::{start_up, Up};
@@ -539,21 +539,7 @@ async fn narrow_pages_fit(client: &Client, gateway: &str, order_id: &str) {
         (format!("/bookstore/orders/{order_id}"), "#main"),
     ] {
         goto(client, &format!("{gateway}{path}"), &path, ready).await;
-        let overflow = wait_page(
-            client,
-            &path,
-            false,
-            r##"const wide = [...document.querySelectorAll("body *")]
-                   .filter((el) => el.getBoundingClientRect().right > document.documentElement.clientWidth + 1)
-                   .map((el) => el.tagName.toLowerCase() + (el.id ? "#" + el.id : "") + "." + el.className);
-               return { page: document.documentElement.scrollWidth, view: document.documentElement.clientWidth,
-                        wide: wide.slice(0, 10) };"##,
-        )
-        .await;
-        assert!(
-            overflow["page"].as_i64().unwrap() <= overflow["view"].as_i64().unwrap(),
-            "{path} scrolls sideways at 375 px: {overflow}"
-        );
+        fits_width(client, &format!("{path} at 375 px")).await;
         audit(client, &format!("{path} at 375 px")).await;
         if path.starts_with("/bookstore/orders/") {
             screenshot(client, "bookstore-order-phone.png").await;

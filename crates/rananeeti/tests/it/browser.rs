@@ -266,6 +266,28 @@ pub(crate) async fn audit(client: &Client, what: &str) {
     );
 }
 
+/// Fails the test when the page showing is wider than the window (it scrolls sideways), naming
+/// the elements that stick out.
+pub(crate) async fn fits_width(client: &Client, what: &str) {
+    let overflow = wait_for(
+        client,
+        what,
+        PAGE_LOAD_TIMEOUT,
+        r##"if (document.readyState !== "complete") return null;
+           const wide = [...document.querySelectorAll("body *")]
+               .filter((el) => el.getBoundingClientRect().right > document.documentElement.clientWidth + 1)
+               .map((el) => el.tagName.toLowerCase() + (el.id ? "#" + el.id : "") + "." + el.className);
+           return { page: document.documentElement.scrollWidth, view: document.documentElement.clientWidth,
+                    wide: wide.slice(0, 10) };"##,
+        vec![],
+    )
+    .await;
+    assert!(
+        overflow["page"].as_i64().unwrap() <= overflow["view"].as_i64().unwrap(),
+        "{what} scrolls sideways: {overflow}"
+    );
+}
+
 /// What a booking's own page shows, once it has loaded.
 const STATUS_PAGE: &str = r##"
     const article = document.getElementById("reservation");
@@ -618,4 +640,15 @@ async fn booking_scenario(client: &Client, node: &Node) {
     assert_eq!(listed, expected, "the list of reservations, newest first");
     screenshot(client, "cafe-reservations.png").await;
     audit(client, "the list of bookings").await;
+
+    // 7. A phone's width: the form, a booking and the list fit without scrolling sideways.
+    let (width, height) = client.get_window_size().await.unwrap();
+    client.set_window_size(375, 812).await.unwrap();
+    for path in ["/cafe".to_string(), format!("/cafe/reservations/{}", confirmed.id), "/cafe/reservations".to_string()]
+    {
+        client.goto(&node.url(&path)).await.unwrap();
+        fits_width(client, &format!("{path} at 375 px")).await;
+        audit(client, &format!("{path} at 375 px")).await;
+    }
+    client.set_window_size(width as u32, height as u32).await.unwrap();
 }
