@@ -6,8 +6,8 @@
 //! WCAG AA's checkable rules (labels, alt text, names, Tab reachability, contrast).
 
 use crate::browser::{
-    audit, fits_width, look, mark_page, open_browser, screenshot, wait_for, ChromeDriver, CONFIRM_ON_PAGE_TIMEOUT,
-    NO_NAVIGATION_MARKER, PAGE_LOAD_TIMEOUT,
+    audit, fits_width, look, mark_page, open_browser, screenshot, tab_walk, wait_for, ChromeDriver,
+    CONFIRM_ON_PAGE_TIMEOUT, NO_NAVIGATION_MARKER, PAGE_LOAD_TIMEOUT,
 };
 use crate::regions::{start_up, Up};
 use fantoccini::{Client, Locator};
@@ -343,6 +343,7 @@ async fn shopping_scenario(client: &Client, up: &Up, gateway: &str) {
     click_to_next_page(client, "#results .book-card__title a", "the first result's page", "#book").await;
     let first = read_book_page(client).await;
     audit(client, "a book's page").await;
+    tab_walk(client, "a book's page", "#add-to-cart button[type=submit]", 60).await;
     assert!(first.title.contains("Sherlock"), "{first:?}");
     assert!(first.cover_loaded, "the cover is shown: {first:?}");
     assert_eq!(first.price_text, dollars(first.price_cents), "{first:?}");
@@ -383,6 +384,8 @@ async fn shopping_scenario(client: &Client, up: &Up, gateway: &str) {
     assert_eq!((total, total_text), (expected_total, dollars(expected_total)));
     screenshot(client, "bookstore-cart.png").await;
     audit(client, "the cart").await;
+    let stops = tab_walk(client, "the cart", "#place-order", 60).await;
+    assert!(stops[0].contains("Skip to content"), "the first Tab stop is the skip link: {stops:?}");
 
     // 7. "Place order" sent twice at once (as a double click without the page's script would),
     //    then pressed again: one order.

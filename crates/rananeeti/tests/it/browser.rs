@@ -288,6 +288,43 @@ pub(crate) async fn fits_width(client: &Client, what: &str) {
     );
 }
 
+/// Walks the page showing with the Tab key from the top: every stop must show a focus
+/// indicator (an outline or a shadow), and the walk must reach `must_reach` (a CSS selector)
+/// within `steps_max` presses. Answers the stops, described.
+pub(crate) async fn tab_walk(client: &Client, what: &str, must_reach: &str, steps_max: usize) -> Vec<String> {
+    client
+        .execute("document.activeElement && document.activeElement.blur(); window.scrollTo(0, 0);", vec![])
+        .await
+        .unwrap();
+    let mut stops = Vec::new();
+    for _ in 0..steps_max {
+        client.active_element().await.unwrap().send_keys(&fantoccini::key::Key::Tab.to_string()).await.unwrap();
+        let stop = client
+            .execute(
+                r##"const el = document.activeElement;
+                    if (!el || el === document.body) return null;
+                    const style = getComputedStyle(el);
+                    const outlined = style.outlineStyle !== "none" && parseFloat(style.outlineWidth) > 0;
+                    const shadowed = style.boxShadow && style.boxShadow !== "none";
+                    return { name: el.tagName.toLowerCase() + (el.id ? "#" + el.id : "") + " \"" +
+                                   (el.textContent || el.value || el.getAttribute("aria-label") || "").trim().slice(0, 30) + "\"",
+                             shown: outlined || shadowed,
+                             reached: el.matches(arguments[0]) };"##,
+                vec![json!(must_reach)],
+            )
+            .await
+            .unwrap();
+        assert!(!stop.is_null(), "Tab left the page on {what} after {stops:?}");
+        let name = stop["name"].as_str().unwrap().to_string();
+        assert_eq!(stop["shown"], true, "no focus indicator on {name} ({what})");
+        stops.push(name);
+        if stop["reached"] == true {
+            return stops;
+        }
+    }
+    panic!("{must_reach} not reached by Tab within {steps_max} presses on {what}: {stops:?}");
+}
+
 /// What a booking's own page shows, once it has loaded.
 const STATUS_PAGE: &str = r##"
     const article = document.getElementById("reservation");
@@ -513,6 +550,7 @@ async fn booking_scenario(client: &Client, node: &Node) {
     fill_booking_form(client, node, &first).await;
     screenshot(client, "cafe-book.png").await;
     audit(client, "the booking form").await;
+    tab_walk(client, "the booking form", "#reservation-form button[type=submit]", 30).await;
     click_book(client).await;
     let confirmed = wait_for_status_page(client, "the first booking's page").await;
     assert_eq!(confirmed.status, "committed", "{confirmed:?}");
