@@ -503,7 +503,8 @@ async fn restore(
     let identity = keys::read_identity(key)?;
     let repo = Repo::open(repo_url)?;
     let manifest = repo.find(backup).await?;
-    if into.exists() {
+    let created = !into.exists();
+    if !created {
         anyhow::ensure!(
             std::fs::read_dir(into)?.next().is_none(),
             "{} is not empty: restore builds a new deployment directory",
@@ -511,6 +512,32 @@ async fn restore(
         );
     }
     std::fs::create_dir_all(into)?;
+    let restored = restore_into(&repo, &manifest, &identity, into, store).await;
+    if restored.is_err() {
+        // Nothing half-built is left to be mistaken for a deployment: the directory goes back to
+        // how it was (absent, or empty). Its PostgreSQL clusters were stopped first.
+        let removed = if created {
+            std::fs::remove_dir_all(into)
+        } else {
+            std::fs::read_dir(into).and_then(|entries| {
+                entries.map(|entry| std::fs::remove_dir_all(entry?.path())).collect::<std::io::Result<()>>()
+            })
+        };
+        if let Err(error) = removed {
+            tracing::warn!(%error, dir = %into.display(), "could not remove the half-built restore");
+        }
+    }
+    restored
+}
+
+/// Restores every region of `manifest` into the new directory `into`.
+async fn restore_into(
+    repo: &Repo,
+    manifest: &Manifest,
+    identity: &age::x25519::Identity,
+    into: &Path,
+    store: Option<crate::up::StoreKind>,
+) -> anyhow::Result<()> {
     let postgres = match store {
         Some(crate::up::StoreKind::Postgres) => true,
         Some(crate::up::StoreKind::Sqlite) => false,
@@ -531,7 +558,7 @@ async fn restore(
         } else {
             format!("sqlite://{}?mode=rwc", dir.join("store.db").display())
         };
-        let queued = restore_region(&repo, &manifest, region, &identity, &url, scratch.path()).await;
+        let queued = restore_region(repo, manifest, region, identity, &url, scratch.path()).await;
         match queued {
             Ok(queued) => targets.push((region.name.clone(), url, queued)),
             Err(error) => {
@@ -543,10 +570,12 @@ async fn restore(
         }
     }
     let finished = finish_restore(into, &targets).await;
+    let mut stopped = Ok(());
     for cluster in &clusters {
-        cluster.stop()?;
+        stopped = stopped.and(cluster.stop());
     }
     finished?;
+    stopped?;
     println!(
         "restored backup {} ({} regions) into {}: start it with `rananeeti up --data {} --regions {}{}`",
         manifest.id,

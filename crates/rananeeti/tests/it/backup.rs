@@ -370,7 +370,8 @@ impl Drop for Tmpfs {
 }
 
 /// A repository on a full disk: `create` fails with one line and leaves nothing that `list`
-/// shows, even once there is room again; a restore onto a full disk fails with one line too.
+/// shows, even once there is room again; a restore onto a full disk fails with one line too,
+/// and removes what it had built.
 #[tokio::test(flavor = "multi_thread")]
 async fn full_disk_fails_clearly_and_leaves_no_listed_backup() {
     let up = start_up(1, 1, "sqlite").await;
@@ -415,6 +416,7 @@ async fn full_disk_fails_clearly_and_leaves_no_listed_backup() {
     let reason =
         failed(&rananeeti(&["backup", "restore", "--repo", &repo, "--key", &key, "--into", into.to_str().unwrap()]));
     assert!(reason.contains("full") || reason.contains("No space left on device"), "{reason}");
+    assert!(!into.exists(), "a failed restore leaves no half-built deployment behind");
     drop(small);
     let _ = up;
 }
