@@ -519,9 +519,8 @@ async fn restore(
         let removed = if created {
             std::fs::remove_dir_all(into)
         } else {
-            std::fs::read_dir(into).and_then(|entries| {
-                entries.map(|entry| std::fs::remove_dir_all(entry?.path())).collect::<std::io::Result<()>>()
-            })
+            std::fs::read_dir(into)
+                .and_then(|entries| entries.into_iter().try_for_each(|entry| std::fs::remove_dir_all(entry?.path())))
         };
         if let Err(error) = removed {
             tracing::warn!(%error, dir = %into.display(), "could not remove the half-built restore");
