@@ -43,15 +43,29 @@ pub struct Repo {
 
 impl Repo {
     /// `file:///path` (created if missing) or `s3://bucket/prefix` (credentials and region from
-    /// the usual AWS environment variables).
+    /// the usual AWS environment variables), to write backups to.
     pub fn open(url: &str) -> anyhow::Result<Repo> {
+        Repo::open_with(url, true)
+    }
+
+    /// A repository to read from (list, verify, restore, prune): a local directory that does not
+    /// exist is an error (most likely a mistyped path), not an empty repository made on the spot.
+    pub fn open_existing(url: &str) -> anyhow::Result<Repo> {
+        Repo::open_with(url, false)
+    }
+
+    fn open_with(url: &str, create: bool) -> anyhow::Result<Repo> {
         let parsed = url::Url::parse(url)
             .with_context(|| "the repository must be a URL: file:///path or s3://bucket/prefix".to_string())?;
         let display = format!("{}://{}{}", parsed.scheme(), parsed.host_str().unwrap_or(""), parsed.path());
         match parsed.scheme() {
             "file" => {
                 let dir = parsed.to_file_path().map_err(|_| anyhow::anyhow!("{display}: not a local path"))?;
-                std::fs::create_dir_all(&dir).with_context(|| format!("creating repository {}", dir.display()))?;
+                if create {
+                    std::fs::create_dir_all(&dir).with_context(|| format!("creating repository {}", dir.display()))?;
+                } else {
+                    anyhow::ensure!(dir.is_dir(), "repository {display}: no such directory");
+                }
                 let store = object_store::local::LocalFileSystem::new_with_prefix(&dir)
                     .with_context(|| format!("opening repository {}", dir.display()))?;
                 Ok(Repo { store: Arc::new(store), prefix: ObjectPath::from("backups"), display })

@@ -111,10 +111,29 @@ pub fn run(args: BackupArgs) -> anyhow::Result<()> {
         .try_init();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     if let Err(error) = runtime.block_on(dispatch(args.command)) {
-        eprintln!("rananeeti backup: {error:#}");
+        eprintln!("rananeeti backup: {}", one_line(&error));
         std::process::exit(1);
     }
     Ok(())
+}
+
+/// An error and its causes on one line, each said once: some errors (object_store's) print
+/// their source inside their own message, and the chain would repeat it, up to five times for
+/// an unreachable S3 endpoint. A cause's text that already holds the next cause's is cut there.
+fn one_line(error: &anyhow::Error) -> String {
+    let texts: Vec<String> = error.chain().map(ToString::to_string).collect();
+    let mut parts: Vec<String> = Vec::new();
+    for (index, text) in texts.iter().enumerate() {
+        let own = match texts.get(index + 1) {
+            Some(next) if !next.is_empty() => text.find(next.as_str()).map_or(text.as_str(), |at| &text[..at]),
+            _ => text.as_str(),
+        };
+        let own = own.trim_end_matches([' ', ':', ',']).trim_end_matches("source").trim_end_matches([' ', ':', ',']);
+        if !own.is_empty() {
+            parts.push(own.to_string());
+        }
+    }
+    parts.join(": ")
 }
 
 async fn dispatch(command: BackupCommand) -> anyhow::Result<()> {
@@ -361,7 +380,7 @@ pub async fn create(data: &Path, repo_url: &str, recipient_files: &[PathBuf], le
 }
 
 async fn list(repo_url: &str) -> anyhow::Result<()> {
-    let repo = Repo::open(repo_url)?;
+    let repo = Repo::open_existing(repo_url)?;
     let manifests = repo.list().await?;
     if manifests.is_empty() {
         println!("no backups in {}", repo.display);
@@ -476,7 +495,7 @@ async fn restore_region(
 
 async fn verify(repo_url: &str, key: &Path, backup: Option<&str>) -> anyhow::Result<()> {
     let identity = keys::read_identity(key)?;
-    let repo = Repo::open(repo_url)?;
+    let repo = Repo::open_existing(repo_url)?;
     let manifest = repo.find(backup).await?;
     let scratch = tempfile::tempdir()?;
     for region in &manifest.regions {
@@ -501,7 +520,7 @@ async fn restore(
     store: Option<crate::up::StoreKind>,
 ) -> anyhow::Result<()> {
     let identity = keys::read_identity(key)?;
-    let repo = Repo::open(repo_url)?;
+    let repo = Repo::open_existing(repo_url)?;
     let manifest = repo.find(backup).await?;
     let created = !into.exists();
     if !created {
@@ -628,7 +647,7 @@ async fn finish_restore(into: &Path, targets: &[(String, String, Vec<Value>)]) -
 }
 
 async fn prune(repo_url: &str, policy: &retention::Policy, dry_run: bool) -> anyhow::Result<()> {
-    let repo = Repo::open(repo_url)?;
+    let repo = Repo::open_existing(repo_url)?;
     let manifests = repo.list().await?;
     let created: Vec<u64> = manifests.iter().map(|manifest| manifest.created_at_ms).collect();
     let kept = retention::keep(policy, &created);
@@ -654,4 +673,38 @@ async fn prune(repo_url: &str, policy: &retention::Policy, dry_run: bool) -> any
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+
+    #[derive(Debug)]
+    struct Wrapping(&'static str, Option<Box<Wrapping>>);
+
+    impl std::fmt::Display for Wrapping {
+        fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            // As object_store does: the source's text inside this one's.
+            match &self.1 {
+                Some(source) => write!(formatter, "{}, source:{source}", self.0),
+                None => write!(formatter, "{}", self.0),
+            }
+        }
+    }
+
+    impl std::error::Error for Wrapping {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|source| source as &(dyn std::error::Error + 'static))
+        }
+    }
+
+    #[test]
+    fn each_cause_is_said_once() {
+        let inner = Wrapping("connection refused", None);
+        let middle = Wrapping("after 3 retries", Some(Box::new(inner)));
+        let error = anyhow::Error::new(middle).context("listing repository s3://bucket/prefix");
+        assert_eq!(one_line(&error), "listing repository s3://bucket/prefix: after 3 retries: connection refused");
+        let plain = anyhow::anyhow!("wrong key").context("restoring");
+        assert_eq!(one_line(&plain), "restoring: wrong key");
+    }
 }

@@ -221,6 +221,17 @@ async fn damaged_backups_and_wrong_keys_fail_clearly() {
     }
     let dir = tempfile::tempdir().unwrap();
     let (key, public) = keygen(dir.path());
+    // A mistyped local repository is said so, and not made on the spot by a command that reads.
+    let missing = dir.path().join("no-such-repo");
+    let missing_url = format!("file://{}", missing.display());
+    for args in [
+        vec!["backup", "list", "--repo", &missing_url],
+        vec!["backup", "verify", "--repo", &missing_url, "--key", &key],
+        vec!["backup", "prune", "--repo", &missing_url, "--dry-run"],
+    ] {
+        assert!(failed(&rananeeti(&args)).contains("no such directory"), "{args:?}");
+    }
+    assert!(!missing.exists(), "reading commands create no repository");
     let other = dir.path().join("other");
     std::fs::create_dir_all(&other).unwrap();
     let (other_key, _) = keygen(&other);
