@@ -9,6 +9,7 @@
 pub mod db;
 pub mod format;
 pub mod keys;
+pub mod read_ahead;
 pub mod repo;
 pub mod retention;
 pub mod sqlite;

@@ -406,6 +406,10 @@ async fn list(repo_url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Pieces of a decoded backup read ahead of the import, and how many may wait (4 MiB at most).
+const DECODED_CHUNK_BYTES: usize = 1 << 20;
+const DECODED_CHUNKS_AHEAD: usize = 4;
+
 /// Downloads, checks and decrypts one region's object, then imports it into `target_url`.
 async fn restore_region(
     repo: &Repo,
@@ -436,7 +440,9 @@ async fn restore_region(
             other => anyhow::anyhow!("object {}: cannot decrypt: {other}", region.object),
         })?;
     let decoder = zstd::stream::read::Decoder::new(decrypted)?;
-    let lines = Box::new(std::io::BufReader::with_capacity(256 * 1024, decoder));
+    // Decrypted and decompressed on a thread of its own, while the import parses and inserts.
+    let decoded = rananeeti_backup::read_ahead::read_ahead(decoder, DECODED_CHUNK_BYTES, DECODED_CHUNKS_AHEAD)?;
+    let lines = Box::new(std::io::BufReader::with_capacity(256 * 1024, decoded));
     let migrations_url = match StoreKind::from_url(target_url)? {
         StoreKind::Sqlite => {
             // Migrated under another name, then copied to the target (see `sqlite::copy_migrated`).
