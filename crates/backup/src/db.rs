@@ -84,23 +84,25 @@ pub(crate) fn select_sql(table: &str, columns: &[String]) -> String {
     )
 }
 
-/// Writes a PostgreSQL row's canonical JSON into `out`.
-fn write_row(row: &sqlx::any::AnyRow, width: usize, out: &mut Vec<u8>) {
+/// Writes a PostgreSQL row's canonical JSON into `out`. Every rananeeti column is BIGINT or
+/// TEXT; a value of any other type is refused (naming the table and column) rather than carried
+/// as NULL, which would lose it.
+fn write_row(row: &sqlx::any::AnyRow, table: &str, columns: &[String], out: &mut Vec<u8>) -> anyhow::Result<()> {
+    use sqlx::ValueRef;
     let mut writer = RowWriter::start(out);
-    for index in 0..width {
-        if let Ok(value) = row.try_get::<Option<i64>, _>(index) {
-            match value {
-                Some(value) => writer.integer(value),
-                None => writer.null(),
-            }
-            continue;
-        }
-        match row.try_get::<Option<String>, _>(index) {
-            Ok(Some(text)) => writer.text(&text),
-            _ => writer.null(),
+    for (index, column) in columns.iter().enumerate() {
+        if row.try_get_raw(index)?.is_null() {
+            writer.null();
+        } else if let Ok(value) = row.try_get::<i64, _>(index) {
+            writer.integer(value);
+        } else if let Ok(text) = row.try_get::<String, _>(index) {
+            writer.text(&text);
+        } else {
+            anyhow::bail!("table {table} column {column} holds a value that is neither BIGINT nor TEXT; exports carry integers, text and NULL");
         }
     }
     writer.finish();
+    Ok(())
 }
 
 /// Starts a read-only snapshot: every table read in it is from one instant.
@@ -172,7 +174,7 @@ async fn export_postgres(
             let mut rows = sqlx::query(&select).fetch(&mut *tx);
             while let Some(row) = rows.try_next().await? {
                 line.clear();
-                write_row(&row, columns.len(), &mut line);
+                write_row(&row, &table, &columns, &mut line)?;
                 hasher.add(&line);
                 buffer.extend_from_slice(&line);
                 buffer.push(b'\n');
@@ -210,7 +212,7 @@ pub async fn sums(database: &Database, only: &[String]) -> anyhow::Result<BTreeM
         let mut rows = sqlx::query(&select).fetch(&mut *tx);
         while let Some(row) = rows.try_next().await? {
             line.clear();
-            write_row(&row, columns.len(), &mut line);
+            write_row(&row, table, &columns, &mut line)?;
             hasher.add(&line);
         }
         drop(rows);

@@ -468,3 +468,36 @@ async fn unreachable_repository_fails_clearly() {
     assert!(verified.contains("s3://bucket/prefix"), "{verified}");
     let _ = up;
 }
+
+/// A PostgreSQL column of a type the portable format does not carry (every rananeeti column is
+/// BIGINT or TEXT; this one is added by hand) is refused by name, not exported as NULL.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_column_the_format_cannot_carry_is_refused_not_emptied() {
+    use sqlx::Connection;
+    sqlx::any::install_default_drivers();
+    let up = start_up(1, 1, "postgres").await;
+    let url = up.topology.regions[0].database.url.clone();
+    let mut connection = sqlx::AnyConnection::connect(&url).await.unwrap();
+    sqlx::query("CREATE TABLE hand_made (id TEXT PRIMARY KEY, flag BOOLEAN)").execute(&mut connection).await.unwrap();
+    sqlx::query("INSERT INTO hand_made VALUES ('a', true)").execute(&mut connection).await.unwrap();
+    drop(connection);
+    let dir = tempfile::tempdir().unwrap();
+    let (_key, public) = keygen(dir.path());
+    let repo = format!("file://{}", dir.path().join("repo").display());
+    let data = up._dir.path().join("data");
+    let reason = failed(&rananeeti(&[
+        "backup",
+        "create",
+        "--data",
+        data.to_str().unwrap(),
+        "--repo",
+        &repo,
+        "--recipient",
+        &public,
+    ]));
+    assert!(
+        reason.contains("hand_made") && reason.contains("flag") && reason.contains("neither BIGINT nor TEXT"),
+        "{reason}"
+    );
+    assert!(ok(&rananeeti(&["backup", "list", "--repo", &repo])).contains("no backups"));
+}
