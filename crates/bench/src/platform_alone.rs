@@ -41,8 +41,8 @@ pub async fn start(url: &str, queue_dir: &Path) -> anyhow::Result<Arc<Platform>>
         entries_max: config.queue.entries_max,
     })
     .with_context(|| format!("opening a queue in {}", queue_dir.display()))?;
-    let mut migrations = rananeeti_platform::schema::MIGRATIONS.to_vec();
-    migrations.extend_from_slice(rananeeti_cafe::reserve::MIGRATIONS);
+    // The node's own schema: the reserve handler reads other cafe tables (closures) too.
+    let migrations = rananeeti::node_cmd::all_migrations();
     let mut registry = Registry::default();
     registry.register(Arc::new(ReserveHandler { seats_per_slot: SEATS_PER_SLOT }));
     let store = Store::open(store_config(url), migrations).context("opening the in-process platform's store")?;
