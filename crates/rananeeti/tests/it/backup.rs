@@ -346,18 +346,31 @@ struct Tmpfs(std::path::PathBuf);
 
 impl Tmpfs {
     fn mount(at: &Path, size: &str) -> Tmpfs {
-        assert!(
-            nix::unistd::Uid::effective().is_root(),
-            "this test mounts a small tmpfs to fill it, which needs root (tests and CI run as root)"
-        );
         std::fs::create_dir_all(at).unwrap();
-        let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        // tmpfs's root is world-writable (mode 1777), so the test writes into it either way.
+        let status = Tmpfs::privileged("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=1777"), "tmpfs"])
             .arg(at)
             .status()
             .unwrap();
-        assert!(status.success(), "mount -t tmpfs at {}", at.display());
+        assert!(
+            status.success(),
+            "mount -t tmpfs at {}: this test fills a small tmpfs, which needs root or password-less sudo \
+             (scripts/test.sh needs the same to install packages)",
+            at.display()
+        );
         Tmpfs(at.to_path_buf())
+    }
+
+    /// `program` as root: itself when we are root, else through `sudo -n`.
+    fn privileged(program: &str) -> Command {
+        if nix::unistd::Uid::effective().is_root() {
+            Command::new(program)
+        } else {
+            let mut command = Command::new("sudo");
+            command.args(["-n", program]);
+            command
+        }
     }
 
     /// Writes a file until the file system has no room left.
@@ -376,7 +389,7 @@ impl Tmpfs {
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        let _ = Tmpfs::privileged("umount").arg("-l").arg(&self.0).status();
     }
 }
 
