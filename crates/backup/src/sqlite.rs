@@ -26,13 +26,7 @@ const IMPORT_PROGRESS_ROWS: u64 = 50_000;
 
 /// The database file of a `sqlite:` URL (`sqlite://PATH?mode=...`, `sqlite:PATH`).
 pub fn path_of_url(url: &str) -> anyhow::Result<PathBuf> {
-    let rest = url
-        .strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))
-        .with_context(|| "not a sqlite: URL".to_string())?;
-    let path = rest.split('?').next().unwrap_or_default();
-    anyhow::ensure!(!path.is_empty() && path != ":memory:", "a sqlite: URL without a file");
-    Ok(PathBuf::from(path))
+    rananeeti_platform::store::sqlite_path(url).context("not a sqlite: URL of a file")
 }
 
 fn open_read_only(path: &Path) -> anyhow::Result<Connection> {

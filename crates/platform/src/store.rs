@@ -106,7 +106,7 @@ impl Store {
             }
         }
         let pools = build_pools(kind, &config)?;
-        let write_gate = match crate::write_gate::sqlite_path(&config.writer_url) {
+        let write_gate = match sqlite_path(&config.writer_url) {
             Some(path) if kind == StoreKind::Sqlite => {
                 WriteGate::sqlite(&path, Duration::from_millis(config.busy_timeout_ms / 2))
             }
@@ -297,6 +297,17 @@ fn build_pool(kind: StoreKind, config: &StoreConfig, url: &str) -> Result<AnyPoo
     options.connect_lazy(url).map_err(|error| StoreError::InvalidUrl(redact(&error.to_string())))
 }
 
+/// The database file of a `sqlite:` URL (`sqlite://PATH?mode=...`, `sqlite:PATH`); None for
+/// other URLs and in-memory databases.
+pub fn sqlite_path(url: &str) -> Option<std::path::PathBuf> {
+    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or_default();
+    if path.is_empty() || path.starts_with(":memory:") {
+        return None;
+    }
+    Some(std::path::PathBuf::from(path))
+}
+
 /// Keeps a password that an error message may quote out of logs.
 fn redact(message: &str) -> String {
     message
@@ -336,6 +347,15 @@ pub fn is_transient(error: &sqlx::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finds_the_database_file_of_sqlite_urls() {
+        use std::path::PathBuf;
+        assert_eq!(sqlite_path("sqlite:///data/r1/store.db?mode=rwc"), Some(PathBuf::from("/data/r1/store.db")));
+        assert_eq!(sqlite_path("sqlite:store.db"), Some(PathBuf::from("store.db")));
+        assert_eq!(sqlite_path("sqlite::memory:"), None);
+        assert_eq!(sqlite_path("postgres://u@h/db"), None);
+    }
 
     #[test]
     fn redacts_urls_with_credentials() {

@@ -49,16 +49,6 @@ impl Drop for FileTurn {
     }
 }
 
-/// The database file of a `sqlite:` URL; None for in-memory databases.
-pub(crate) fn sqlite_path(url: &str) -> Option<PathBuf> {
-    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
-    let path = rest.split('?').next().unwrap_or_default();
-    if path.is_empty() || path.starts_with(":memory:") {
-        return None;
-    }
-    Some(PathBuf::from(path))
-}
-
 impl WriteGate {
     pub(crate) fn none() -> WriteGate {
         WriteGate { sqlite: None }
@@ -128,14 +118,6 @@ impl SqliteGate {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn finds_the_database_file_of_sqlite_urls() {
-        assert_eq!(sqlite_path("sqlite:///data/r1/store.db?mode=rwc"), Some(PathBuf::from("/data/r1/store.db")));
-        assert_eq!(sqlite_path("sqlite:store.db"), Some(PathBuf::from("store.db")));
-        assert_eq!(sqlite_path("sqlite::memory:"), None);
-        assert_eq!(sqlite_path("postgres://u@h/db"), None);
-    }
 
     #[tokio::test]
     async fn a_second_process_waits_for_the_turn_and_gets_it_when_released() {
