@@ -3,7 +3,7 @@
 //! acknowledged before the backup is there; damaged objects, wrong keys and incomplete backups
 //! fail clearly.
 
-use crate::regions::start_up;
+use crate::regions::{start_up, Up};
 use crate::support::{eventually, reservation};
 use serde_json::Value;
 use std::collections::BTreeSet;
@@ -206,19 +206,23 @@ async fn backup_round_trip_sqlite_to_postgres() {
     round_trip("sqlite", "postgres").await;
 }
 
-/// A flipped byte in an object, a wrong key, a truncated upload: each fails with one line naming
-/// what is wrong, and an incomplete backup is never listed.
-#[tokio::test(flavor = "multi_thread")]
-async fn damaged_backups_and_wrong_keys_fail_clearly() {
+/// A one-region SQLite deployment holding 20 committed reservations named after `label`.
+async fn up_with_reservations(label: &str) -> Up {
     let up = start_up(1, 1, "sqlite").await;
     let client = reqwest::Client::new();
     let node = up.region_urls(0)[0].clone();
     for i in 0..20 {
-        assert_eq!(
-            crate::support::post_reservation(&client, &node, &reservation("damage", i), false).await.unwrap().status,
-            201
-        );
+        let answer = crate::support::post_reservation(&client, &node, &reservation(label, i), false).await.unwrap();
+        assert_eq!(answer.status, 201);
     }
+    up
+}
+
+/// A flipped byte in an object, a wrong key, a truncated upload: each fails with one line naming
+/// what is wrong, and an incomplete backup is never listed.
+#[tokio::test(flavor = "multi_thread")]
+async fn damaged_backups_and_wrong_keys_fail_clearly() {
+    let up = up_with_reservations("damage").await;
     let dir = tempfile::tempdir().unwrap();
     let (key, public) = keygen(dir.path());
     // A mistyped local repository is said so, and not made on the spot by a command that reads.
@@ -398,15 +402,7 @@ impl Drop for Tmpfs {
 /// and removes what it had built.
 #[tokio::test(flavor = "multi_thread")]
 async fn full_disk_fails_clearly_and_leaves_no_listed_backup() {
-    let up = start_up(1, 1, "sqlite").await;
-    let client = reqwest::Client::new();
-    let node = up.region_urls(0)[0].clone();
-    for i in 0..20 {
-        assert_eq!(
-            crate::support::post_reservation(&client, &node, &reservation("full", i), false).await.unwrap().status,
-            201
-        );
-    }
+    let up = up_with_reservations("full").await;
     let dir = tempfile::tempdir().unwrap();
     let (key, public) = keygen(dir.path());
     let data = up._dir.path().join("data");
