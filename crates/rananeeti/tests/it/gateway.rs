@@ -197,30 +197,21 @@ async fn a_node_killed_mid_request_is_retried_elsewhere() {
         .collect();
     // Killed once the gateway has sent all 16 to it (a fixed wait was not enough on a busy
     // machine: a request not yet sent when the other node came back went there directly).
-    let deadline = std::time::Instant::now() + Duration::from_secs(4);
-    loop {
-        let topology: serde_json::Value = client()
+    eventually("the victim to hold all 16 requests", Duration::from_secs(4), || async {
+        let topology: Value = client()
             .get(format!("{base}/admin/topology"))
             .bearer_auth(&up.token)
             .send()
             .await
-            .unwrap()
+            .ok()?
             .json()
             .await
-            .unwrap();
-        let held = topology["regions"][0]["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|node| node["name"] == victim.name)
-            .map(|node| node["in_flight"].as_u64().unwrap())
-            .unwrap();
-        if held == 16 {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "the victim holds {held} of the 16 requests: {topology}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+            .ok()?;
+        let nodes = topology["regions"][0]["nodes"].as_array()?;
+        let held = nodes.iter().find(|node| node["name"] == victim.name)?["in_flight"].as_u64()?;
+        (held == 16).then_some(())
+    })
+    .await;
     drain("undrain").await;
     kill(Pid::from_raw(victim.pid.unwrap() as i32), Signal::SIGKILL).unwrap();
     let mut served_by = BTreeMap::new();
