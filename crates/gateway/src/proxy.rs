@@ -223,11 +223,12 @@ impl Gateway {
         self.forward(parts, body, peer, request_id).await
     }
 
-    fn retryable_when_sent(&self, parts: &hyper::http::request::Parts) -> bool {
+    fn retryable_when_sent(&self, parts: &hyper::http::request::Parts, body: &Bytes) -> bool {
         match parts.method {
             Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE => true,
             Method::POST => {
                 parts.headers.contains_key(IDEMPOTENCY_KEY)
+                    || form_carries_key(&parts.headers, body)
                     || self
                         .config
                         .digest_post_prefixes
@@ -250,7 +251,7 @@ impl Gateway {
         let regions = self.backends.snapshot();
         let route = routing::route_for(&self.config.routes, parts.uri.path(), &self.default_route);
         let order = routing::region_order(route, &regions, &parts.headers);
-        let idempotent = self.retryable_when_sent(&parts);
+        let idempotent = self.retryable_when_sent(&parts, &body);
         let path_and_query =
             parts.uri.path_and_query().cloned().unwrap_or_else(|| hyper::http::uri::PathAndQuery::from_static("/"));
         let mut parts = parts;
@@ -412,6 +413,16 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in HOP_BY_HOP {
         headers.remove(name);
     }
+}
+
+/// A page form that carries its idempotency key as the hidden field `idempotency_key`: the
+/// nodes apply it once however often it is sent (the same rule as the `Idempotency-Key` header).
+fn form_carries_key(headers: &hyper::HeaderMap, body: &Bytes) -> bool {
+    let form = headers
+        .get(hyper::header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.trim_start().to_ascii_lowercase().starts_with("application/x-www-form-urlencoded"));
+    form && body.split(|byte| *byte == b'&').any(|pair| pair.starts_with(b"idempotency_key=") && pair.len() > 16)
 }
 
 fn upstream_headers(incoming: HeaderMap, peer: SocketAddr, request_id: &str) -> HeaderMap {

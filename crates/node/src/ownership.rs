@@ -12,7 +12,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::future::BoxFuture;
 use rananeeti_platform::ownership::WITNESS_VOTER;
-use rananeeti_platform::{Command, Forwarder, Outcome, OwnerRow, Platform, SubmitError};
+use rananeeti_platform::{Command, ForwardError, Forwarded, Forwarder, OwnerRow, Platform, SubmitError};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -232,14 +232,18 @@ struct HttpForwarder {
 }
 
 impl Forwarder for HttpForwarder {
-    fn forward<'a>(&'a self, region: &'a str, command: &'a Command) -> BoxFuture<'a, Result<Outcome, String>> {
+    fn forward<'a>(&'a self, region: &'a str, command: &'a Command) -> BoxFuture<'a, Result<Forwarded, ForwardError>> {
         Box::pin(async move {
             let service = &self.service;
             if service.platform.faults().partitioned() {
-                return Err("this node is cut off from the other regions (injected partition)".to_string());
+                return Err(ForwardError::Unreachable(
+                    "this node is cut off from the other regions (injected partition)".to_string(),
+                ));
             }
-            let urls = service.urls_of(region).ok_or_else(|| format!("region {region} is not a configured peer"))?;
-            let mut last_error = String::from("no node");
+            let urls = service
+                .urls_of(region)
+                .ok_or_else(|| ForwardError::Unreachable(format!("region {region} is not a configured peer")))?;
+            let mut last_error = ForwardError::Unreachable(String::from("no node"));
             for url in urls {
                 let sent = service
                     .client
@@ -250,17 +254,38 @@ impl Forwarder for HttpForwarder {
                     .await;
                 match sent {
                     Ok(response) if response.status().is_success() => {
-                        return response
-                            .json::<Outcome>()
-                            .await
-                            .map_err(|error| format!("bad answer: {}", error.without_url()));
+                        return response.json::<Forwarded>().await.map_err(|error| {
+                            ForwardError::Unreachable(format!("bad answer: {}", error.without_url()))
+                        });
                     }
-                    Ok(response) => last_error = format!("answered {}", response.status()),
-                    Err(error) => last_error = format!("no answer: {}", error.without_url()),
+                    Ok(response) => {
+                        let status = response.status();
+                        let body: Value = response.json().await.unwrap_or(Value::Null);
+                        last_error = classify_refusal(status, &body);
+                        // A refusal of the command itself is the same from every node of the region.
+                        if !matches!(last_error, ForwardError::Unreachable(_)) {
+                            return Err(last_error);
+                        }
+                    }
+                    Err(error) => last_error = ForwardError::Unreachable(format!("no answer: {}", error.without_url())),
                 }
             }
             Err(last_error)
         })
+    }
+}
+
+/// What an owner's non-2xx answer to a forwarded command means. Only an answer about the command
+/// itself is final: 400 (it does not parse), 413 (too large), 422 (a field refused; a `kind` the
+/// owner does not know is held for it instead). Anything else may change: the owner overloaded,
+/// starting, shutting down, cut off, or configured with another token.
+fn classify_refusal(status: reqwest::StatusCode, body: &Value) -> ForwardError {
+    let message = body["error"]["message"].as_str().unwrap_or("").to_string();
+    let detail = format!("answered {status}: {message}");
+    match status.as_u16() {
+        422 if body["error"]["field"] == "kind" => ForwardError::UnknownKind(detail),
+        400 | 413 | 422 => ForwardError::Refused(detail),
+        _ => ForwardError::Unreachable(detail),
     }
 }
 
@@ -280,12 +305,12 @@ pub fn router(service: Arc<OwnershipService>, cluster_token: AdminToken, admin_t
 async fn take_forwarded(
     State(service): State<Arc<OwnershipService>>,
     ApiJson(command): ApiJson<Command>,
-) -> Result<Json<Outcome>, ApiError> {
+) -> Result<Json<Forwarded>, ApiError> {
     if service.platform.faults().partitioned() {
         return Err(ApiError::Unavailable("cut off from the other regions (injected partition)".into()));
     }
     match service.platform.submit_forwarded(command).await {
-        Ok(submitted) => Ok(Json(submitted.outcome)),
+        Ok(submitted) => Ok(Json(Forwarded { outcome: submitted.outcome, id: Some(submitted.id) })),
         Err(SubmitError::UnknownKind(kind)) => Err(ApiError::invalid("kind", format!("no handler for kind {kind}"))),
         Err(error) => Err(ApiError::Unavailable(error.to_string())),
     }

@@ -96,22 +96,29 @@ pub fn build_router(
         .merge(Router::new().route("/api/commands/{id}", get(command_status)).with_state(Arc::clone(&platform)))
         .merge(admin::router(Arc::clone(&platform), config.admin_token.clone()));
     if let Some(cluster_token) = &config.cluster_token {
-        router = router.merge(crate::replication::router(Arc::clone(&platform), cluster_token.clone()));
-        router = router.merge(crate::queue_copies::router(Arc::clone(&platform), cluster_token.clone()));
+        // What nodes send each other wraps what clients sent (a command around a request's
+        // content, a copy around a queued command): the limit fits every one the public limit
+        // and the queue let in.
+        let internal_limit = DefaultBodyLimit::max(internal_body_bytes_max(config.body_bytes_max));
+        let mut internal = crate::replication::router(Arc::clone(&platform), cluster_token.clone())
+            .merge(crate::queue_copies::router(Arc::clone(&platform), cluster_token.clone()));
         if let Some(ownership) = &config.ownership {
-            router = router.merge(crate::ownership::router(
+            internal = internal.merge(crate::ownership::router(
                 Arc::clone(ownership),
                 cluster_token.clone(),
                 config.admin_token.clone(),
             ));
         }
+        router = router.merge(internal.layer(internal_limit));
     }
     for app in apps {
         router = router.merge(app.router(Arc::clone(&platform)));
     }
     let x_request_id = HeaderName::from_static("x-request-id");
+    let idempotency = crate::idempotency::Idempotency { platform, body_bytes_max: config.body_bytes_max };
     router
         .fallback(|| async { ApiError::NotFound })
+        .layer(axum::middleware::from_fn_with_state(idempotency, crate::idempotency::honour_keys))
         .layer(axum::middleware::from_fn_with_state(http_metrics, record_request))
         .layer(
             ServiceBuilder::new()
@@ -141,6 +148,13 @@ pub fn build_router(
                 ))
                 .layer(DefaultBodyLimit::max(config.body_bytes_max)),
         )
+}
+
+/// The body limit of the routes between nodes: a queued command at its largest, or a public body
+/// wrapped as a command (with room for every character escaped once more), whichever is larger.
+pub fn internal_body_bytes_max(public_body_bytes_max: usize) -> usize {
+    const ENVELOPE_BYTES_MAX: usize = 64 * 1024;
+    rananeeti_platform::queue_entry_bytes_max().max(public_body_bytes_max.saturating_mul(2)) + ENVELOPE_BYTES_MAX
 }
 
 async fn healthz() -> Json<serde_json::Value> {

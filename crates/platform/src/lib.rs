@@ -8,6 +8,7 @@ pub mod breaker;
 pub mod command;
 pub mod conflicts;
 pub mod copies;
+mod drain;
 pub mod faults;
 pub mod hlc;
 pub mod id;
@@ -15,6 +16,7 @@ pub mod metrics;
 pub mod ownership;
 mod platform;
 pub mod replication;
+pub mod requests;
 pub mod schema;
 pub mod store;
 pub mod write_gate;
@@ -26,13 +28,19 @@ pub use faults::{DbFault, Faults};
 pub use hlc::{Hlc, HlcClock};
 pub use id::{CommandId, InvalidCommandId};
 pub use metrics::PlatformMetrics;
-pub use ownership::{Forwarder, OwnerRow, Ownership, OwnershipConfig, Route};
+pub use ownership::{ForwardError, Forwarded, Forwarder, OwnerRow, Ownership, OwnershipConfig, Route};
 pub use platform::{
     CommandState, CommandStatus, DrainConfig, Outcome, Platform, PlatformConfig, ReadPool, StoreUnavailable,
     SubmitConfig, SubmitError, SubmitOptions, Submitted,
 };
 pub use replication::{Applied, OutboxEntry, OutboxPage, ReplicationError};
+pub use requests::{RecordedAnswer, RequestId, RequestKey};
 pub use store::{Migration, Store, StoreConfig, StoreError, StoreKind};
+
+/// The largest command body the fallback queue takes.
+pub fn queue_entry_bytes_max() -> usize {
+    rananeeti_queue::ENTRY_BODY_BYTES_MAX
+}
 
 /// Re-exported so apps write their SQL against the platform's own sqlx.
 pub use sqlx;

@@ -57,7 +57,34 @@ impl OwnerRow {
 
 /// Carries a command to a node of its owner region, which submits it there.
 pub trait Forwarder: Send + Sync + 'static {
-    fn forward<'a>(&'a self, region: &'a str, command: &'a Command) -> BoxFuture<'a, Result<Outcome, String>>;
+    fn forward<'a>(&'a self, region: &'a str, command: &'a Command) -> BoxFuture<'a, Result<Forwarded, ForwardError>>;
+}
+
+/// The owner's answer to a forwarded command: what it decided, and on which command (a retry of
+/// a keyed request is answered with the first try's id).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Forwarded {
+    #[serde(flatten)]
+    pub outcome: Outcome,
+    /// Absent in answers of nodes from before it was added: then the forwarded command's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<crate::id::CommandId>,
+}
+
+/// Why the owner did not take a forwarded command, classified as the local path classifies the
+/// store's errors: what may change (retry later) apart from what never will.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ForwardError {
+    /// Not reached, overloaded, shutting down, or cut off: try again later, in order.
+    #[error("owner unreachable: {0}")]
+    Unreachable(String),
+    /// The owner refused the command itself (too large, does not parse): it never will take it.
+    #[error("owner refused the command: {0}")]
+    Refused(String),
+    /// The owner does not know the command's kind (it runs an older version): held for it,
+    /// without holding back the owner's other writes.
+    #[error("owner does not know the kind: {0}")]
+    UnknownKind(String),
 }
 
 /// Where an owned write goes, decided on this node's view.

@@ -150,9 +150,11 @@ fn commit_group(store: &Store, group: &mut Vec<Request>, mut next_seq: u64) -> R
 mod tests {
     use super::*;
 
+    /// Runs on the writer's thread right after a group became visible (a drainer's turn).
+    type Hook = Box<dyn Fn(&Store)>;
+
     thread_local! {
-        /// Runs on the writer's thread right after a group became visible (a drainer's turn).
-        static AFTER_VISIBLE: std::cell::RefCell<Option<Box<dyn Fn(&Store)>>> = const { std::cell::RefCell::new(None) };
+        static AFTER_VISIBLE: std::cell::RefCell<Option<Hook>> = const { std::cell::RefCell::new(None) };
     }
 
     pub(super) fn after_visible(store: &Store) {

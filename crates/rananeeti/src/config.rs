@@ -209,6 +209,7 @@ impl Default for QueueSection {
 #[serde(default, deny_unknown_fields)]
 pub struct DrainSection {
     pub batch_entries_max: usize,
+    pub scan_entries_max: usize,
     pub idle_ms: u64,
     pub apply_timeout_ms: u64,
 }
@@ -218,6 +219,7 @@ impl Default for DrainSection {
         let defaults = rananeeti_platform::DrainConfig::default();
         DrainSection {
             batch_entries_max: defaults.batch_entries_max,
+            scan_entries_max: defaults.scan_entries_max,
             idle_ms: defaults.idle_ms,
             apply_timeout_ms: defaults.apply_timeout_ms,
         }
@@ -268,6 +270,7 @@ impl Config {
             },
             drain: rananeeti_platform::DrainConfig {
                 batch_entries_max: self.drain.batch_entries_max,
+                scan_entries_max: self.drain.scan_entries_max,
                 idle_ms: self.drain.idle_ms,
                 apply_timeout_ms: self.drain.apply_timeout_ms,
             },
@@ -345,6 +348,7 @@ impl Config {
             ("queue.waiting_entries_max", self.queue.waiting_entries_max as u64),
             ("queue.entries_max", self.queue.entries_max),
             ("drain.batch_entries_max", self.drain.batch_entries_max as u64),
+            ("drain.scan_entries_max", self.drain.scan_entries_max as u64),
             ("drain.idle_ms", self.drain.idle_ms),
             ("drain.apply_timeout_ms", self.drain.apply_timeout_ms),
             ("breaker.open_ms", self.breaker.open_ms),
