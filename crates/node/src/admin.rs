@@ -205,8 +205,11 @@ async fn get_queue(State(platform): State<Arc<Platform>>) -> Result<Json<Value>,
             })
         })
         .collect::<Vec<_>>();
+    let corrupt: Vec<Value> =
+        queue.corrupt_entries().into_iter().map(|(seq, reason)| json!({ "seq": seq, "reason": reason })).collect();
     Ok(Json(json!({
         "depth": queue.depth(),
+        "corrupt": corrupt,
         "oldest_age_seconds": oldest_age_seconds,
         "fsyncs_total": queue.fsyncs_total(),
         "copies_held_for_peers": platform.copies_depth(),

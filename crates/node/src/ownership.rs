@@ -312,6 +312,10 @@ async fn take_forwarded(
     match service.platform.submit_forwarded(command).await {
         Ok(submitted) => Ok(Json(Forwarded { outcome: submitted.outcome, id: Some(submitted.id) })),
         Err(SubmitError::UnknownKind(kind)) => Err(ApiError::invalid("kind", format!("no handler for kind {kind}"))),
+        // The store refused the command itself (its data, or the SQL it makes): final.
+        Err(SubmitError::Store(error)) => {
+            Err(ApiError::invalid("command", format!("the owner's store refused it: {error}")))
+        }
         Err(error) => Err(ApiError::Unavailable(error.to_string())),
     }
 }

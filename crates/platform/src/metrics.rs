@@ -27,6 +27,7 @@ pub struct PlatformMetrics {
     pub store_up: Gauge,
     pub breaker_state: Gauge,
     pub queue_depth: Gauge,
+    pub queue_corrupt_entries: Gauge,
     pub queue_oldest_age: Gauge<f64, AtomicU64>,
     pub queue_drained: Counter,
     pub queue_fsyncs: Counter,
@@ -43,6 +44,7 @@ impl PlatformMetrics {
             store_up: Gauge::default(),
             breaker_state: Gauge::default(),
             queue_depth: Gauge::default(),
+            queue_corrupt_entries: Gauge::default(),
             queue_oldest_age: Gauge::default(),
             queue_drained: Counter::default(),
             queue_fsyncs: Counter::default(),
@@ -59,6 +61,11 @@ impl PlatformMetrics {
             metrics.breaker_state.clone(),
         );
         platform.register("queue_depth", "Entries in the fallback queue", metrics.queue_depth.clone());
+        platform.register(
+            "queue_corrupt_entries",
+            "Fallback queue entries whose stored value fails its checksum: skipped, kept on disk for an operator",
+            metrics.queue_corrupt_entries.clone(),
+        );
         platform.register(
             "queue_oldest_age_seconds",
             "Age of the oldest fallback queue entry",

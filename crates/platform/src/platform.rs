@@ -874,6 +874,7 @@ impl Platform {
     /// Updates the gauges that are read at scrape time.
     pub fn refresh_metrics(&self) {
         self.metrics.queue_depth.set(self.queue.depth() as i64);
+        self.metrics.queue_corrupt_entries.set(self.queue.corrupt_entries().len() as i64);
         let oldest_age = self
             .queue
             .oldest_enqueued_at_ms()

@@ -15,6 +15,7 @@ mod idempotency;
 mod node_loss;
 mod outage;
 mod owners;
+mod queue_delivery;
 mod regions;
 mod seats;
 mod support;
