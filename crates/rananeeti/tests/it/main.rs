@@ -11,6 +11,7 @@ mod cafe_api;
 mod crash;
 mod gateway;
 mod health;
+mod image;
 mod kubernetes;
 mod load_balancers;
 mod node_loss;
