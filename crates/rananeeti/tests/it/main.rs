@@ -19,5 +19,6 @@ mod outage;
 mod owners;
 mod regions;
 mod seats;
+mod secrets;
 mod support;
 mod up;
