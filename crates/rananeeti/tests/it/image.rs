@@ -166,3 +166,40 @@ async fn the_image_builds_offline_and_its_binary_runs_from_the_unpacked_root() {
         manifest["layers"].as_array().unwrap().len()
     );
 }
+
+/// The release workflow (deploy/ci/release.yml) runs the README's test command, builds the image
+/// with scripts/build-image.sh and tags it with the binary's version; checkov's GitHub Actions
+/// checks find nothing (it reads workflows only under .github/workflows, so it is copied there).
+/// The workflow itself does not run here: that needs GitHub and a registry.
+#[test]
+fn the_release_workflow_tests_then_builds_and_tags_the_image() {
+    let workflow = repository().join("deploy/ci/release.yml");
+    let script = "import json, sys, yaml\njson.dump(yaml.safe_load(open(sys.argv[1])), sys.stdout)";
+    let parsed: Value =
+        serde_json::from_str(&run(Command::new("python3").arg("-c").arg(script).arg(&workflow), "YAML")).unwrap();
+    let steps = |job: &str| -> String {
+        parsed["jobs"][job]["steps"].as_array().unwrap().iter().filter_map(|step| step["run"].as_str()).collect()
+    };
+    assert!(steps("test").contains("./scripts/test.sh"), "the test job runs the README's test command");
+    assert_eq!(parsed["jobs"]["image"]["needs"], "test", "the image is built only after the tests pass");
+    let image = steps("image");
+    assert!(
+        image.contains("scripts/build-image.sh --binary target/release/rananeeti --tag \"$IMAGE:$version\""),
+        "{image}"
+    );
+    assert!(image.contains("podman push \"$IMAGE:$version\""), "{image}");
+
+    let scratch = tempfile::tempdir().unwrap();
+    let workflows = scratch.path().join(".github/workflows");
+    std::fs::create_dir_all(&workflows).unwrap();
+    std::fs::copy(&workflow, workflows.join("release.yml")).unwrap();
+    let report = run(
+        Command::new("checkov")
+            .args(["--framework", "github_actions", "--output", "json", "--skip-download", "--quiet", "-d"])
+            .arg(scratch.path()),
+        "checkov github_actions",
+    );
+    let report: Value = serde_json::from_str(&report).unwrap();
+    assert_eq!(report["summary"]["failed"], 0, "{report}");
+    assert!(report["summary"]["passed"].as_u64().unwrap() > 0, "{report}");
+}
