@@ -21,6 +21,9 @@ const LB_START_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longer than the exported response timeout (3 s) plus a retry.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(15);
 const REQUEST_HEAD_BYTES_MAX: usize = 16 * 1024;
+const PROBE_INTERVAL: Duration = Duration::from_millis(100);
+/// A probe answered within this counts as traffic served normally again.
+const PROBE_PROMPT: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
@@ -339,10 +342,14 @@ async fn exported_load_balancers_retry_only_what_is_safe() {
 /// What one request through one front ended as.
 #[derive(Clone, Debug)]
 struct Served {
+    /// When it was sent, and when its answer (or error) came.
+    sent: Instant,
     at: Instant,
     took: Duration,
     ok: bool,
     region: String,
+    /// Sent by the prober (a new request every 100 ms, whatever the others wait for).
+    probe: bool,
 }
 
 /// Which region served a response: the gateway says so; nginx and HAProxy name the node.
@@ -388,11 +395,23 @@ fn steady_load(
                             let region = region_of(&response, &nodes);
                             let ok = if writes { status == 201 || status == 202 } else { status == 200 };
                             let _ = response.bytes().await;
-                            Served { at: Instant::now(), took: started.elapsed(), ok, region }
+                            Served {
+                                sent: started,
+                                at: Instant::now(),
+                                took: started.elapsed(),
+                                ok,
+                                region,
+                                probe: false,
+                            }
                         }
-                        Err(_) => {
-                            Served { at: Instant::now(), took: started.elapsed(), ok: false, region: String::new() }
-                        }
+                        Err(_) => Served {
+                            sent: started,
+                            at: Instant::now(),
+                            took: started.elapsed(),
+                            ok: false,
+                            region: String::new(),
+                            probe: false,
+                        },
                     };
                     log.lock().unwrap().push(served);
                     tokio::time::sleep(Duration::from_millis(10)).await;
@@ -400,6 +419,43 @@ fn steady_load(
             })
         })
         .collect()
+}
+
+/// A new read through `base` every `PROBE_INTERVAL` until `stop`, each on its own: how soon new
+/// traffic reaches r2 does not depend on what the steady load is stuck on.
+fn prober(
+    base: String,
+    nodes: Arc<BTreeMap<String, String>>,
+    stop: Arc<AtomicBool>,
+    log: Arc<Mutex<Vec<Served>>>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let client = reqwest::Client::builder().timeout(CLIENT_TIMEOUT).no_proxy().build().unwrap();
+        let mut probes = Vec::new();
+        while !stop.load(Ordering::SeqCst) {
+            let (client, base, nodes, log) = (client.clone(), base.clone(), Arc::clone(&nodes), Arc::clone(&log));
+            probes.push(tokio::spawn(async move {
+                let started = Instant::now();
+                let answer = client.get(format!("{base}/api/cafe/reservations?limit=1")).send().await;
+                let (ok, region) = match answer {
+                    Ok(response) => (response.status() == 200, region_of(&response, &nodes)),
+                    Err(_) => (false, String::new()),
+                };
+                log.lock().unwrap().push(Served {
+                    sent: started,
+                    at: Instant::now(),
+                    took: started.elapsed(),
+                    ok,
+                    region,
+                    probe: true,
+                });
+            }));
+            tokio::time::sleep(PROBE_INTERVAL).await;
+        }
+        for probe in probes {
+            probe.await.unwrap();
+        }
+    })
 }
 
 fn signal_region(up: &Up, region: usize, signal: Signal) {
@@ -445,6 +501,7 @@ async fn a_frozen_region_behind_nginx_haproxy_and_the_gateway() {
             Arc::clone(&stop),
             Arc::clone(&log),
         ));
+        tasks.push(prober(base.clone(), Arc::clone(&nodes), Arc::clone(&stop), Arc::clone(&log)));
         logs.push(log);
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -459,8 +516,8 @@ async fn a_frozen_region_behind_nginx_haproxy_and_the_gateway() {
     signal_region(&up, 0, Signal::SIGCONT);
 
     let mut table = vec![format!(
-        "{:18} {:>9} {:>14} {:>7} {:>20} {:>15}",
-        "front", "requests", "after freeze", "failed", "r2 served after (s)", "slowest (s)"
+        "{:18} {:>9} {:>13} {:>7} {:>18} {:>22} {:>12}",
+        "front", "requests", "after freeze", "failed", "first r2 answer", "new traffic on r2 from", "slowest"
     )];
     let mut problems = Vec::new();
     for ((name, _), log) in fronts.iter().zip(&logs) {
@@ -470,22 +527,37 @@ async fn a_frozen_region_behind_nginx_haproxy_and_the_gateway() {
         let moved =
             after.iter().filter(|served| served.ok && served.region == "r2").map(|served| served.at - frozen_at).min();
         let slowest = log.iter().map(|served| served.took).max().unwrap_or_default();
+        // The first probe sent after the freeze that r2 answered promptly.
+        let new_traffic = log
+            .iter()
+            .filter(|served| served.probe && served.sent >= frozen_at && served.ok && served.region == "r2")
+            .filter(|served| served.took < PROBE_PROMPT)
+            .map(|served| served.sent - frozen_at)
+            .min();
         if !log.iter().any(|served| served.at < frozen_at && served.ok && served.region == "r1") {
             problems.push(format!("{name}: r1 did not serve before the freeze"));
         }
         if moved.is_none() {
             problems.push(format!("{name}: r2 never served after r1 froze"));
         }
+        let seconds = |duration: Option<Duration>| {
+            duration.map(|duration| format!("{:.2} s", duration.as_secs_f64())).unwrap_or_else(|| "never".into())
+        };
         table.push(format!(
-            "{:18} {:>9} {:>14} {:>7} {:>20} {:>15.2}",
+            "{:18} {:>9} {:>13} {:>7} {:>18} {:>22} {:>10.2} s",
             name,
             log.len(),
             after.len(),
             failed,
-            moved.map(|moved| format!("{:.2}", moved.as_secs_f64())).unwrap_or_else(|| "never".into()),
+            seconds(moved),
+            seconds(new_traffic),
             slowest.as_secs_f64()
         ));
     }
-    println!("region r1 frozen (SIGSTOP) for 9 s under steady bookings and reads:\n{}", table.join("\n"));
+    println!(
+        "region r1 frozen (SIGSTOP) for 9 s; per front 4 tasks booking and reading one request after another, \
+         and a new read every 100 ms:\n{}",
+        table.join("\n")
+    );
     assert!(problems.is_empty(), "{problems:?}\n{}", table.join("\n"));
 }
