@@ -43,8 +43,8 @@ pub struct ExportLbArgs {
     pub data: PathBuf,
     #[arg(long, value_enum)]
     pub format: Format,
-    /// Address the load balancer listens on.
-    #[arg(long, default_value = "127.0.0.1:8080")]
+    /// Address the load balancer listens on (not `up`'s port range, which starts at 8080).
+    #[arg(long, default_value = "127.0.0.1:9080")]
     pub listen: String,
     /// Where the load balancer keeps its pid file, logs and temporary files (created if
     /// missing). Default: DATA/lb-nginx or DATA/lb-haproxy.
