@@ -2,8 +2,11 @@
 
 use clap::{Parser, Subcommand};
 
+/// `rananeeti --version`: the crate's version and the commit it was built from (build.rs).
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("RANANEETI_COMMIT"), ")");
+
 #[derive(Parser)]
-#[command(name = "rananeeti", version, about = "Full-stack resiliency for web applications")]
+#[command(name = "rananeeti", version = VERSION, about = "Full-stack resiliency for web applications")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -21,6 +24,8 @@ enum Command {
     Backup(rananeeti::backup_cmd::BackupArgs),
     /// Run a witness: the third voter on ownership for a two-region deployment.
     Witness(rananeeti::witness_cmd::WitnessArgs),
+    /// Print an nginx or HAProxy configuration for the nodes of a deployment (topology.json).
+    ExportLb(rananeeti::export_lb::ExportLbArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -31,5 +36,6 @@ fn main() -> anyhow::Result<()> {
         Command::Gateway(args) => rananeeti::gateway_cmd::run(args),
         Command::Backup(args) => rananeeti::backup_cmd::run(args),
         Command::Witness(args) => rananeeti::witness_cmd::run(args),
+        Command::ExportLb(args) => rananeeti::export_lb::run(args),
     }
 }
