@@ -77,14 +77,18 @@ impl OwnershipService {
     pub fn start(self: &Arc<Self>) {
         self.platform.set_forwarder(Arc::new(HttpForwarder { service: Arc::clone(self) }));
         let service = Arc::clone(self);
-        tokio::spawn(async move {
-            let period = Duration::from_millis(service.config.renew_ms.max(10));
-            loop {
-                service.exchange_round().await;
-                if let Err(reason) = service.maybe_fail_over().await {
-                    tracing::warn!(reason, "automatic failover not done");
+        let tasks = Arc::clone(self.platform.tasks());
+        tasks.supervise("ownership exchange", move || {
+            let service = Arc::clone(&service);
+            async move {
+                let period = Duration::from_millis(service.config.renew_ms.max(10));
+                loop {
+                    service.exchange_round().await;
+                    if let Err(reason) = service.maybe_fail_over().await {
+                        tracing::warn!(reason, "automatic failover not done");
+                    }
+                    tokio::time::sleep(period).await;
                 }
-                tokio::time::sleep(period).await;
             }
         });
     }

@@ -173,11 +173,11 @@ async fn readyz(State(health): State<Arc<Health>>) -> Response {
         "queue_depth": platform.queue().depth(),
     });
     let unready = if health.shutting_down.load(Ordering::SeqCst) {
-        Some("shutting down")
+        Some("shutting down".to_string())
     } else if !platform.queue().writer_alive() {
-        Some("the fallback queue's writer has stopped; writes cannot be queued")
+        Some("the fallback queue's writer has stopped; writes cannot be queued".to_string())
     } else {
-        None
+        platform.tasks().failing().map(|task| format!("the background task \"{task}\" keeps failing (see the log)"))
     };
     if let Some(reason) = unready {
         let mut body = body;

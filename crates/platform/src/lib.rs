@@ -19,6 +19,7 @@ pub mod replication;
 pub mod requests;
 pub mod schema;
 pub mod store;
+pub mod tasks;
 pub mod write_gate;
 
 pub use breaker::{BreakerConfig, BreakerState};
