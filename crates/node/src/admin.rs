@@ -8,7 +8,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use axum::routing::get;
 use axum::{Json, Router};
-use rananeeti_platform::{Command, DbFault, Platform};
+use rananeeti_platform::{Command, DbFault, Partition, Platform};
 use serde_json::{json, Value};
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
@@ -76,8 +76,16 @@ pub fn router(platform: Arc<Platform>, token: AdminToken) -> Router {
 struct FaultsRequest {
     db: Option<DbFaultRequest>,
     replication: Option<ReplicationFault>,
-    /// `cut`: this node is cut off from the other regions and the witness, both ways.
-    partition: Option<ReplicationFault>,
+    /// `cut`: this node is cut off from the other regions and the witness, both ways;
+    /// `{"cut": ["r2", "witness"]}`: from those voters only (ownership and forwarding); `ok`.
+    partition: Option<PartitionRequest>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum PartitionRequest {
+    Word(ReplicationFault),
+    From { cut: Vec<String> },
 }
 
 #[derive(serde::Deserialize)]
@@ -117,10 +125,18 @@ fn faults_json(platform: &Platform) -> Value {
     json!({
         "db": db_fault_json(platform.faults().db()),
         "replication": if platform.faults().replication_cut() { "cut" } else { "ok" },
-        "partition": if platform.faults().partitioned() { "cut" } else { "ok" },
+        "partition": partition_json(platform),
         "node": platform.node(),
         "region": platform.region(),
     })
+}
+
+fn partition_json(platform: &Platform) -> Value {
+    match platform.faults().partition() {
+        Partition::None => json!("ok"),
+        Partition::All => json!("cut"),
+        Partition::From(cut) => json!({ "cut": cut }),
+    }
 }
 
 async fn get_faults(State(platform): State<Arc<Platform>>) -> Json<Value> {
@@ -156,8 +172,14 @@ async fn set_faults(
         tracing::warn!(cut = matches!(replication, ReplicationFault::Cut), "replication fault set");
     }
     if let Some(partition) = request.partition {
-        platform.faults().set_partitioned(matches!(partition, ReplicationFault::Cut));
-        tracing::warn!(cut = matches!(partition, ReplicationFault::Cut), "partition fault set");
+        let partition = match partition {
+            PartitionRequest::Word(ReplicationFault::Cut) => Partition::All,
+            PartitionRequest::Word(ReplicationFault::Ok) => Partition::None,
+            PartitionRequest::From { cut } if cut.is_empty() => Partition::None,
+            PartitionRequest::From { cut } => Partition::From(cut.into_iter().collect()),
+        };
+        platform.faults().set_partition(partition);
+        tracing::warn!(partition = %partition_json(&platform), "partition fault set");
     }
     Ok(Json(faults_json(&platform)))
 }

@@ -42,6 +42,11 @@ impl Drop for Up {
 }
 
 pub(crate) async fn start_up(regions: u32, nodes: u32, store: &str) -> Up {
+    start_up_with(regions, nodes, store, &[]).await
+}
+
+/// `start_up` with environment variables for `up` and its nodes (`RANANEETI_<SECTION>__<FIELD>`).
+pub(crate) async fn start_up_with(regions: u32, nodes: u32, store: &str, environment: &[(&str, &str)]) -> Up {
     sqlx::any::install_default_drivers();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
@@ -64,6 +69,7 @@ pub(crate) async fn start_up(regions: u32, nodes: u32, store: &str) -> Up {
             .arg(port.to_string())
             .arg("--data")
             .arg(&data)
+            .envs(environment.iter().copied())
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
             .spawn()
