@@ -18,6 +18,7 @@ mod load_balancers;
 mod node_loss;
 mod outage;
 mod owners;
+mod queue_backup;
 mod queue_delivery;
 mod regions;
 mod seats;

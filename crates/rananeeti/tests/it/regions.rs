@@ -97,7 +97,18 @@ pub(crate) async fn start_up_with(regions: u32, nodes: u32, store: &str, environ
     panic!("no free run of {expected_nodes} ports after {PORT_ATTEMPTS_MAX} attempts");
 }
 
+/// The pid of `region`'s first node as `topology.json` says now (a restarted node has a new one).
+pub(crate) fn node_pid(data: &std::path::Path, region: usize) -> u32 {
+    let topology = Topology::read(&data.join("topology.json")).unwrap();
+    topology.regions[region].nodes[0].pid.expect("the node runs")
+}
+
 impl Up {
+    /// The deployment's directory (`--data`).
+    pub(crate) fn data_dir(&self) -> std::path::PathBuf {
+        self._dir.path().join("data")
+    }
+
     pub(crate) fn region_urls(&self, region: usize) -> Vec<String> {
         self.topology.regions[region].nodes.iter().map(|node| node.url.clone()).collect()
     }
