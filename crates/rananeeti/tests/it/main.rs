@@ -3,6 +3,7 @@
 mod postgres;
 
 mod admin;
+mod api_contract;
 mod backup;
 mod bookstore_api;
 mod bookstore_browser;
