@@ -76,7 +76,8 @@ pub fn router(platform: Arc<Platform>, token: AdminToken) -> Router {
 #[serde(deny_unknown_fields)]
 struct FaultsRequest {
     db: Option<DbFaultRequest>,
-    replication: Option<ReplicationFault>,
+    /// `cut`, `ok`, or `{"cut": ["r3"]}`: cut with those peer regions only.
+    replication: Option<PartitionRequest>,
     /// `cut`: this node is cut off from the other regions and the witness, both ways;
     /// `{"cut": ["r2", "witness"]}`: from those voters only (ownership and forwarding); `ok`.
     partition: Option<PartitionRequest>,
@@ -125,11 +126,19 @@ fn db_fault_json(fault: DbFault) -> Value {
 fn faults_json(platform: &Platform) -> Value {
     json!({
         "db": db_fault_json(platform.faults().db()),
-        "replication": if platform.faults().replication_cut() { "cut" } else { "ok" },
+        "replication": replication_json(platform),
         "partition": partition_json(platform),
         "node": platform.node(),
         "region": platform.region(),
     })
+}
+
+fn replication_json(platform: &Platform) -> Value {
+    let cut_from = platform.faults().replication_cut_from();
+    if !cut_from.is_empty() {
+        return json!({ "cut": cut_from });
+    }
+    json!(if platform.faults().replication_cut() { "cut" } else { "ok" })
 }
 
 fn partition_json(platform: &Platform) -> Value {
@@ -169,8 +178,13 @@ async fn set_faults(
         tracing::warn!(fault = %db_fault_json(db), "store fault set");
     }
     if let Some(replication) = request.replication {
-        platform.faults().set_replication_cut(matches!(replication, ReplicationFault::Cut));
-        tracing::warn!(cut = matches!(replication, ReplicationFault::Cut), "replication fault set");
+        match replication {
+            PartitionRequest::Word(word) => {
+                platform.faults().set_replication_cut(matches!(word, ReplicationFault::Cut))
+            }
+            PartitionRequest::From { cut } => platform.faults().set_replication_cut_from(cut.into_iter().collect()),
+        }
+        tracing::warn!(replication = %replication_json(&platform), "replication fault set");
     }
     if let Some(partition) = request.partition {
         let partition = match partition {

@@ -96,14 +96,25 @@ struct OutboxQuery {
     after: u64,
     limit: Option<usize>,
     wait_ms: Option<u64>,
+    /// The pulling region: what it holds already is left out of the page (no echo of a relayed
+    /// command), and `after` is its acknowledgment of everything up to it (region-sync).
+    region: Option<String>,
 }
 
 async fn outbox(
     State(platform): State<Arc<Platform>>,
     Query(query): Query<OutboxQuery>,
 ) -> Result<Json<OutboxPage>, ApiError> {
-    if platform.faults().replication_cut() {
+    let cut = |platform: &Platform| match &query.region {
+        Some(region) => platform.faults().replication_cut_with(region),
+        None => platform.faults().replication_cut(),
+    };
+    if cut(&platform) {
         return Err(ApiError::Unavailable("replication is cut (injected fault)".into()));
+    }
+    if let Some(region) = &query.region {
+        // Its checkpoint, committed with what it applied: it holds everything up to `after`.
+        platform.record_peer_ack(region, query.after).await;
     }
     let limit = query.limit.unwrap_or(256).clamp(1, PULL_ENTRIES_MAX);
     let wait = Duration::from_millis(query.wait_ms.unwrap_or(0).min(LONG_POLL_MS_MAX));
@@ -112,14 +123,14 @@ async fn outbox(
     loop {
         commits.borrow_and_update();
         let page = platform
-            .outbox_after(query.after, limit)
+            .outbox_after(query.after, limit, query.region.as_deref())
             .await
             .map_err(|error| ApiError::Unavailable(error.to_string()))?;
-        if platform.faults().replication_cut() {
+        if cut(&platform) {
             // Cut while reading: nothing read in the meantime leaves.
             return Err(ApiError::Unavailable("replication is cut (injected fault)".into()));
         }
-        if !page.entries.is_empty() || started.elapsed() >= wait {
+        if !page.entries.is_empty() || page.scanned_to.is_some() || started.elapsed() >= wait {
             return Ok(Json(page));
         }
         // Woken by a commit on this node, or polled for the other nodes' commits.
@@ -178,7 +189,7 @@ impl Puller {
         // this region is behind, also while the peer cannot be reached or replication is cut.
         let mut caught_up_at_ms = wall_clock_ms();
         loop {
-            if self.platform.faults().replication_cut() {
+            if self.platform.faults().replication_cut_with(&self.peer.region) {
                 self.set_lag_since(caught_up_at_ms);
                 tokio::time::sleep(retry).await;
                 continue;
@@ -217,6 +228,7 @@ impl Puller {
                 ("after", checkpoint.to_string()),
                 ("limit", self.config.batch_entries_max.to_string()),
                 ("wait_ms", self.config.long_poll_ms.to_string()),
+                ("region", self.platform.region().to_string()),
             ])
             .header("authorization", format!("Bearer {}", self.token.expose()))
             .send()
@@ -226,12 +238,12 @@ impl Puller {
             return Err(format!("peer answered {}", response.status()));
         }
         let page: OutboxPage = response.json().await.map_err(|error| format!("bad page: {}", error.without_url()))?;
-        if self.platform.faults().replication_cut() {
+        if self.platform.faults().replication_cut_with(&self.peer.region) {
             return Ok(None);
         }
         let applied = self
             .platform
-            .apply_replicated(&self.peer.region, &page.entries)
+            .apply_replicated(&self.peer.region, &page.entries, page.scanned_to)
             .await
             .map_err(|error| error.to_string())?;
         let now_ms = wall_clock_ms();

@@ -20,8 +20,10 @@ pub enum DbFault {
 pub struct Faults {
     db: RwLock<DbFault>,
     /// Replication between regions is cut: this node serves no outbox page and its pullers
-    /// pause (see the node crate's replication module).
+    /// pause (see the node crate's replication module). `cut_from` lists the peer regions it is
+    /// cut from alone (empty: the flag decides).
     replication_cut: AtomicBool,
+    replication_cut_from: RwLock<std::collections::BTreeSet<String>>,
     /// This node is cut off from the other regions and the witness (a network partition), or
     /// from some of them.
     partition: RwLock<Partition>,
@@ -45,6 +47,7 @@ impl Default for Faults {
         Faults {
             db: RwLock::new(DbFault::Up),
             replication_cut: AtomicBool::new(false),
+            replication_cut_from: RwLock::new(std::collections::BTreeSet::new()),
             partition: RwLock::new(Partition::None),
         }
     }
@@ -95,6 +98,25 @@ impl Faults {
 
     pub fn set_replication_cut(&self, cut: bool) {
         self.replication_cut.store(cut, Ordering::Relaxed);
+        self.replication_cut_from.write().unwrap_or_else(|poisoned| poisoned.into_inner()).clear();
+    }
+
+    /// Replication cut with these peer regions only (both ways: no pull from them, no page to them).
+    pub fn set_replication_cut_from(&self, regions: std::collections::BTreeSet<String>) {
+        self.replication_cut.store(false, Ordering::Relaxed);
+        *self.replication_cut_from.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = regions;
+    }
+
+    /// Replication with `region` is cut: by itself, by a cut of everything, or by a partition.
+    pub fn replication_cut_with(&self, region: &str) -> bool {
+        self.replication_cut()
+            || self.cut_from(region)
+            || self.replication_cut_from.read().unwrap_or_else(|poisoned| poisoned.into_inner()).contains(region)
+    }
+
+    /// The peer regions replication is cut from alone.
+    pub fn replication_cut_from(&self) -> std::collections::BTreeSet<String> {
+        self.replication_cut_from.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
     }
 
     /// Decides, for one access, what the injected fault does to it.

@@ -31,8 +31,8 @@ pub use id::{CommandId, InvalidCommandId};
 pub use metrics::PlatformMetrics;
 pub use ownership::{ForwardError, Forwarded, Forwarder, OwnerRow, Ownership, OwnershipConfig, Route};
 pub use platform::{
-    CommandState, CommandStatus, DrainConfig, Outcome, Platform, PlatformConfig, ReadPool, StoreUnavailable,
-    SubmitConfig, SubmitError, SubmitOptions, Submitted,
+    CommandState, CommandStatus, DrainConfig, Durability, Outcome, Platform, PlatformConfig, ReadPool,
+    StoreUnavailable, SubmitConfig, SubmitError, SubmitOptions, Submitted,
 };
 pub use replication::{Applied, OutboxEntry, OutboxPage, ReplicationError};
 pub use requests::{RecordedAnswer, RequestId, RequestKey};

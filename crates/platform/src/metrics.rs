@@ -19,8 +19,15 @@ pub struct ForwardLabels {
     pub outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerLabels {
+    pub peer: String,
+}
+
 #[derive(Clone)]
 pub struct PlatformMetrics {
+    pub region_sync_wait: Family<PeerLabels, Histogram>,
+    pub region_sync_unconfirmed: Counter,
     pub forwards: Family<ForwardLabels, Counter>,
     pub submit_outcomes: Family<OutcomeLabels, Counter>,
     pub submit_duration: Histogram,
@@ -39,6 +46,8 @@ pub struct PlatformMetrics {
 impl PlatformMetrics {
     pub fn new(registry: &mut Registry) -> PlatformMetrics {
         let metrics = PlatformMetrics {
+            region_sync_wait: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0005, 2.0, 14))),
+            region_sync_unconfirmed: Counter::default(),
             forwards: Family::default(),
             submit_outcomes: Family::default(),
             submit_duration: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
@@ -89,6 +98,16 @@ impl PlatformMetrics {
             "task_restarts",
             "Background tasks (drainer, pullers, adopter, ownership) restarted after a panic",
             metrics.task_restarts.clone(),
+        );
+        platform.register(
+            "region_sync_wait_seconds",
+            "How long a region-sync write waited for a peer region to hold it, by the peer that did first",
+            metrics.region_sync_wait.clone(),
+        );
+        platform.register(
+            "region_sync_unconfirmed",
+            "Region-sync writes no peer region confirmed within the budget: answered pending",
+            metrics.region_sync_unconfirmed.clone(),
         );
         platform.register("store_pool_rebuilds", "Store pools rebuilt after an outage", metrics.pool_rebuilds.clone());
         metrics

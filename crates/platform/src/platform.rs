@@ -72,8 +72,27 @@ pub struct PlatformConfig {
     /// Peers pull this region's outbox: on PostgreSQL, make outbox order the commit order (a lock
     /// held to COMMIT, which costs throughput). Every node of a region must agree on it.
     pub outbox_commit_ordered: bool,
+    /// Commands applied from a peer go into this region's outbox too, so that every region gets
+    /// every write from any survivor (deployments of three or more regions).
+    pub relay: bool,
+    /// When a committed write is answered *committed*: at once (`Async`), or once another region
+    /// holds it (`RegionSync`; else it is answered *pending*).
+    pub durability: Durability,
     /// Who applies `global` and `home` writes, and the lease that fences a cut-off owner.
     pub ownership: OwnershipConfig,
+}
+
+/// When a write committed in this region is answered *committed*.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Durability {
+    /// Once committed here; other regions get it within the replication lag (a region lost in
+    /// that window loses it).
+    #[default]
+    Async,
+    /// Once committed here and held durably by at least one other region; when none confirms
+    /// within the submit budget, *pending* (durable here, confirmed once a peer holds it).
+    RegionSync,
 }
 
 /// A pool to read from, and whether it is another region's (stale: replicated, may lag).
@@ -214,6 +233,8 @@ impl From<StoreError> for AttemptError {
 pub(crate) struct ApplyAnswer {
     pub(crate) outcome: Outcome,
     pub(crate) id: CommandId,
+    /// Where a newly committed command is in this region's outbox.
+    pub(crate) outbox_seq: Option<u64>,
 }
 
 /// Per-submit choices made at the edge.
@@ -236,7 +257,11 @@ pub struct Platform {
     /// Where the drainer's pass has got to (see `drain`).
     pub(crate) drain_cursor: std::sync::Mutex<crate::drain::DrainCursor>,
     /// Bumped after each commit that wrote the outbox, so a waiting outbox read wakes at once.
-    outbox_commits: tokio::sync::watch::Sender<u64>,
+    pub(crate) outbox_commits: tokio::sync::watch::Sender<u64>,
+    /// Per peer region, the highest seq of this region's outbox it acknowledged holding.
+    pub(crate) peer_acks: tokio::sync::watch::Sender<std::collections::BTreeMap<String, u64>>,
+    /// Region-sync writes waiting on this node for a peer's acknowledgment.
+    pub(crate) peer_ack_waiters: std::sync::atomic::AtomicUsize,
     queue_fsyncs_seen: std::sync::atomic::AtomicU64,
     pub(crate) copier: std::sync::OnceLock<(Arc<dyn QueueCopier>, CopyDurability)>,
     forwarder: std::sync::OnceLock<Arc<dyn Forwarder>>,
@@ -279,6 +304,8 @@ impl Platform {
             drain_wakeup: Arc::new(tokio::sync::Notify::new()),
             drain_cursor: std::sync::Mutex::new(crate::drain::DrainCursor::default()),
             outbox_commits: tokio::sync::watch::channel(0).0,
+            peer_acks: tokio::sync::watch::channel(std::collections::BTreeMap::new()).0,
+            peer_ack_waiters: std::sync::atomic::AtomicUsize::new(0),
             queue_fsyncs_seen: std::sync::atomic::AtomicU64::new(0),
             stuck_reported: std::sync::Mutex::new(std::collections::HashSet::new()),
             copier: std::sync::OnceLock::new(),
@@ -288,6 +315,10 @@ impl Platform {
         });
         let drained = Arc::downgrade(&platform);
         platform.tasks.supervise("drain", move || crate::drain::drain_loop(drained.clone()));
+        if platform.config.durability == Durability::RegionSync {
+            let followed = Arc::downgrade(&platform);
+            platform.tasks.supervise("peer acknowledgments", move || Platform::follow_peer_acks(followed.clone()));
+        }
         platform
     }
 
@@ -525,7 +556,13 @@ impl Platform {
                 match tokio::time::timeout(remaining, self.apply(handler, &command, false)).await {
                     Ok(Ok(answer)) => {
                         self.store_succeeded();
-                        return Ok(Submitted { id: answer.id, outcome: answer.outcome, copied: None });
+                        let outcome = match answer.outbox_seq {
+                            Some(seq) if self.config.durability == Durability::RegionSync => {
+                                self.region_sync_outcome(seq, started + budget).await
+                            }
+                            _ => answer.outcome,
+                        };
+                        return Ok(Submitted { id: answer.id, outcome, copied: None });
                     }
                     Ok(Err(AttemptError::Permanent(error))) => {
                         // The store answered: it is up, the command is at fault (a bug).
@@ -565,6 +602,25 @@ impl Platform {
             _ => None,
         };
         Ok(Submitted { id, outcome, copied })
+    }
+
+    /// A command committed here at outbox `seq` is *committed* once another region holds it,
+    /// waited for until `deadline`; else *pending* (durable here, confirmed once a peer has it).
+    async fn region_sync_outcome(&self, seq: u64, deadline: Instant) -> Outcome {
+        let started = Instant::now();
+        match self.wait_for_peer(seq, deadline).await {
+            Some(peer) => {
+                self.metrics
+                    .region_sync_wait
+                    .get_or_create(&crate::metrics::PeerLabels { peer })
+                    .observe(started.elapsed().as_secs_f64());
+                Outcome::Committed
+            }
+            None => {
+                self.metrics.region_sync_unconfirmed.inc();
+                Outcome::Pending
+            }
+        }
     }
 
     /// Copies a newly queued command to the peer node: waited for (within what is left of the
@@ -658,7 +714,7 @@ impl Platform {
         via_queue: bool,
     ) -> BoxFuture<'a, Result<ApplyAnswer, AttemptError>> {
         Box::pin(async move {
-            let answer = |outcome| ApplyAnswer { outcome, id: command.id };
+            let answer = |outcome| ApplyAnswer { outcome, id: command.id, outbox_seq: None };
             self.injected_store_fault().await.map_err(|error| AttemptError::Transient(error.to_string()))?;
             self.store.ensure_migrated().await?;
             let _turn = self.store.write_turn().await;
@@ -674,10 +730,10 @@ impl Platform {
             match handler.apply(command, &mut tx).await {
                 Ok(()) => {
                     let ordered = self.config.outbox_commit_ordered && self.store.kind() == StoreKind::Postgres;
-                    append_outbox(&mut tx, ordered, command).await?;
+                    let seq = append_outbox(&mut tx, ordered, command, &self.config.region, None).await?;
                     tx.commit().await?;
                     self.outbox_commits.send_modify(|commits| *commits += 1);
-                    Ok(answer(Outcome::Committed))
+                    Ok(ApplyAnswer { outbox_seq: Some(seq), ..answer(Outcome::Committed) })
                 }
                 Err(ApplyError::Store(error)) => Err(error.into()),
                 Err(ApplyError::Rejected(reason)) => {
@@ -724,6 +780,7 @@ impl Platform {
             Ok(ApplyAnswer {
                 outcome: duplicate_outcome(first, same_request),
                 id: if same_request { id } else { command.id },
+                outbox_seq: None,
             })
         })
     }
@@ -787,7 +844,15 @@ impl Platform {
             Ok(result) => result,
             Err(_elapsed) => Err(StoreUnavailable::Timeout),
         };
-        if let Ok(Some(status)) = from_store {
+        if let Ok(Some(mut status)) = from_store {
+            // Region-sync: committed here is *pending* until another region holds it.
+            if self.config.durability == Durability::RegionSync
+                && status.state == CommandState::Committed
+                && status.region == self.config.region
+                && !self.held_by_a_peer(id).await.unwrap_or(true)
+            {
+                status.state = CommandState::Pending;
+            }
             return Ok(Some(status));
         }
         if let Some((command, held_for)) = self.queued_somewhere(id) {
@@ -961,21 +1026,27 @@ pub(crate) async fn insert_record_inner(
 /// apply transaction. On PostgreSQL an advisory lock held to COMMIT makes outbox sequence order
 /// the commit order, so a peer that has pulled up to seq N never misses a lower seq that commits
 /// later; SQLite's single writer gives that by itself.
-fn append_outbox<'a>(
+pub(crate) fn append_outbox<'a>(
     connection: &'a mut sqlx::AnyConnection,
     commit_ordered: bool,
     command: &'a Command,
-) -> BoxFuture<'a, Result<(), sqlx::Error>> {
+    held_by: &'a str,
+    relayed_from_decision_of: Option<&'a str>,
+) -> BoxFuture<'a, Result<u64, sqlx::Error>> {
     Box::pin(async move {
         if commit_ordered {
             sqlx::query("SELECT pg_advisory_xact_lock(7277001)").execute(&mut *connection).await?;
         }
-        sqlx::query("INSERT INTO rn_outbox (id, command) VALUES ($1, $2)")
-            .bind(command.id.to_hex())
-            .bind(serde_json::to_string(command).expect("a command always serializes"))
-            .execute(&mut *connection)
-            .await?;
-        Ok(())
+        let row = sqlx::query(
+            "INSERT INTO rn_outbox (id, command, held_by, applied_region) VALUES ($1, $2, $3, $4) RETURNING seq",
+        )
+        .bind(command.id.to_hex())
+        .bind(serde_json::to_string(command).expect("a command always serializes"))
+        .bind(held_by)
+        .bind(relayed_from_decision_of)
+        .fetch_one(&mut *connection)
+        .await?;
+        Ok(row.try_get::<i64, _>("seq")? as u64)
     })
 }
 

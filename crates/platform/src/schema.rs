@@ -86,7 +86,19 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration { component: "platform", version: 3, sqlite: CONFLICTS_SQLITE, postgres: CONFLICTS_POSTGRES },
     Migration { component: "platform", version: 4, sqlite: OWNERS, postgres: OWNERS },
     Migration { component: "platform", version: 5, sqlite: REQUESTS, postgres: REQUESTS },
+    Migration { component: "platform", version: 6, sqlite: RELAY, postgres: RELAY },
 ];
+
+/// Version 6: relay and region-sync durability (`replication`). Each outbox row says which
+/// regions are known to hold its command (a relayed one is not sent back to them); what peers
+/// have acknowledged holding, by their pulls' checkpoints.
+const RELAY: &str = "ALTER TABLE rn_outbox ADD COLUMN held_by TEXT;
+    ALTER TABLE rn_outbox ADD COLUMN applied_region TEXT;
+    CREATE INDEX rn_outbox_id ON rn_outbox (id);
+    CREATE TABLE rn_replication_acks (
+        peer_region TEXT PRIMARY KEY,
+        seq BIGINT NOT NULL
+    )";
 
 /// Version 5: keyed requests (`requests`). A request's commands carry its id, unique, so the same
 /// request is applied once; the first answer to each key, for replays.

@@ -70,6 +70,8 @@ async fn platform(dir: &std::path::Path) -> Arc<Platform> {
         breaker: rananeeti_platform::BreakerConfig { failures_to_open: 3, open_ms: 1000 },
         drain: Default::default(),
         outbox_commit_ordered: false,
+        relay: false,
+        durability: rananeeti_platform::Durability::Async,
         ownership: rananeeti_platform::OwnershipConfig {
             primary_region: "r1".into(),
             regions: vec!["r1".into(), "r2".into()],
@@ -93,6 +95,8 @@ fn entry(seq: u64) -> OutboxEntry {
             hlc: Hlc(seq),
             request: None,
         },
+        held_by: Vec::new(),
+        applied_region: None,
     }
 }
 
@@ -103,10 +107,10 @@ async fn a_peer_page_out_of_seq_order_is_refused_and_the_next_good_one_applies()
     let dir = tempfile::tempdir().unwrap();
     let platform = platform(dir.path()).await;
 
-    let refused = platform.apply_replicated("r1", &[entry(2), entry(1)]).await;
+    let refused = platform.apply_replicated("r1", &[entry(2), entry(1)], None).await;
     assert!(matches!(refused, Err(ReplicationError::OutOfOrder { seq: 1, after: 2 })), "{refused:?}");
     assert_eq!(platform.checkpoint("r1").await.unwrap(), 0, "the checkpoint did not move");
 
-    let applied = platform.apply_replicated("r1", &[entry(1), entry(2)]).await.unwrap();
+    let applied = platform.apply_replicated("r1", &[entry(1), entry(2)], None).await.unwrap();
     assert_eq!((applied.applied, applied.checkpoint), (2, 2));
 }

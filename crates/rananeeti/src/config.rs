@@ -68,11 +68,19 @@ pub struct ReplicationSection {
     pub batch_entries_max: usize,
     pub long_poll_ms: u64,
     pub retry_ms: u64,
+    /// `async` (committed once committed here) or `region-sync` (once another region holds it).
+    pub durability: rananeeti_platform::Durability,
 }
 
 impl Default for ReplicationSection {
     fn default() -> Self {
-        ReplicationSection { peers: Vec::new(), batch_entries_max: 256, long_poll_ms: 1000, retry_ms: 200 }
+        ReplicationSection {
+            peers: Vec::new(),
+            batch_entries_max: 256,
+            long_poll_ms: 1000,
+            retry_ms: 200,
+            durability: rananeeti_platform::Durability::Async,
+        }
     }
 }
 
@@ -288,6 +296,9 @@ impl Config {
                 apply_timeout_ms: self.drain.apply_timeout_ms,
             },
             outbox_commit_ordered: !self.replication.peers.is_empty(),
+            // Two regions need no relay: each has the other's writes from the other itself.
+            relay: self.replication.peers.len() >= 2,
+            durability: self.replication.durability,
             ownership: rananeeti_platform::OwnershipConfig {
                 primary_region: self.primary_region(),
                 regions: self.regions(),

@@ -285,9 +285,11 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             .collect();
     }
 
-    // With two or more regions, a witness votes with them on ownership (see ownership.rs): it
-    // runs in this process, on the port after the nodes'.
-    if regions_total > 1 {
+    // With two regions, a witness votes with them on ownership (see ownership.rs): a majority of
+    // two is both, so neither could act alone. It runs in this process, on the port after the
+    // nodes'. Three or more regions are a majority by themselves (a witness would only add a
+    // voter to reach).
+    if regions_total == 2 {
         let port = node_port(args.port, nodes_total + 1, nodes_total + 2)?;
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port))
             .with_context(|| format!("127.0.0.1:{port} is not available for the witness; choose another --port"))?;

@@ -21,6 +21,7 @@ mod outage;
 mod owners;
 mod queue_backup;
 mod queue_delivery;
+mod region_loss;
 mod regions;
 mod seats;
 mod secrets;
