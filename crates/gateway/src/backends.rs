@@ -239,6 +239,7 @@ impl Backends {
             .collect();
         *regions = Arc::new(next);
         self.metrics.node_healthy.remove(&node.labels());
+        self.metrics.node_drained.remove(&node.labels());
         tracing::info!(node = name, "node removed");
         Ok(())
     }

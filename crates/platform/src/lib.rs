@@ -13,6 +13,7 @@ pub mod faults;
 pub mod hlc;
 pub mod id;
 pub mod metrics;
+pub mod monitoring;
 pub mod ownership;
 mod platform;
 pub mod replication;
@@ -28,6 +29,7 @@ pub use faults::{DbFault, Faults};
 pub use hlc::{Hlc, HlcClock};
 pub use id::{CommandId, InvalidCommandId};
 pub use metrics::PlatformMetrics;
+pub use monitoring::PeerLag;
 pub use ownership::{ForwardError, Forwarded, Forwarder, OwnerRow, Ownership, OwnershipConfig, Route};
 pub use platform::{
     CommandState, CommandStatus, DrainConfig, Outcome, Platform, PlatformConfig, ReadPool, StoreUnavailable,

@@ -15,6 +15,7 @@ mod idempotency;
 mod image;
 mod kubernetes;
 mod load_balancers;
+mod monitoring;
 mod node_loss;
 mod outage;
 mod owners;

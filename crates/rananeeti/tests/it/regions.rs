@@ -42,6 +42,11 @@ impl Drop for Up {
 }
 
 pub(crate) async fn start_up(regions: u32, nodes: u32, store: &str) -> Up {
+    start_up_with(regions, nodes, store, &[]).await
+}
+
+/// `start_up` with more flags for `up` (which may name files under `data_dir`'s parent).
+pub(crate) async fn start_up_with(regions: u32, nodes: u32, store: &str, extra_args: &[String]) -> Up {
     sqlx::any::install_default_drivers();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
@@ -64,6 +69,7 @@ pub(crate) async fn start_up(regions: u32, nodes: u32, store: &str) -> Up {
             .arg(port.to_string())
             .arg("--data")
             .arg(&data)
+            .args(extra_args)
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
             .spawn()
@@ -92,6 +98,11 @@ pub(crate) async fn start_up(regions: u32, nodes: u32, store: &str) -> Up {
 }
 
 impl Up {
+    /// The deployment's data directory (`up --data`).
+    pub(crate) fn data_dir(&self) -> std::path::PathBuf {
+        self._dir.path().join("data")
+    }
+
     pub(crate) fn region_urls(&self, region: usize) -> Vec<String> {
         self.topology.regions[region].nodes.iter().map(|node| node.url.clone()).collect()
     }
