@@ -149,15 +149,25 @@ async fn set_faults(
     };
     if let Some(db) = db {
         platform.faults().set_db(db);
-        tracing::warn!(fault = %db_fault_json(db), "store fault set");
+        tracing::warn!(event = "fault_set", kind = "db", fault = %db_fault_json(db), "store fault set");
     }
     if let Some(replication) = request.replication {
         platform.faults().set_replication_cut(matches!(replication, ReplicationFault::Cut));
-        tracing::warn!(cut = matches!(replication, ReplicationFault::Cut), "replication fault set");
+        tracing::warn!(
+            event = "fault_set",
+            kind = "replication",
+            cut = matches!(replication, ReplicationFault::Cut),
+            "replication fault set"
+        );
     }
     if let Some(partition) = request.partition {
         platform.faults().set_partitioned(matches!(partition, ReplicationFault::Cut));
-        tracing::warn!(cut = matches!(partition, ReplicationFault::Cut), "partition fault set");
+        tracing::warn!(
+            event = "fault_set",
+            kind = "partition",
+            cut = matches!(partition, ReplicationFault::Cut),
+            "partition fault set"
+        );
     }
     Ok(Json(faults_json(&platform)))
 }

@@ -207,6 +207,7 @@ impl OwnershipService {
             }
             let changed = self.platform.fail_over(&row.region, &own).await.map_err(|error| error.to_string())?;
             tracing::warn!(
+                event = "automatic_failover",
                 region = changed.region,
                 from = acting,
                 to = own,

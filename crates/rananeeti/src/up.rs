@@ -621,6 +621,7 @@ fn spawn_node(executable: &Path, plan: &NodePlan) -> anyhow::Result<Child> {
     }
     let child = command.spawn().with_context(|| format!("starting node {}", plan.name))?;
     tracing::info!(
+        event = "node_started",
         node = %plan.name,
         pid = child.id(),
         listen = %plan.listen,

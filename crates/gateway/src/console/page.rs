@@ -16,7 +16,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 const STYLE: &str = r#"
 :root { color: #1b1f24; background: #ffffff; font: 15px/1.45 system-ui, sans-serif; }
 body { margin: 0; }
-header, main { max-width: 72rem; margin: 0 auto; padding: 0 1rem; }
+header, main { max-width: 84rem; margin: 0 auto; padding: 0 1rem; }
 header { display: flex; flex-wrap: wrap; align-items: baseline; gap: 0.5rem 1.5rem; border-bottom: 1px solid #c9d1d9; }
 h1 { font-size: 1.5rem; margin: 0.8rem 0; }
 h2 { font-size: 1.2rem; margin: 1.6rem 0 0.6rem; }
@@ -32,9 +32,9 @@ a { color: #1a4fa0; }
 .cards strong { display: block; font-size: 1.25rem; }
 .scroll { overflow-x: auto; }
 table { border-collapse: collapse; min-width: 100%; font-variant-numeric: tabular-nums; }
-th, td { text-align: left; padding: 0.3rem 0.6rem; border-bottom: 1px solid #dfe3e8; white-space: nowrap; }
-th { background: #f4f6f8; font-weight: 600; }
-.badge { display: inline-block; padding: 0 0.45rem; border-radius: 3px; font-weight: 600; }
+th, td { text-align: left; padding: 0.3rem 0.5rem; border-bottom: 1px solid #dfe3e8; vertical-align: top; }
+th { background: #f4f6f8; font-weight: 600; white-space: nowrap; }
+.badge { display: inline-block; padding: 0 0.45rem; border-radius: 3px; font-weight: 600; white-space: nowrap; }
 .ok { background: #e3f1e6; color: #1d5a2c; }
 .warn { background: #fdf1d8; color: #6b4700; }
 .bad { background: #fbe4e4; color: #8c1c1c; }

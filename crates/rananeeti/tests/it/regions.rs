@@ -103,11 +103,16 @@ impl Up {
         self._dir.path().join("data")
     }
 
+    /// Everything `up` and its nodes have written so far (stdout and stderr).
+    pub(crate) fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("up.log")).unwrap_or_default()
+    }
+
     pub(crate) fn region_urls(&self, region: usize) -> Vec<String> {
         self.topology.regions[region].nodes.iter().map(|node| node.url.clone()).collect()
     }
 
-    async fn set_replication(&self, state: &str) {
+    pub(crate) async fn set_replication(&self, state: &str) {
         let client = reqwest::Client::new();
         for node in self.topology.regions.iter().flat_map(|region| &region.nodes) {
             let response = client
