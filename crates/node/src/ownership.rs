@@ -81,6 +81,8 @@ impl OwnershipService {
             let period = Duration::from_millis(service.config.renew_ms.max(10));
             loop {
                 service.exchange_round().await;
+                // Read once a round, so losing the lease is logged when it happens.
+                service.platform.lease_held();
                 if let Err(reason) = service.maybe_fail_over().await {
                     tracing::warn!(reason, "automatic failover not done");
                 }

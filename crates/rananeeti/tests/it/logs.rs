@@ -1,6 +1,6 @@
 //! Logs are JSON lines, documented field by field in docs/logs.md: `rananeeti up --log-format
-//! json` (one region of two nodes) is driven through a store outage, a drain and a node killed
-//! with SIGKILL; every line it and its nodes write is JSON (but the "is up" lines on stdout),
+//! json` (two regions of one node) is driven through a store outage, a partition that costs a
+//! node its lease, a drain and a node killed with SIGKILL; every line it and its nodes write is JSON (but the "is up" lines on stdout),
 //! every request is logged once with the request id the gateway passed on, and every state
 //! change is logged with its `event`, each of whose fields docs/logs.md documents.
 
@@ -59,9 +59,9 @@ fn events_named<'a>(lines: &'a [Value], event: &str) -> Vec<&'a Value> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_line_is_json_every_request_has_its_id_and_every_state_change_is_a_documented_event() {
-    let up: Up = start_up_with(1, 2, "sqlite", &["--log-format".to_string(), "json".to_string()]).await;
+    let up: Up = start_up_with(2, 1, "sqlite", &["--log-format".to_string(), "json".to_string()]).await;
     let gateway = up.topology.gateway_url.clone().unwrap();
-    let nodes = up.region_urls(0);
+    let r1 = up.region_urls(0)[0].clone();
     let client = reqwest::Client::new();
     let admin = |url: String, body: Option<Value>| {
         let mut request = client.post(url).bearer_auth(&up.token);
@@ -85,21 +85,31 @@ async fn every_line_is_json_every_request_has_its_id_and_every_state_change_is_a
     assert_eq!(response.status(), 201);
 
     // A store outage on r1-n1 under writes, then healed: the breaker opens and closes.
-    admin(format!("{}/admin/faults", nodes[0]), Some(json!({ "db": "down" }))).await;
+    admin(format!("{r1}/admin/faults"), Some(json!({ "db": "down" }))).await;
     for i in 1..6 {
-        let answer = post_reservation(&client, &nodes[0], &reservation("logs", i), false).await.unwrap();
+        let answer = post_reservation(&client, &r1, &reservation("logs", i), false).await.unwrap();
         assert_eq!(answer.status, 202, "{answer:?}");
     }
-    admin(format!("{}/admin/faults", nodes[0]), Some(json!({ "db": "up" }))).await;
-    // A drain and an undrain at the gateway, then r1-n2 killed: up restarts it, the gateway
+    admin(format!("{r1}/admin/faults"), Some(json!({ "db": "up" }))).await;
+    // r1-n1 cut off from r2 and the witness loses its lease; healed at once (before a
+    // failover), it holds it again.
+    admin(format!("{r1}/admin/faults"), Some(json!({ "partition": "cut" }))).await;
+    eventually("r1-n1 to log that it lost its lease", EVENT_TIMEOUT, || async {
+        (!events_named(&json_lines(&up.log()), "lease_lost").is_empty()).then_some(())
+    })
+    .await;
+    admin(format!("{r1}/admin/faults"), Some(json!({ "partition": "ok" }))).await;
+    // A drain and an undrain at the gateway, then r2-n1 killed: up restarts it, the gateway
     // takes it out and back.
-    admin(format!("{gateway}/admin/nodes/r1-n2/drain"), None).await;
-    admin(format!("{gateway}/admin/nodes/r1-n2/undrain"), None).await;
-    let victim = up.topology.regions[0].nodes[1].pid.expect("r1-n2 runs");
+    admin(format!("{gateway}/admin/nodes/r2-n1/drain"), None).await;
+    admin(format!("{gateway}/admin/nodes/r2-n1/undrain"), None).await;
+    let victim = up.topology.regions[1].nodes[0].pid.expect("r2-n1 runs");
     kill(Pid::from_raw(victim as i32), Signal::SIGKILL).unwrap();
 
     let wanted = [
         "fault_set",
+        "lease_lost",
+        "lease_held",
         "breaker_opened",
         "breaker_closed",
         "drain_changed",
@@ -108,17 +118,20 @@ async fn every_line_is_json_every_request_has_its_id_and_every_state_change_is_a
         "node_down",
         "node_up",
     ];
-    // After r1-n2's exit: up starts it again, and the gateway takes it out and back in.
+    // After r2-n1's exit: up starts it again, and the gateway takes it out and back in.
     let after_exit = |lines: &[Value], event: &str| {
         let exit =
-            lines.iter().position(|line| line["fields"]["event"] == "node_exited" && line["fields"]["node"] == "r1-n2");
+            lines.iter().position(|line| line["fields"]["event"] == "node_exited" && line["fields"]["node"] == "r2-n1");
         exit.is_some_and(|exit| {
-            lines[exit..].iter().any(|line| line["fields"]["event"] == event && line["fields"]["node"] == "r1-n2")
+            lines[exit..].iter().any(|line| line["fields"]["event"] == event && line["fields"]["node"] == "r2-n1")
         })
     };
     let lines = eventually("every state change to be logged", EVENT_TIMEOUT, || async {
         let lines = json_lines(&up.log());
+        let lost = lines.iter().position(|line| line["fields"]["event"] == "lease_lost");
+        let held_again = lost.is_some_and(|lost| !events_named(&lines[lost..], "lease_held").is_empty());
         let all = wanted.iter().all(|event| !events_named(&lines, event).is_empty())
+            && held_again
             && ["node_started", "node_down", "node_up"].iter().all(|event| after_exit(&lines, event));
         all.then_some(lines)
     })
@@ -163,7 +176,9 @@ async fn every_line_is_json_every_request_has_its_id_and_every_state_change_is_a
     }
     assert!(undocumented.is_empty(), "not in docs/logs.md:\n{}", undocumented.join("\n"));
     let exited = events_named(&lines, "node_exited");
-    assert_eq!(exited[0]["fields"]["node"], "r1-n2", "{}", exited[0]);
+    assert_eq!(exited[0]["fields"]["node"], "r2-n1", "{}", exited[0]);
+    let lost = events_named(&lines, "lease_lost");
+    assert_eq!(lost[0]["fields"]["region"], "r1", "{}", lost[0]);
     let drains: Vec<&Value> = events_named(&lines, "drain_changed");
     assert_eq!(
         drains.iter().map(|line| line["fields"]["drained"].clone()).collect::<Vec<_>>(),
