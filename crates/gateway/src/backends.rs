@@ -112,6 +112,12 @@ impl Node {
         NodeLabels { region: self.region.clone(), node: self.name.clone() }
     }
 
+    #[cfg(test)]
+    pub(crate) fn set_health_for_test(&self, healthy: bool, metrics: &GatewayMetrics) {
+        let event = if healthy { "node_up" } else { "node_down" };
+        self.set_health(healthy, event, "test", metrics);
+    }
+
     /// `event` names the change in the log (docs/logs.md): `node_up`, `node_down`, `node_ejected`.
     fn set_health(&self, healthy: bool, event: &str, why: &str, metrics: &GatewayMetrics) {
         if self.healthy.swap(healthy, Ordering::AcqRel) != healthy {

@@ -6,7 +6,7 @@ use crate::admin::{require_token, AdminToken};
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
-use rananeeti_platform::{BreakerState, DbFault, Platform};
+use rananeeti_platform::{BreakerState, Platform};
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -57,7 +57,6 @@ async fn status_of_node(State(status): State<Arc<Status>>) -> Json<Value> {
             Err(_) => json!({ "recent": [], "error": "the store did not answer in time" }),
         }
     };
-    let faults = platform.faults();
     Json(json!({
         "node": platform.node(),
         "region": platform.region(),
@@ -84,16 +83,7 @@ async fn status_of_node(State(status): State<Arc<Status>>) -> Json<Value> {
             "lease_held": platform.lease_held(),
             "owners": platform.ownership().table(),
         },
-        "faults": {
-            "db": match faults.db() {
-                DbFault::Up => json!("up"),
-                DbFault::Down => json!("down"),
-                DbFault::Flaky { flaky } => json!({ "flaky": flaky }),
-                DbFault::Slow { slow_ms } => json!({ "slow_ms": slow_ms }),
-            },
-            "replication": if faults.replication_cut() { "cut" } else { "ok" },
-            "partition": if faults.partitioned() { "cut" } else { "ok" },
-        },
+        "faults": crate::admin::faults_json(platform),
         "conflicts": conflicts,
     }))
 }

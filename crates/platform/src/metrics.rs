@@ -45,6 +45,7 @@ pub struct PlatformMetrics {
     pub lease_held: Gauge,
     pub acting_regions: Gauge,
     pub owner_epochs: Family<RegionLabels, Gauge>,
+    pub task_restarts: Family<crate::tasks::TaskLabels, Counter>,
 }
 
 impl PlatformMetrics {
@@ -69,6 +70,7 @@ impl PlatformMetrics {
             lease_held: Gauge::default(),
             acting_regions: Gauge::default(),
             owner_epochs: Family::default(),
+            task_restarts: Family::default(),
         };
         let platform = registry.sub_registry_with_prefix("rananeeti");
         platform.register("submit_outcomes", "Submitted commands by outcome", metrics.submit_outcomes.clone());
@@ -101,6 +103,11 @@ impl PlatformMetrics {
             "forwards",
             "Owned writes sent to the region acting for their owner, by outcome",
             metrics.forwards.clone(),
+        );
+        platform.register(
+            "task_restarts",
+            "Background tasks (drainer, pullers, adopter, ownership) restarted after a panic",
+            metrics.task_restarts.clone(),
         );
         platform.register("store_pool_rebuilds", "Store pools rebuilt after an outage", metrics.pool_rebuilds.clone());
         platform.register(

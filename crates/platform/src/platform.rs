@@ -241,6 +241,7 @@ pub struct Platform {
     pub(crate) copier: std::sync::OnceLock<(Arc<dyn QueueCopier>, CopyDurability)>,
     forwarder: std::sync::OnceLock<Arc<dyn Forwarder>>,
     pub(crate) ownership: Ownership,
+    tasks: Arc<crate::tasks::Tasks>,
     pub(crate) copies: std::sync::OnceLock<Queue>,
     pub(crate) monitoring: crate::monitoring::Monitoring,
     /// Queue entries already reported as impossible to apply, so the log says it once.
@@ -265,7 +266,9 @@ impl Platform {
         registry.register(Arc::new(crate::requests::RequestAnswerHandler));
         let breaker = CircuitBreaker::new(config.breaker);
         let ownership = Ownership::new(config.ownership.clone());
+        let tasks = crate::tasks::Tasks::new(metrics.task_restarts.clone());
         let platform = Arc::new(Platform {
+            tasks,
             config,
             store,
             queue,
@@ -285,7 +288,8 @@ impl Platform {
             copies: std::sync::OnceLock::new(),
             monitoring: crate::monitoring::Monitoring::default(),
         });
-        tokio::spawn(crate::drain::drain_loop(Arc::downgrade(&platform)));
+        let drained = Arc::downgrade(&platform);
+        platform.tasks.supervise("drain", move || crate::drain::drain_loop(drained.clone()));
         platform
     }
 
@@ -303,6 +307,11 @@ impl Platform {
 
     pub fn queue(&self) -> &Queue {
         &self.queue
+    }
+
+    /// The node's supervised background tasks.
+    pub fn tasks(&self) -> &Arc<crate::tasks::Tasks> {
+        &self.tasks
     }
 
     pub fn faults(&self) -> &Faults {

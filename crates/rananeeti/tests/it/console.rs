@@ -9,7 +9,7 @@
 use crate::browser::{
     audit, fits_width, mark_page, open_browser, screenshot, wait_for, ChromeDriver, PAGE_LOAD_TIMEOUT,
 };
-use crate::regions::{start_up_with, Up};
+use crate::regions::{start_up_with_args, Up};
 use crate::support::{booking_year, eventually, post_reservation, reservation};
 use fantoccini::{Client, Locator};
 use futures::FutureExt;
@@ -71,7 +71,7 @@ async fn the_console_shows_an_outage_a_drain_a_conflict_the_backups_and_the_dril
     .iter()
     .map(|arg| arg.to_string())
     .collect();
-    let up = start_up_with(2, 2, "sqlite", &extra).await;
+    let up = start_up_with_args(2, 2, "sqlite", &extra).await;
     let gateway = up.topology.gateway_url.clone().unwrap();
     let (r1, r2) = (up.region_urls(0), up.region_urls(1));
     write_drill_report(&up);

@@ -4,7 +4,7 @@
 //! every request is logged once with the request id the gateway passed on, and every state
 //! change is logged with its `event`, each of whose fields docs/logs.md documents.
 
-use crate::regions::{start_up_with, Up};
+use crate::regions::{start_up_with_args, Up};
 use crate::support::{eventually, post_reservation, reservation};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -59,7 +59,7 @@ fn events_named<'a>(lines: &'a [Value], event: &str) -> Vec<&'a Value> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_line_is_json_every_request_has_its_id_and_every_state_change_is_a_documented_event() {
-    let up: Up = start_up_with(2, 1, "sqlite", &["--log-format".to_string(), "json".to_string()]).await;
+    let up: Up = start_up_with_args(2, 1, "sqlite", &["--log-format".to_string(), "json".to_string()]).await;
     let gateway = up.topology.gateway_url.clone().unwrap();
     let r1 = up.region_urls(0)[0].clone();
     let client = reqwest::Client::new();

@@ -3,6 +3,7 @@
 mod postgres;
 
 mod admin;
+mod api_contract;
 mod backup;
 mod bookstore_api;
 mod bookstore_browser;
@@ -21,6 +22,7 @@ mod monitoring;
 mod node_loss;
 mod outage;
 mod owners;
+mod queue_backup;
 mod queue_delivery;
 mod regions;
 mod seats;

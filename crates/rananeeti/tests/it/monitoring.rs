@@ -5,7 +5,7 @@
 //! Prometheus scraping `up` sees the store-down and queue alerts fire when a region's database
 //! goes down under writes, and resolve once it is back.
 
-use crate::regions::{start_up, start_up_with, Up};
+use crate::regions::{start_up, start_up_with_args, Up};
 use crate::support::{eventually, reservation};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
@@ -224,7 +224,7 @@ async fn every_metric_a_running_deployment_serves_passes_promtool_check_metrics(
         "--backup-verify-key".into(),
         key.display().to_string(),
     ];
-    let up = start_up_with(2, 2, "sqlite", &extra).await;
+    let up = start_up_with_args(2, 2, "sqlite", &extra).await;
     let gateway = up.topology.gateway_url.clone().unwrap();
     let witness = up.topology.witness_url.clone().unwrap();
     let r1 = up.region_urls(0);

@@ -45,8 +45,23 @@ pub(crate) async fn start_up(regions: u32, nodes: u32, store: &str) -> Up {
     start_up_with(regions, nodes, store, &[]).await
 }
 
-/// `start_up` with more flags for `up` (which may name files under `data_dir`'s parent).
-pub(crate) async fn start_up_with(regions: u32, nodes: u32, store: &str, extra_args: &[String]) -> Up {
+/// `start_up` with environment variables for `up` and its nodes (`RANANEETI_<SECTION>__<FIELD>`).
+pub(crate) async fn start_up_with(regions: u32, nodes: u32, store: &str, environment: &[(&str, &str)]) -> Up {
+    start_up_full(regions, nodes, store, environment, &[]).await
+}
+
+/// `start_up` with more flags for `up` (which may name files outside its data directory).
+pub(crate) async fn start_up_with_args(regions: u32, nodes: u32, store: &str, extra_args: &[String]) -> Up {
+    start_up_full(regions, nodes, store, &[], extra_args).await
+}
+
+async fn start_up_full(
+    regions: u32,
+    nodes: u32,
+    store: &str,
+    environment: &[(&str, &str)],
+    extra_args: &[String],
+) -> Up {
     sqlx::any::install_default_drivers();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
@@ -70,6 +85,7 @@ pub(crate) async fn start_up_with(regions: u32, nodes: u32, store: &str, extra_a
             .arg("--data")
             .arg(&data)
             .args(extra_args)
+            .envs(environment.iter().copied())
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
             .spawn()
@@ -97,8 +113,14 @@ pub(crate) async fn start_up_with(regions: u32, nodes: u32, store: &str, extra_a
     panic!("no free run of {expected_nodes} ports after {PORT_ATTEMPTS_MAX} attempts");
 }
 
+/// The pid of `region`'s first node as `topology.json` says now (a restarted node has a new one).
+pub(crate) fn node_pid(data: &std::path::Path, region: usize) -> u32 {
+    let topology = Topology::read(&data.join("topology.json")).unwrap();
+    topology.regions[region].nodes[0].pid.expect("the node runs")
+}
+
 impl Up {
-    /// The deployment's data directory (`up --data`).
+    /// The deployment's directory (`--data`).
     pub(crate) fn data_dir(&self) -> std::path::PathBuf {
         self._dir.path().join("data")
     }
