@@ -21,6 +21,9 @@ command -v podman >/dev/null 2>&1 || packages+=(podman)
 command -v nginx >/dev/null 2>&1 || packages+=(nginx)
 command -v haproxy >/dev/null 2>&1 || packages+=(haproxy)
 [ -f /etc/ssl/certs/ca-certificates.crt ] || packages+=(ca-certificates)
+# Monitoring tests (tests/it/monitoring.rs): promtool checks the rules, the generated
+# configuration and every /metrics; a real Prometheus evaluates the alerts.
+{ command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; } || packages+=(prometheus)
 
 if [ "${#packages[@]}" -gt 0 ]; then
   echo "== installing Debian packages the tests need: ${packages[*]}"
@@ -30,6 +33,8 @@ if [ "${#packages[@]}" -gt 0 ]; then
   $sudo_cmd service postgresql stop >/dev/null 2>&1 || true
   $sudo_cmd service nginx stop >/dev/null 2>&1 || true
   $sudo_cmd service haproxy stop >/dev/null 2>&1 || true
+  $sudo_cmd service prometheus stop >/dev/null 2>&1 || true
+  $sudo_cmd service prometheus-node-exporter stop >/dev/null 2>&1 || true
 fi
 
 # Python tools of the Kubernetes, image and API tests (tests/it/kubernetes.rs, image.rs,

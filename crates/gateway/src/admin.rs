@@ -23,16 +23,7 @@ pub async fn handle(gateway: &Arc<Gateway>, request: Request<Incoming>) -> Respo
         return json(StatusCode::OK, &value!({ "status": "ok" }));
     }
     if path == "/metrics" {
-        let mut text = String::new();
-        if let Err(error) = prometheus_client::encoding::text::encode(&mut text, &gateway.registry) {
-            return plain(StatusCode::INTERNAL_SERVER_ERROR, &format!("metrics: {error}"));
-        }
-        let mut response = Response::new(Full::new(Bytes::from(text)).map_err(|never| match never {}).boxed());
-        response.headers_mut().insert(
-            hyper::header::CONTENT_TYPE,
-            hyper::header::HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
-        );
-        return response;
+        return metrics(gateway, &request);
     }
     if !authorized(gateway, &request) {
         return plain(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
@@ -62,7 +53,28 @@ pub async fn handle(gateway: &Arc<Gateway>, request: Request<Incoming>) -> Respo
     }
 }
 
-fn authorized(gateway: &Gateway, request: &Request<Incoming>) -> bool {
+/// Prometheus's text format, or OpenMetrics when the scraper asks for it (`rananeeti_exposition`).
+fn metrics(gateway: &Gateway, request: &Request<Incoming>) -> Response<Body> {
+    gateway.metrics.refresh(&gateway.backends.snapshot());
+    let mut registries = vec![&gateway.registry];
+    if let (Some(file), Some(backup)) = (&gateway.config.console.backup_status_file, &gateway.backup_registry) {
+        if crate::console::status_files::refresh_backup_metrics(file, &gateway.metrics.backup) {
+            registries.push(backup);
+        }
+    }
+    let accept = request.headers().get(hyper::header::ACCEPT).and_then(|value| value.to_str().ok());
+    let exposition = match rananeeti_exposition::encode(&registries, accept) {
+        Ok(exposition) => exposition,
+        Err(error) => return plain(StatusCode::INTERNAL_SERVER_ERROR, &format!("metrics: {error}")),
+    };
+    let mut response = Response::new(Full::new(Bytes::from(exposition.body)).map_err(|never| match never {}).boxed());
+    response
+        .headers_mut()
+        .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static(exposition.content_type));
+    response
+}
+
+pub(crate) fn authorized(gateway: &Gateway, request: &Request<Incoming>) -> bool {
     let Some(token) = &gateway.admin_token else { return false };
     let presented =
         request.headers().get(hyper::header::AUTHORIZATION).and_then(|value| value.to_str().ok()).and_then(|value| {

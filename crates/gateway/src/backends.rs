@@ -114,18 +114,20 @@ impl Node {
 
     #[cfg(test)]
     pub(crate) fn set_health_for_test(&self, healthy: bool, metrics: &GatewayMetrics) {
-        self.set_health(healthy, "test", metrics);
+        let event = if healthy { "node_up" } else { "node_down" };
+        self.set_health(healthy, event, "test", metrics);
     }
 
-    fn set_health(&self, healthy: bool, why: &str, metrics: &GatewayMetrics) {
+    /// `event` names the change in the log (docs/logs.md): `node_up`, `node_down`, `node_ejected`.
+    fn set_health(&self, healthy: bool, event: &str, why: &str, metrics: &GatewayMetrics) {
         if self.healthy.swap(healthy, Ordering::AcqRel) != healthy {
             metrics.node_healthy.get_or_create(&self.labels()).set(healthy as i64);
             metrics.health_changes.get_or_create(&self.labels()).inc();
             if healthy {
-                tracing::info!(node = self.name, region = self.region, why, "node healthy");
+                tracing::info!(event, node = self.name, region = self.region, why, "node healthy");
             } else {
                 self.down.send_modify(|generation| *generation += 1);
-                tracing::warn!(node = self.name, region = self.region, why, "node down");
+                tracing::warn!(event, node = self.name, region = self.region, why, "node down");
             }
         }
     }
@@ -136,7 +138,7 @@ impl Node {
         let failures = self.consecutive_failures.fetch_add(1, Ordering::AcqRel) + 1;
         if failures >= eject_after && self.healthy() {
             metrics.ejections.get_or_create(&self.labels()).inc();
-            self.set_health(false, "ejected after consecutive failed requests", metrics);
+            self.set_health(false, "node_ejected", "ejected after consecutive failed requests", metrics);
         }
     }
 
@@ -222,7 +224,7 @@ impl Backends {
         drop(regions);
         self.metrics.node_healthy.get_or_create(&node.labels()).set(1);
         self.start_checks(Arc::clone(&node));
-        tracing::info!(node = node.name, region, url = node.url, "node added");
+        tracing::info!(event = "node_added", node = node.name, region, url = node.url, "node added");
         Ok(node)
     }
 
@@ -244,14 +246,21 @@ impl Backends {
             .collect();
         *regions = Arc::new(next);
         self.metrics.node_healthy.remove(&node.labels());
-        tracing::info!(node = name, "node removed");
+        self.metrics.node_drained.remove(&node.labels());
+        tracing::info!(event = "node_removed", node = name, "node removed");
         Ok(())
     }
 
     pub fn set_drained(&self, name: &str, drained: bool) -> Result<Arc<Node>, ChangeError> {
         let node = self.find(name).ok_or_else(|| ChangeError::Unknown(name.to_string()))?;
         node.drained.store(drained, Ordering::Release);
-        tracing::info!(node = name, drained, in_flight = node.in_flight.load(Ordering::Relaxed), "drain changed");
+        tracing::info!(
+            event = "drain_changed",
+            node = name,
+            drained,
+            in_flight = node.in_flight.load(Ordering::Relaxed),
+            "drain changed"
+        );
         Ok(node)
     }
 
@@ -305,13 +314,13 @@ impl Backends {
                     failures = 0;
                     if !node.healthy() && passes >= health.rise {
                         node.record_success();
-                        node.set_health(true, "health checks pass", &metrics);
+                        node.set_health(true, "node_up", "health checks pass", &metrics);
                     }
                 } else {
                     failures += 1;
                     passes = 0;
                     if node.healthy() && failures >= health.fall {
-                        node.set_health(false, "health checks fail", &metrics);
+                        node.set_health(false, "node_down", "health checks fail", &metrics);
                     }
                 }
             }

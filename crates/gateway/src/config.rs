@@ -24,6 +24,8 @@ pub struct GatewayConfig {
     /// POSTs under these prefixes are platform commands whose id is a digest of their content:
     /// the platform deduplicates them, so the gateway may retry them on another node.
     pub digest_post_prefixes: Vec<String>,
+    /// The operator console (`/admin/console`).
+    pub console: ConsoleConfig,
 }
 
 impl Default for GatewayConfig {
@@ -38,6 +40,7 @@ impl Default for GatewayConfig {
             limits: LimitsConfig::default(),
             upstream: UpstreamConfig::default(),
             digest_post_prefixes: vec!["/api/cafe/reservations".into(), "/cafe/reservations".into()],
+            console: ConsoleConfig::default(),
         }
     }
 }
@@ -179,6 +182,41 @@ impl Default for UpstreamConfig {
     }
 }
 
+/// The operator console: what it samples from the nodes (`GET /admin/status` with the admin
+/// token), how much of it it keeps for its charts, and the files it shows the backups and the
+/// drills from (written by `up`'s backup schedule and by `rananeeti drill --report`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// Between two samples of every node.
+    pub sample_interval_ms: u64,
+    /// Samples kept for the charts (the oldest goes first).
+    pub history_samples_max: usize,
+    /// One node's status gets this long to answer.
+    pub sample_timeout_ms: u64,
+    /// How often the page reloads itself.
+    pub refresh_seconds: u64,
+    /// The backup schedule's status file (`up` writes `DIR/backup-status.json`); its figures
+    /// are also exported as `rananeeti_backup_*`.
+    pub backup_status_file: Option<PathBuf>,
+    /// A directory of drill reports, one directory per run holding `report.json`
+    /// (`rananeeti drill --report DIR/drills/NAME`); the newest is shown.
+    pub drills_dir: Option<PathBuf>,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        ConsoleConfig {
+            sample_interval_ms: 2000,
+            history_samples_max: 90,
+            sample_timeout_ms: 1000,
+            refresh_seconds: 5,
+            backup_status_file: None,
+            drills_dir: None,
+        }
+    }
+}
+
 impl GatewayConfig {
     /// Refuses what cannot work, naming the field.
     pub fn check(&self) -> anyhow::Result<()> {
@@ -219,6 +257,10 @@ impl GatewayConfig {
             ("limits.header_read_timeout_ms", self.limits.header_read_timeout_ms),
             ("upstream.connect_timeout_ms", self.upstream.connect_timeout_ms),
             ("upstream.attempt_timeout_ms", self.upstream.attempt_timeout_ms),
+            ("console.sample_interval_ms", self.console.sample_interval_ms),
+            ("console.history_samples_max", self.console.history_samples_max as u64),
+            ("console.sample_timeout_ms", self.console.sample_timeout_ms),
+            ("console.refresh_seconds", self.console.refresh_seconds),
         ];
         for (name, value) in positive {
             anyhow::ensure!(value > 0, "gateway: {name} must be positive");

@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod backends;
 pub mod config;
+pub mod console;
 pub mod metrics;
 pub mod proxy;
 pub mod routing;

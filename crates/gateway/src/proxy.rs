@@ -86,10 +86,14 @@ pub struct Gateway {
     client: UpstreamClient,
     pub metrics: GatewayMetrics,
     pub registry: prometheus_client::registry::Registry,
+    /// `rananeeti_backup_*`, exported while the backup status file says a schedule runs.
+    pub backup_registry: Option<prometheus_client::registry::Registry>,
     limiter: DefaultKeyedRateLimiter<IpAddr>,
     retry_budget: RetryBudget,
     default_route: RouteConfig,
     pub admin_token: Option<String>,
+    /// The console's samples of the nodes (filled in the background while an admin token is set).
+    pub console: Arc<crate::console::History>,
     request_id_prefix: u64,
     request_ids: std::sync::atomic::AtomicU64,
 }
@@ -107,8 +111,24 @@ impl Gateway {
     pub fn new(config: GatewayConfig, admin_token: Option<String>) -> Arc<Gateway> {
         let mut registry = prometheus_client::registry::Registry::default();
         let metrics = GatewayMetrics::new(&mut registry);
+        let backup_registry = config.console.backup_status_file.as_ref().map(|_| {
+            let mut backup_registry = prometheus_client::registry::Registry::default();
+            metrics.register_backup(&mut backup_registry);
+            backup_registry
+        });
         let client = upstream_client(&config);
         let backends = Backends::new(&config.regions, config.health.clone(), metrics.clone(), client.clone());
+        let console = Arc::new(crate::console::History::new(config.console.history_samples_max.max(1)));
+        if let Some(token) = &admin_token {
+            let sampler = crate::console::sample::Sampler {
+                backends: Arc::clone(&backends),
+                metrics: metrics.clone(),
+                client: client.clone(),
+                admin_token: token.clone(),
+                config: config.console.clone(),
+            };
+            sampler.start(Arc::downgrade(&console));
+        }
         let quota = Quota::per_second(NonZeroU32::new(config.limits.rate_per_ip_per_sec).unwrap_or(NonZeroU32::MIN))
             .allow_burst(NonZeroU32::new(config.limits.rate_burst_per_ip).unwrap_or(NonZeroU32::MIN));
         let default_route = RouteConfig {
@@ -130,7 +150,9 @@ impl Gateway {
             backends,
             metrics,
             registry,
+            backup_registry,
             admin_token,
+            console,
             request_id_prefix: rand::random(),
             request_ids: std::sync::atomic::AtomicU64::new(0),
             config,
@@ -172,6 +194,9 @@ impl Gateway {
         request_id: &str,
     ) -> Response<Body> {
         let path = request.uri().path();
+        if crate::console::owns(path) {
+            return crate::console::handle(self, request).await;
+        }
         if path == "/metrics"
             || path.starts_with("/admin/nodes")
             || path == "/admin/topology"

@@ -123,7 +123,7 @@ fn db_fault_json(fault: DbFault) -> Value {
     }
 }
 
-fn faults_json(platform: &Platform) -> Value {
+pub(crate) fn faults_json(platform: &Platform) -> Value {
     json!({
         "db": db_fault_json(platform.faults().db()),
         "replication": replication_json(platform),
@@ -175,7 +175,7 @@ async fn set_faults(
     };
     if let Some(db) = db {
         platform.faults().set_db(db);
-        tracing::warn!(fault = %db_fault_json(db), "store fault set");
+        tracing::warn!(event = "fault_set", kind = "db", fault = %db_fault_json(db), "store fault set");
     }
     if let Some(replication) = request.replication {
         match replication {
@@ -184,7 +184,14 @@ async fn set_faults(
             }
             PartitionRequest::From { cut } => platform.faults().set_replication_cut_from(cut.into_iter().collect()),
         }
-        tracing::warn!(replication = %replication_json(&platform), "replication fault set");
+        let replication = replication_json(&platform);
+        tracing::warn!(
+            event = "fault_set",
+            kind = "replication",
+            cut = replication != json!("ok"),
+            replication = %replication,
+            "replication fault set"
+        );
     }
     if let Some(partition) = request.partition {
         let partition = match partition {
@@ -194,7 +201,7 @@ async fn set_faults(
             PartitionRequest::From { cut } => Partition::From(cut.into_iter().collect()),
         };
         platform.faults().set_partition(partition);
-        tracing::warn!(partition = %partition_json(&platform), "partition fault set");
+        tracing::warn!(event = "fault_set", kind = "partition", partition = %partition_json(&platform), "partition fault set");
     }
     Ok(Json(faults_json(&platform)))
 }

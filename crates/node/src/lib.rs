@@ -13,6 +13,7 @@ pub mod pages;
 pub mod queue_copies;
 pub mod replication;
 pub mod server;
+pub mod status;
 pub mod telemetry;
 pub mod witness;
 

@@ -84,6 +84,8 @@ impl OwnershipService {
                 let period = Duration::from_millis(service.config.renew_ms.max(10));
                 loop {
                     service.exchange_round().await;
+                    // Read once a round, so losing the lease is logged when it happens.
+                    service.platform.lease_held();
                     if let Err(reason) = service.maybe_fail_over().await {
                         tracing::warn!(reason, "automatic failover not done");
                     }
@@ -214,6 +216,7 @@ impl OwnershipService {
             }
             let changed = self.platform.fail_over(&row.region, &own).await.map_err(|error| error.to_string())?;
             tracing::warn!(
+                event = "automatic_failover",
                 region = changed.region,
                 from = acting,
                 to = own,

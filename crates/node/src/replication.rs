@@ -213,8 +213,9 @@ impl Puller {
     }
 
     fn set_lag_since(&self, caught_up_at_ms: u64) {
-        let lag_ms = wall_clock_ms().saturating_sub(caught_up_at_ms);
-        self.metrics.lag_seconds.get_or_create(&self.labels).set(lag_ms as f64 / 1000.0);
+        let lag_seconds = wall_clock_ms().saturating_sub(caught_up_at_ms) as f64 / 1000.0;
+        self.metrics.lag_seconds.get_or_create(&self.labels).set(lag_seconds);
+        self.platform.record_replication_lag(&self.peer.region, |lag| lag.lag_seconds = lag_seconds);
     }
 
     /// One pull and apply. Answers how many of the peer's entries are still not applied here, or
@@ -254,6 +255,7 @@ impl Puller {
         self.metrics.applied.get_or_create(&self.labels).inc_by(applied.applied as u64);
         let behind = page.last_seq.saturating_sub(applied.checkpoint);
         self.metrics.lag_entries.get_or_create(&self.labels).set(behind as i64);
+        self.platform.record_replication_lag(&self.peer.region, |lag| lag.lag_entries = behind);
         Ok(Some(behind))
     }
 }

@@ -37,6 +37,8 @@ pub struct NodeHttpConfig {
     pub request_timeout_ms: u64,
     /// Ownership exchange, forwarding and failover endpoints (with the cluster token).
     pub ownership: Option<Arc<crate::ownership::OwnershipService>>,
+    /// The binary's version, as `/admin/status` reports it.
+    pub version: String,
 }
 
 pub struct Health {
@@ -95,7 +97,8 @@ pub fn build_router(
         .with_state(health)
         .merge(Router::new().route("/api/commands/{id}", get(command_status)).with_state(Arc::clone(&platform)))
         .route("/api/platform/openapi.json", get(platform_openapi))
-        .merge(admin::router(Arc::clone(&platform), config.admin_token.clone()));
+        .merge(admin::router(Arc::clone(&platform), config.admin_token.clone()))
+        .merge(crate::status::router(Arc::clone(&platform), config.admin_token.clone(), config.version.clone()));
     if let Some(cluster_token) = &config.cluster_token {
         // What nodes send each other wraps what clients sent (a command around a request's
         // content, a copy around a queued command): the limit fits every one the public limit
@@ -195,13 +198,14 @@ async fn readyz(State(health): State<Arc<Health>>) -> Response {
     (StatusCode::OK, Json(body)).into_response()
 }
 
-async fn metrics(State(health): State<Arc<Health>>) -> Response {
+/// Prometheus's text format, or OpenMetrics when the scraper asks for it (`rananeeti_exposition`).
+async fn metrics(State(health): State<Arc<Health>>, headers: axum::http::HeaderMap) -> Response {
     health.platform.refresh_metrics();
-    let mut text = String::new();
-    if let Err(error) = prometheus_client::encoding::text::encode(&mut text, &health.registry) {
-        return ApiError::Internal(error.to_string()).into_response();
+    let accept = headers.get(header::ACCEPT).and_then(|value| value.to_str().ok());
+    match rananeeti_exposition::encode(&[&health.registry], accept) {
+        Ok(exposition) => ([(header::CONTENT_TYPE, exposition.content_type)], exposition.body).into_response(),
+        Err(error) => ApiError::Internal(error.to_string()).into_response(),
     }
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response()
 }
 
 /// Any command's status by id: committed, pending or rejected, and where it is held.

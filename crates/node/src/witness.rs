@@ -11,10 +11,16 @@ use crate::ownership::Exchange;
 use axum::extract::State;
 use axum::routing::post;
 use axum::{Json, Router};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use rananeeti_platform::ownership::WITNESS_VOTER;
 use rananeeti_platform::{OwnerRow, Ownership, OwnershipConfig};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -24,6 +30,47 @@ pub struct Witness {
     heard: Mutex<HashMap<String, Instant>>,
     /// Serializes writes of the state file.
     writing: tokio::sync::Mutex<()>,
+    metrics: WitnessMetrics,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VoterLabels {
+    voter: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RegionLabels {
+    region: String,
+}
+
+/// `rananeeti_witness_*`: who exchanges with the witness, and the table it keeps.
+struct WitnessMetrics {
+    registry: Registry,
+    exchanges: Family<VoterLabels, Counter>,
+    last_exchange_age: Family<VoterLabels, Gauge<f64, AtomicU64>>,
+    owner_epochs: Family<RegionLabels, Gauge>,
+}
+
+impl WitnessMetrics {
+    fn new() -> WitnessMetrics {
+        let exchanges = Family::<VoterLabels, Counter>::default();
+        let last_exchange_age = Family::<VoterLabels, Gauge<f64, AtomicU64>>::default();
+        let owner_epochs = Family::<RegionLabels, Gauge>::default();
+        let mut registry = Registry::default();
+        let witness = registry.sub_registry_with_prefix("rananeeti_witness");
+        witness.register("exchanges", "Ownership exchanges answered, by the region that sent them", exchanges.clone());
+        witness.register(
+            "last_exchange_age_seconds",
+            "Seconds since each region last exchanged ownership tables with the witness",
+            last_exchange_age.clone(),
+        );
+        witness.register(
+            "owner_epoch",
+            "Epoch of each region's ownership row in the witness's table",
+            owner_epochs.clone(),
+        );
+        WitnessMetrics { registry, exchanges, last_exchange_age, owner_epochs }
+    }
 }
 
 impl Witness {
@@ -49,6 +96,7 @@ impl Witness {
             state_file,
             heard: Mutex::new(HashMap::new()),
             writing: tokio::sync::Mutex::new(()),
+            metrics: WitnessMetrics::new(),
         }))
     }
 
@@ -74,10 +122,27 @@ impl Witness {
         }
         let heard_ms_ago: BTreeMap<String, u64> = {
             let mut heard = self.heard.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            self.metrics.exchanges.get_or_create(&VoterLabels { voter: theirs.voter.clone() }).inc();
             heard.insert(theirs.voter, Instant::now());
             heard.iter().map(|(region, at)| (region.clone(), at.elapsed().as_millis() as u64)).collect()
         };
         Ok(Exchange { voter: WITNESS_VOTER.to_string(), rows: self.view.table(), heard_ms_ago })
+    }
+
+    /// The exposition of `rananeeti_witness_*`, refreshed now.
+    fn metrics(&self, accept: Option<&str>) -> Result<rananeeti_exposition::Exposition, std::fmt::Error> {
+        {
+            let heard = self.heard.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            for (voter, at) in heard.iter() {
+                let labels = VoterLabels { voter: voter.clone() };
+                self.metrics.last_exchange_age.get_or_create(&labels).set(at.elapsed().as_secs_f64());
+            }
+        }
+        for row in self.view.table() {
+            let labels = RegionLabels { region: row.region.clone() };
+            self.metrics.owner_epochs.get_or_create(&labels).set(row.epoch.min(i64::MAX as u64) as i64);
+        }
+        rananeeti_exposition::encode(&[&self.metrics.registry], accept)
     }
 }
 
@@ -86,7 +151,19 @@ pub fn router(witness: Arc<Witness>, cluster_token: AdminToken) -> Router {
         .route("/internal/ownership", post(exchange))
         .route_layer(axum::middleware::from_fn_with_state(cluster_token, require_token))
         .route("/healthz", axum::routing::get(|| async { Json(serde_json::json!({ "status": "ok" })) }))
+        .route("/metrics", axum::routing::get(metrics))
         .with_state(witness)
+}
+
+async fn metrics(State(witness): State<Arc<Witness>>, headers: axum::http::HeaderMap) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let accept = headers.get(axum::http::header::ACCEPT).and_then(|value| value.to_str().ok());
+    match witness.metrics(accept) {
+        Ok(exposition) => {
+            ([(axum::http::header::CONTENT_TYPE, exposition.content_type)], exposition.body).into_response()
+        }
+        Err(error) => ApiError::Internal(error.to_string()).into_response(),
+    }
 }
 
 async fn exchange(

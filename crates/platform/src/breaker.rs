@@ -50,6 +50,8 @@ pub struct CircuitBreaker {
 pub enum Transition {
     None,
     Opened,
+    /// It was open or half-open, and a success closed it.
+    Closed,
 }
 
 impl CircuitBreaker {
@@ -91,11 +93,14 @@ impl CircuitBreaker {
         }
     }
 
-    pub fn record_success(&self) {
+    pub fn record_success(&self) -> Transition {
         let mut inner = self.lock();
         inner.consecutive_failures = 0;
-        inner.opened_at = None;
         inner.probe_started_at = None;
+        match inner.opened_at.take() {
+            Some(_) => Transition::Closed,
+            None => Transition::None,
+        }
     }
 
     pub fn record_failure(&self) -> Transition {
@@ -131,9 +136,10 @@ mod tests {
         assert_eq!(breaker.state(), BreakerState::HalfOpen);
         assert!(breaker.allow(), "one probe goes through");
         assert!(!breaker.allow(), "only one probe at a time");
-        breaker.record_success();
+        assert_eq!(breaker.record_success(), Transition::Closed, "the probe's success closes it");
         assert_eq!(breaker.state(), BreakerState::Closed);
         assert!(breaker.allow());
+        assert_eq!(breaker.record_success(), Transition::None, "closed already: no change to report");
     }
 
     #[test]

@@ -70,25 +70,44 @@ impl Platform {
         .fetch_all(&pool)
         .await
         .map_err(StoreError::from)?;
-        let decode = |row: sqlx::any::AnyRow| -> Result<Conflict, sqlx::Error> {
-            Ok(Conflict {
-                seq: row.try_get::<i64, _>("seq")? as u64,
-                kind: row.try_get("kind")?,
-                entity: row.try_get("entity")?,
-                winner: Write {
-                    id: row.try_get("winner_id")?,
-                    hlc: row.try_get::<i64, _>("winner_hlc")? as u64,
-                    payload: String::new(),
-                },
-                loser: Write {
-                    id: row.try_get("loser_id")?,
-                    hlc: row.try_get::<i64, _>("loser_hlc")? as u64,
-                    payload: row.try_get("loser_payload")?,
-                },
-            })
-        };
-        rows.into_iter().map(|row| decode(row).map_err(|error| StoreError::from(error).into())).collect()
+        decode_conflicts(rows)
     }
+
+    /// The `limit` conflicts recorded last in this region's store, newest first (for an
+    /// operator's overview).
+    pub async fn recent_conflicts(&self, limit: usize) -> Result<Vec<Conflict>, StoreUnavailable> {
+        let pool = self.reader().await?;
+        let rows = sqlx::query(
+            "SELECT seq, kind, entity, winner_id, winner_hlc, loser_id, loser_hlc, loser_payload FROM rn_conflicts \
+             ORDER BY seq DESC LIMIT $1",
+        )
+        .bind(limit as i64)
+        .fetch_all(&pool)
+        .await
+        .map_err(StoreError::from)?;
+        decode_conflicts(rows)
+    }
+}
+
+fn decode_conflicts(rows: Vec<sqlx::any::AnyRow>) -> Result<Vec<Conflict>, StoreUnavailable> {
+    let decode = |row: sqlx::any::AnyRow| -> Result<Conflict, sqlx::Error> {
+        Ok(Conflict {
+            seq: row.try_get::<i64, _>("seq")? as u64,
+            kind: row.try_get("kind")?,
+            entity: row.try_get("entity")?,
+            winner: Write {
+                id: row.try_get("winner_id")?,
+                hlc: row.try_get::<i64, _>("winner_hlc")? as u64,
+                payload: String::new(),
+            },
+            loser: Write {
+                id: row.try_get("loser_id")?,
+                hlc: row.try_get::<i64, _>("loser_hlc")? as u64,
+                payload: row.try_get("loser_payload")?,
+            },
+        })
+    };
+    rows.into_iter().map(|row| decode(row).map_err(|error| StoreError::from(error).into())).collect()
 }
 
 #[cfg(test)]

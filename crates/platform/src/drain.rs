@@ -68,6 +68,7 @@ impl Platform {
         let idle = false;
         if self.queue.depth() == 0 {
             *self.drain_cursor.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = DrainCursor::default();
+            self.probe_store_when_idle().await;
             return idle;
         }
         if !self.breaker_allows() {

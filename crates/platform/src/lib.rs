@@ -13,6 +13,7 @@ pub mod faults;
 pub mod hlc;
 pub mod id;
 pub mod metrics;
+pub mod monitoring;
 pub mod ownership;
 mod platform;
 pub mod replication;
@@ -29,6 +30,7 @@ pub use faults::{DbFault, Faults, Partition};
 pub use hlc::{Hlc, HlcClock};
 pub use id::{CommandId, InvalidCommandId};
 pub use metrics::PlatformMetrics;
+pub use monitoring::PeerLag;
 pub use ownership::{ForwardError, Forwarded, Forwarder, OwnerRow, Ownership, OwnershipConfig, Route};
 pub use platform::{
     CommandState, CommandStatus, DrainConfig, Durability, Outcome, Platform, PlatformConfig, ReadPool,

@@ -14,6 +14,11 @@ pub struct OutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RegionLabels {
+    pub region: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ForwardLabels {
     pub region: String,
     pub outcome: &'static str,
@@ -40,6 +45,13 @@ pub struct PlatformMetrics {
     pub queue_fsyncs: Counter,
     pub pool_rebuilds: Counter,
     pub queue_copy_failures: Counter,
+    pub queue_capacity: Gauge,
+    pub queue_disk_usage: Gauge,
+    pub queue_filesystem_avail: Gauge,
+    pub queue_filesystem_size: Gauge,
+    pub lease_held: Gauge,
+    pub acting_regions: Gauge,
+    pub owner_epochs: Family<RegionLabels, Gauge>,
     pub task_restarts: Family<crate::tasks::TaskLabels, Counter>,
 }
 
@@ -60,6 +72,13 @@ impl PlatformMetrics {
             queue_fsyncs: Counter::default(),
             pool_rebuilds: Counter::default(),
             queue_copy_failures: Counter::default(),
+            queue_capacity: Gauge::default(),
+            queue_disk_usage: Gauge::default(),
+            queue_filesystem_avail: Gauge::default(),
+            queue_filesystem_size: Gauge::default(),
+            lease_held: Gauge::default(),
+            acting_regions: Gauge::default(),
+            owner_epochs: Family::default(),
             task_restarts: Family::default(),
         };
         let platform = registry.sub_registry_with_prefix("rananeeti");
@@ -110,6 +129,41 @@ impl PlatformMetrics {
             metrics.region_sync_unconfirmed.clone(),
         );
         platform.register("store_pool_rebuilds", "Store pools rebuilt after an outage", metrics.pool_rebuilds.clone());
+        platform.register(
+            "queue_capacity_entries",
+            "Most entries the fallback queue holds (queue.entries_max); past it writes are refused",
+            metrics.queue_capacity.clone(),
+        );
+        platform.register(
+            "queue_disk_usage_bytes",
+            "Bytes the fallback queue's files take on disk",
+            metrics.queue_disk_usage.clone(),
+        );
+        platform.register(
+            "queue_filesystem_avail_bytes",
+            "Bytes still free for the node on the filesystem holding the fallback queue",
+            metrics.queue_filesystem_avail.clone(),
+        );
+        platform.register(
+            "queue_filesystem_size_bytes",
+            "Size of the filesystem holding the fallback queue",
+            metrics.queue_filesystem_size.clone(),
+        );
+        platform.register(
+            "ownership_lease_held",
+            "1 while this node holds the ownership lease (a majority of the voters answered within lease_ms)",
+            metrics.lease_held.clone(),
+        );
+        platform.register(
+            "ownership_acting_regions",
+            "Regions whose global and home writes this node's region applies, in this node's view",
+            metrics.acting_regions.clone(),
+        );
+        platform.register(
+            "ownership_epoch",
+            "Epoch of each region's ownership row in this node's view (it grows at each failover)",
+            metrics.owner_epochs.clone(),
+        );
         metrics
     }
 }

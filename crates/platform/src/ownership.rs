@@ -185,7 +185,13 @@ impl Ownership {
         for row in rows {
             let current = view.get(&row.region).cloned().unwrap_or_else(|| OwnerRow::initial(&row.region));
             if row.supersedes(&current) {
-                tracing::info!(region = row.region, acting = row.acting, epoch = row.epoch, "ownership changed");
+                tracing::info!(
+                    event = "ownership_changed",
+                    region = row.region,
+                    acting = row.acting,
+                    epoch = row.epoch,
+                    "ownership changed"
+                );
                 view.insert(row.region.clone(), row.clone());
                 changed = true;
             }
@@ -371,7 +377,7 @@ impl Platform {
         };
         store_owner_row(&self.store.writer(), &row).await?;
         self.ownership.learn(std::slice::from_ref(&row));
-        tracing::warn!(region, acting, epoch = row.epoch, "ownership failed over");
+        tracing::warn!(event = "failover", region, acting, epoch = row.epoch, "ownership failed over");
         Ok(row)
     }
 }

@@ -262,12 +262,13 @@ pub struct Platform {
     pub(crate) peer_acks: tokio::sync::watch::Sender<std::collections::BTreeMap<String, u64>>,
     /// Region-sync writes waiting on this node for a peer's acknowledgment.
     pub(crate) peer_ack_waiters: std::sync::atomic::AtomicUsize,
-    queue_fsyncs_seen: std::sync::atomic::AtomicU64,
+    pub(crate) queue_fsyncs_seen: std::sync::atomic::AtomicU64,
     pub(crate) copier: std::sync::OnceLock<(Arc<dyn QueueCopier>, CopyDurability)>,
     forwarder: std::sync::OnceLock<Arc<dyn Forwarder>>,
     pub(crate) ownership: Ownership,
     tasks: Arc<crate::tasks::Tasks>,
     pub(crate) copies: std::sync::OnceLock<Queue>,
+    pub(crate) monitoring: crate::monitoring::Monitoring,
     /// Queue entries already reported as impossible to apply, so the log says it once.
     pub(crate) stuck_reported: std::sync::Mutex<std::collections::HashSet<u64>>,
 }
@@ -312,6 +313,7 @@ impl Platform {
             forwarder: std::sync::OnceLock::new(),
             ownership,
             copies: std::sync::OnceLock::new(),
+            monitoring: crate::monitoring::Monitoring::default(),
         });
         let drained = Arc::downgrade(&platform);
         platform.tasks.supervise("drain", move || crate::drain::drain_loop(drained.clone()));
@@ -691,14 +693,18 @@ impl Platform {
     }
 
     pub(crate) fn store_succeeded(&self) {
-        self.breaker.record_success();
+        self.monitoring.store_contacted();
+        if self.breaker.record_success() == Transition::Closed {
+            tracing::info!(event = "breaker_closed", "store breaker closed: the store answers again");
+        }
         self.metrics.store_up.set(1);
     }
 
     pub(crate) fn store_failed(&self) {
+        self.monitoring.store_contacted();
         self.metrics.store_up.set(0);
         if self.breaker.record_failure() == Transition::Opened {
-            tracing::warn!("store breaker opened: writes go to the fallback queue");
+            tracing::warn!(event = "breaker_opened", "store breaker opened: writes go to the fallback queue");
             self.store.rebuild_pools();
             self.metrics.pool_rebuilds.inc();
         }
@@ -943,22 +949,6 @@ impl Platform {
             .filter(|command| command.kind == kind)
             .map(|command| self.queued_status(command))
             .collect())
-    }
-
-    /// Updates the gauges that are read at scrape time.
-    pub fn refresh_metrics(&self) {
-        self.metrics.queue_depth.set(self.queue.depth() as i64);
-        self.metrics.queue_corrupt_entries.set(self.queue.corrupt_entries().len() as i64);
-        let oldest_age = self
-            .queue
-            .oldest_enqueued_at_ms()
-            .map(|enqueued| (wall_clock_ms() as i64 - enqueued).max(0) as f64 / 1000.0)
-            .unwrap_or(0.0);
-        self.metrics.queue_oldest_age.set(oldest_age);
-        self.metrics.breaker_state.set(self.breaker.state().as_gauge());
-        let fsyncs = self.queue.fsyncs_total();
-        let seen = self.queue_fsyncs_seen.swap(fsyncs, std::sync::atomic::Ordering::Relaxed);
-        self.metrics.queue_fsyncs.inc_by(fsyncs.saturating_sub(seen));
     }
 
     /// Records `command` as *rejected* for `reason` in this region's store (unless it is already

@@ -273,4 +273,57 @@ impl Queue {
     pub fn list(&self, limit: usize) -> Result<Vec<Entry>, QueueError> {
         self.inner.store.peek(None, limit)
     }
+
+    /// Most entries the queue holds (`QueueConfig::entries_max`).
+    pub fn entries_max(&self) -> u64 {
+        self.inner.store.entries_max
+    }
+
+    /// What the queue's files take on disk, and the space left on the filesystem that holds
+    /// them: a queue that cannot write its journal cannot take a write during an outage.
+    pub fn disk_space(&self) -> Result<DiskSpace, QueueError> {
+        let path = &self.inner.store.path;
+        let io = |source| QueueError::Io { path: path.clone(), source };
+        let filesystem = nix::sys::statvfs::statvfs(path).map_err(|errno| io(errno.into()))?;
+        let fragment = filesystem.fragment_size() as u64;
+        Ok(DiskSpace {
+            used_bytes: directory_bytes(path).map_err(io)?,
+            filesystem_avail_bytes: (filesystem.blocks_available() as u64).saturating_mul(fragment),
+            filesystem_size_bytes: (filesystem.blocks() as u64).saturating_mul(fragment),
+        })
+    }
+}
+
+/// See [`Queue::disk_space`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DiskSpace {
+    /// Bytes of every file under the queue's directory.
+    pub used_bytes: u64,
+    /// Bytes an unprivileged writer may still take on the queue's filesystem.
+    pub filesystem_avail_bytes: u64,
+    pub filesystem_size_bytes: u64,
+}
+
+/// Bytes of the files under `dir` (fjall keeps a shallow tree: journals, segments, metadata).
+fn directory_bytes(dir: &std::path::Path) -> std::io::Result<u64> {
+    const DEPTH_MAX: usize = 8;
+    let mut total = 0;
+    let mut pending = vec![(dir.to_path_buf(), 0)];
+    while let Some((dir, depth)) = pending.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            let metadata = match entry.metadata() {
+                Ok(metadata) => metadata,
+                // Removed meanwhile (a compaction): it takes nothing any more.
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(error) => return Err(error),
+            };
+            if metadata.is_dir() && depth < DEPTH_MAX {
+                pending.push((entry.path(), depth + 1));
+            } else if metadata.is_file() {
+                total += metadata.len();
+            }
+        }
+    }
+    Ok(total)
 }

@@ -328,3 +328,25 @@ fn fsync_per_write_appends_one_record_per_call() {
     // Two records: 8-byte header (length, CRC-32) and the body each.
     assert_eq!(std::fs::metadata(&path).unwrap().len(), 8 + 3 + 8 + 5);
 }
+
+#[tokio::test]
+async fn disk_space_counts_the_queue_files_and_the_filesystem_around_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = Queue::open(config(dir.path().join("queue"))).unwrap();
+    assert_eq!(queue.entries_max(), 10_000);
+    // The journal is prefilled, so a few small entries change nothing: write more than it holds.
+    let empty = queue.disk_space().unwrap();
+    assert!(empty.used_bytes > 0, "the journal of an empty queue is on disk too: {empty:?}");
+    let body_bytes = rananeeti_queue::ENTRY_BODY_BYTES_MAX as u64;
+    let entries = 64;
+    for n in 0..entries {
+        queue.enqueue(id(n as u32), 1, vec![b'x'; body_bytes as usize]).await.unwrap();
+    }
+    let written = queue.disk_space().unwrap();
+    assert!(
+        written.used_bytes >= empty.used_bytes + entries * body_bytes / 2,
+        "{entries} entries of 1 MiB are on disk: {empty:?} then {written:?}"
+    );
+    assert!(written.filesystem_size_bytes > 0, "{written:?}");
+    assert!(written.filesystem_avail_bytes <= written.filesystem_size_bytes, "{written:?}");
+}

@@ -2,8 +2,7 @@
 
 use clap::{Parser, Subcommand};
 
-/// `rananeeti --version`: the crate's version and the commit it was built from (build.rs).
-const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("RANANEETI_COMMIT"), ")");
+use rananeeti::VERSION;
 
 #[derive(Parser)]
 #[command(name = "rananeeti", version = VERSION, about = "Full-stack resiliency for web applications")]
@@ -26,6 +25,8 @@ enum Command {
     Witness(rananeeti::witness_cmd::WitnessArgs),
     /// Print an nginx or HAProxy configuration for the nodes of a deployment (topology.json).
     ExportLb(rananeeti::export_lb::ExportLbArgs),
+    /// Print a Prometheus configuration that scrapes every process of a deployment (topology.json).
+    PrometheusConfig(rananeeti::prometheus_config::PrometheusConfigArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -37,5 +38,6 @@ fn main() -> anyhow::Result<()> {
         Command::Backup(args) => rananeeti::backup_cmd::run(args),
         Command::Witness(args) => rananeeti::witness_cmd::run(args),
         Command::ExportLb(args) => rananeeti::export_lb::run(args),
+        Command::PrometheusConfig(args) => rananeeti::prometheus_config::run(args),
     }
 }

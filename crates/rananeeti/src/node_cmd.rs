@@ -242,6 +242,7 @@ async fn serve(config: Config, addr_file: Option<PathBuf>) -> anyhow::Result<()>
     let store_kind = store.kind();
 
     let mut metrics_registry = prometheus_client::registry::Registry::default();
+    register_build_info(&mut metrics_registry);
     let metrics = PlatformMetrics::new(&mut metrics_registry);
     let platform = Platform::start(config.platform_config(), store, queue, registry, metrics);
     tracing::info!(store = store_kind.as_str(), region = platform.region(), node = platform.node(), "platform started");
@@ -316,12 +317,25 @@ async fn serve(config: Config, addr_file: Option<PathBuf>) -> anyhow::Result<()>
             cluster_token,
             body_bytes_max: config.http.body_bytes_max,
             request_timeout_ms: config.http.request_timeout_ms,
+            version: crate::VERSION.to_string(),
         },
         platform,
         &apps,
         metrics_registry,
     )
     .await
+}
+
+/// `rananeeti_build_info{version}` 1: which binary a node runs (a rolling deploy mixes two).
+fn register_build_info(registry: &mut prometheus_client::registry::Registry) {
+    #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+    struct BuildLabels {
+        version: &'static str,
+    }
+    let info =
+        prometheus_client::metrics::family::Family::<BuildLabels, prometheus_client::metrics::gauge::Gauge>::default();
+    info.get_or_create(&BuildLabels { version: crate::VERSION }).set(1);
+    registry.register("rananeeti_build_info", "The binary this node runs: 1, labelled with its version", info);
 }
 
 fn read_token_file(file: &std::path::Path) -> anyhow::Result<AdminToken> {

@@ -23,8 +23,11 @@ use rand::RngCore;
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
 
+mod backup_status;
+
 use crate::postgres::{free_loopback_port, PgCluster};
 use crate::topology::{DatabaseKind, DatabaseTopology, NodeTopology, RegionTopology, Topology};
+use backup_status::{Attempt, BackupStatus};
 
 /// How long a (re)started node gets to answer `/healthz` on first start.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -79,6 +82,16 @@ pub struct UpArgs {
     /// key can stay offline).
     #[arg(long)]
     pub backup_verify_key: Option<PathBuf>,
+    /// How `up` itself logs on stderr (its supervisor, gateway and witness): lines for a person,
+    /// or JSON lines like the nodes' (docs/logs.md).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,14 +101,19 @@ pub enum StoreKind {
 }
 
 pub fn run(args: UpArgs) -> anyhow::Result<()> {
-    // `up` is for a person at a terminal: plain lines on stderr, stdout keeps the "is up" line.
-    let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .try_init();
+    // `up` is for a person at a terminal: plain lines on stderr (JSON lines when asked), stdout
+    // keeps the "is up" line.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = match args.log_format {
+        LogFormat::Text => tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter).try_init(),
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .with_current_span(true)
+            .with_writer(std::io::stderr)
+            .with_env_filter(filter)
+            .try_init(),
+    };
 
     if args.regions == 0 || args.nodes_per_region == 0 {
         bail!("--regions and --nodes-per-region must be at least 1");
@@ -338,6 +356,11 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
                     .collect(),
             })
             .collect(),
+        console: rananeeti_gateway::config::ConsoleConfig {
+            backup_status_file: Some(BackupStatus::path(&data)),
+            drills_dir: Some(data.join("drills")),
+            ..rananeeti_gateway::config::ConsoleConfig::default()
+        },
         ..rananeeti_gateway::GatewayConfig::default()
     };
     let gateway_token = fs::read_to_string(&admin_token_file)
@@ -405,6 +428,9 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             verify_key: args.backup_verify_key.clone(),
         };
         tokio::spawn(schedule.run(shutdown.clone()));
+    } else {
+        // Not scheduled this time: an earlier run's status would say otherwise.
+        remove_if_exists(&BackupStatus::path(&data))?;
     }
     let _ = shutdown.wait_for(|requested| *requested).await;
     tracing::info!("shutting down");
@@ -432,7 +458,13 @@ struct BackupSchedule {
 }
 
 impl BackupSchedule {
+    /// Runs `create`, `verify` (with a key) and `prune` every `every`, recording each outcome in
+    /// `DIR/backup-status.json` (see `backup_status`).
     async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let status_path = BackupStatus::path(&self.data);
+        let mut status =
+            BackupStatus::load_or_new(&status_path, &self.repo, self.every.as_secs(), self.verify_key.is_some());
+        self.record(&status, &status_path);
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(self.every) => {}
@@ -440,33 +472,52 @@ impl BackupSchedule {
             }
             let data = self.data.display().to_string();
             let recipient = self.recipient.display().to_string();
-            if !self.step(&["backup", "create", "--data", &data, "--repo", &self.repo, "--recipient", &recipient]).await
-            {
+            let created = self
+                .step(&["backup", "create", "--data", &data, "--repo", &self.repo, "--recipient", &recipient])
+                .await;
+            let attempt = Attempt::now(&created);
+            if attempt.ok {
+                status.last_success = Some(attempt.clone());
+            }
+            status.last_attempt = Some(attempt);
+            self.record(&status, &status_path);
+            if created.is_err() {
                 continue;
             }
             if let Some(key) = &self.verify_key {
                 let key = key.display().to_string();
-                self.step(&["backup", "verify", "--repo", &self.repo, "--key", &key]).await;
+                let verified = self.step(&["backup", "verify", "--repo", &self.repo, "--key", &key]).await;
+                status.last_verify = Some(Attempt::now(&verified));
+                self.record(&status, &status_path);
             }
-            self.step(&["backup", "prune", "--repo", &self.repo]).await;
+            let _ = self.step(&["backup", "prune", "--repo", &self.repo]).await;
         }
     }
 
-    async fn step(&self, args: &[&str]) -> bool {
+    fn record(&self, status: &BackupStatus, path: &Path) {
+        if let Err(error) = status.write(path) {
+            tracing::error!(error = format!("{error:#}"), "recording the backup status");
+        }
+    }
+
+    /// One `rananeeti backup` command: its output, or its error.
+    async fn step(&self, args: &[&str]) -> Result<String, String> {
         let output =
             tokio::process::Command::new(&self.executable).args(args).stdin(std::process::Stdio::null()).output().await;
         match output {
             Ok(output) if output.status.success() => {
-                tracing::info!(step = args[1], output = %String::from_utf8_lossy(&output.stdout).trim(), "scheduled backup");
-                true
+                let printed = String::from_utf8_lossy(&output.stdout).trim().to_string();
+                tracing::info!(event = "backup_step", step = args[1], ok = true, output = %printed, "scheduled backup");
+                Ok(printed)
             }
             Ok(output) => {
-                tracing::error!(step = args[1], error = %String::from_utf8_lossy(&output.stderr).trim(), "scheduled backup failed");
-                false
+                let error = String::from_utf8_lossy(&output.stderr).trim().to_string();
+                tracing::error!(event = "backup_step", step = args[1], ok = false, %error, "scheduled backup failed");
+                Err(error)
             }
             Err(error) => {
-                tracing::error!(step = args[1], %error, "could not run the scheduled backup");
-                false
+                tracing::error!(event = "backup_step", step = args[1], ok = false, %error, "could not run the scheduled backup");
+                Err(format!("could not run rananeeti backup {}: {error}", args[1]))
             }
         }
     }
@@ -572,6 +623,7 @@ fn spawn_node(executable: &Path, plan: &NodePlan) -> anyhow::Result<Child> {
     }
     let child = command.spawn().with_context(|| format!("starting node {}", plan.name))?;
     tracing::info!(
+        event = "node_started",
         node = %plan.name,
         pid = child.id(),
         listen = %plan.listen,
@@ -670,12 +722,15 @@ async fn supervise(
         let uptime = node.started_at.elapsed();
         match status {
             Ok(status) => tracing::error!(
+                event = "node_exited",
                 node = %name,
                 %status,
                 uptime_seconds = uptime.as_secs_f64(),
                 "node exited; restarting it"
             ),
-            Err(error) => tracing::error!(node = %name, %error, "node is not running; restarting it"),
+            Err(error) => {
+                tracing::error!(event = "node_exited", node = %name, %error, "node is not running; restarting it")
+            }
         }
         node.child = None;
         topology.set_node_pid(&name, None);

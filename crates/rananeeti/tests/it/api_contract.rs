@@ -64,7 +64,11 @@ async fn shopper_token(base: &str) -> String {
 async fn the_platform_api_matches_its_openapi_document() {
     let up = start_up(1, 1, "sqlite").await;
     let base = up.topology.regions[0].nodes[0].url.clone();
-    schemathesis(&base, "/api/platform/openapi.json", Some(&up.token), &[]);
+    // Injecting faults and failing regions over change the node under test for every request
+    // after them (a store made slow for minutes answers nothing in the run's time): they are in
+    // the document, and their own tests (it::admin, it::owners, it::outage) cover them.
+    let writes = ["--exclude-name", "POST /admin/faults", "--exclude-name", "POST /admin/regions/{region}/failover"];
+    schemathesis(&base, "/api/platform/openapi.json", Some(&up.token), &writes);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -40,7 +40,13 @@ async fn readyz_healthz_metrics_answer() {
 
     let (status, content_type, metrics) = get(node, "/metrics").await;
     assert_eq!(status, 200);
-    assert!(content_type.is_some_and(|value| value.starts_with("application/openmetrics-text")), "content type");
+    // Prometheus's text format unless OpenMetrics is asked for (as Prometheus itself does).
+    assert!(content_type.is_some_and(|value| value.starts_with("text/plain; version=0.0.4")), "content type");
+    let openmetrics =
+        node.client.get(node.url("/metrics")).header("accept", "application/openmetrics-text").send().await.unwrap();
+    let content_type = openmetrics.headers()["content-type"].to_str().unwrap().to_string();
+    assert!(content_type.starts_with("application/openmetrics-text"), "{content_type}");
+    assert!(openmetrics.text().await.unwrap().ends_with("# EOF\n"), "OpenMetrics ends with # EOF");
     for name in [
         "rananeeti_http_request_duration_seconds",
         "rananeeti_queue_depth",

@@ -47,6 +47,21 @@ pub(crate) async fn start_up(regions: u32, nodes: u32, store: &str) -> Up {
 
 /// `start_up` with environment variables for `up` and its nodes (`RANANEETI_<SECTION>__<FIELD>`).
 pub(crate) async fn start_up_with(regions: u32, nodes: u32, store: &str, environment: &[(&str, &str)]) -> Up {
+    start_up_full(regions, nodes, store, environment, &[]).await
+}
+
+/// `start_up` with more flags for `up` (which may name files outside its data directory).
+pub(crate) async fn start_up_with_args(regions: u32, nodes: u32, store: &str, extra_args: &[String]) -> Up {
+    start_up_full(regions, nodes, store, &[], extra_args).await
+}
+
+async fn start_up_full(
+    regions: u32,
+    nodes: u32,
+    store: &str,
+    environment: &[(&str, &str)],
+    extra_args: &[String],
+) -> Up {
     sqlx::any::install_default_drivers();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
@@ -69,6 +84,7 @@ pub(crate) async fn start_up_with(regions: u32, nodes: u32, store: &str, environ
             .arg(port.to_string())
             .arg("--data")
             .arg(&data)
+            .args(extra_args)
             .envs(environment.iter().copied())
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
@@ -109,11 +125,16 @@ impl Up {
         self._dir.path().join("data")
     }
 
+    /// Everything `up` and its nodes have written so far (stdout and stderr).
+    pub(crate) fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("up.log")).unwrap_or_default()
+    }
+
     pub(crate) fn region_urls(&self, region: usize) -> Vec<String> {
         self.topology.regions[region].nodes.iter().map(|node| node.url.clone()).collect()
     }
 
-    async fn set_replication(&self, state: &str) {
+    pub(crate) async fn set_replication(&self, state: &str) {
         let client = reqwest::Client::new();
         for node in self.topology.regions.iter().flat_map(|region| &region.nodes) {
             let response = client
