@@ -114,7 +114,9 @@ async fn no_secret_in_logs_topology_command_lines_or_environments_of_up() {
     let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).no_proxy().build().unwrap();
     let gateway = topology.gateway_url.clone().unwrap();
     let booked = client.post(format!("{gateway}/api/cafe/reservations")).json(&reservation("secrets", 1)).send().await;
-    assert_eq!(booked.unwrap().status(), 201);
+    let booked = booked.unwrap();
+    let status = booked.status();
+    assert_eq!(status, 201, "{}", booked.text().await.unwrap_or_default());
     for node in topology.regions.iter().flat_map(|region| &region.nodes) {
         let queue = client.get(format!("{}/admin/queue", node.url)).bearer_auth(admin_token).send().await.unwrap();
         assert_eq!(queue.status(), 200);
