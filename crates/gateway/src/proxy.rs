@@ -289,6 +289,8 @@ impl Gateway {
         let mut last_answer: Option<(Arc<Node>, Response<Incoming>)> = None;
         for attempt in 1..=self.config.retries.attempts_max {
             let Some(node) = routing::pick(&order, &tried) else { break };
+            // A node picked while down is a last resort (every node is down): it is tried anyway.
+            let picked_healthy = node.healthy();
             tried.insert(node.name.clone());
             if attempt > 1 && !self.retry_budget.withdraw() {
                 self.metrics.refused.get_or_create(&ReasonLabels { reason: "retry_budget" }).inc();
@@ -310,7 +312,7 @@ impl Gateway {
                 Err(error) => return plain(StatusCode::BAD_REQUEST, &format!("bad request target: {error}")),
             };
             *request.headers_mut() = headers.clone();
-            match self.attempt(&node, request, idempotent).await {
+            match self.attempt(&node, picked_healthy, request, idempotent).await {
                 Ok(response) => {
                     let status = response.status();
                     let retry_status = matches!(
@@ -371,6 +373,7 @@ impl Gateway {
     async fn attempt(
         &self,
         node: &Arc<Node>,
+        picked_healthy: bool,
         request: Request<Full<Bytes>>,
         abandon_when_down: bool,
     ) -> Result<Response<Incoming>, AttemptFailure> {
@@ -378,8 +381,9 @@ impl Gateway {
         down.borrow_and_update();
         // Down between its pick and this subscription: the watch's bump was before it and will
         // not wake this attempt, which would wait out its whole timeout on a frozen node. Not
-        // sent, so another node takes it whatever its method.
-        if !node.healthy() {
+        // sent, so another node takes it whatever its method. A node picked while down (the last
+        // resort when every node is down) is sent the request all the same.
+        if picked_healthy && !node.healthy() {
             return Err(AttemptFailure::Connect("the node went down before the request was sent".to_string()));
         }
         node.in_flight.fetch_add(1, Ordering::AcqRel);
@@ -529,8 +533,37 @@ mod tests {
         let node = gateway.backends.find("n1").expect("the node");
         node.set_health_for_test(false, &gateway.metrics);
         let request = Request::builder().uri(format!("{url}/x")).body(Full::new(Bytes::new())).unwrap();
-        let result = gateway.attempt(&node, request, true).await;
+        let result = gateway.attempt(&node, true, request, true).await;
         assert!(matches!(result, Err(AttemptFailure::Connect(_))), "not sent: {:?}", result.as_ref().err());
+    }
+
+    /// Regression: the rule above also refused a node picked while down, the last resort when
+    /// every node is down (a gateway that has not yet seen its only node pass a check), so a
+    /// deployment's first requests were 503 without reaching the node.
+    #[tokio::test]
+    async fn a_node_picked_while_down_as_the_last_resort_is_sent_the_request() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut buffer = [0u8; 1024];
+            let _ = stream.read(&mut buffer).await;
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+        });
+        let config = GatewayConfig {
+            regions: vec![crate::config::RegionConfig {
+                name: "r1".into(),
+                nodes: vec![crate::config::NodeConfig { name: "n1".into(), url: url.clone() }],
+            }],
+            ..GatewayConfig::default()
+        };
+        let gateway = Gateway::new(config, None);
+        let node = gateway.backends.find("n1").expect("the node");
+        node.set_health_for_test(false, &gateway.metrics);
+        let request = Request::builder().uri(format!("{url}/x")).body(Full::new(Bytes::new())).unwrap();
+        let result = gateway.attempt(&node, node.healthy(), request, true).await;
+        assert_eq!(result.map(|response| response.status()).ok(), Some(StatusCode::OK));
     }
 
     #[test]
