@@ -86,7 +86,16 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration { component: "platform", version: 3, sqlite: CONFLICTS_SQLITE, postgres: CONFLICTS_POSTGRES },
     Migration { component: "platform", version: 4, sqlite: OWNERS, postgres: OWNERS },
     Migration { component: "platform", version: 5, sqlite: REQUESTS, postgres: REQUESTS },
+    // Its own component, so its versions never collide with the platform's.
+    Migration { component: "sessions", version: 1, sqlite: REVOKED_SESSIONS, postgres: REVOKED_SESSIONS },
 ];
+
+/// Sessions ended early (`sessions`): kept until they would have expired by themselves.
+const REVOKED_SESSIONS: &str = "CREATE TABLE rn_revoked_sessions (
+        session_id TEXT PRIMARY KEY,
+        expires_at_ms BIGINT NOT NULL
+    );
+    CREATE INDEX rn_revoked_sessions_expiry ON rn_revoked_sessions (expires_at_ms)";
 
 /// Version 5: keyed requests (`requests`). A request's commands carry its id, unique, so the same
 /// request is applied once; the first answer to each key, for replays.

@@ -4,6 +4,7 @@
 pub mod backup_cmd;
 pub mod config;
 pub mod export_lb;
+pub mod files;
 pub mod gateway_cmd;
 pub mod node_cmd;
 pub mod postgres;

@@ -304,7 +304,8 @@ async fn cart_add(api: &Api, token: &str, book: &str, quantity: i64) -> u16 {
 
 /// Sold copies per book, as stored and as recounted from the orders, in one region's database.
 async fn bestsellers_and_recount(up: &Up, region: usize) -> (BTreeMap<String, i64>, BTreeMap<String, i64>, usize) {
-    let mut connection = sqlx::AnyConnection::connect(&up.topology.regions[region].database.url).await.unwrap();
+    let mut connection =
+        sqlx::AnyConnection::connect(&up.topology.regions[region].database.connect_url().unwrap()).await.unwrap();
     // One read transaction (a SQLite snapshot): replication may commit between two reads.
     let mut connection = connection.begin().await.unwrap();
     let read = |rows: Vec<sqlx::any::AnyRow>| {

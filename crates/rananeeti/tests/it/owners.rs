@@ -18,7 +18,8 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Per closure command id in one region's database: the region that applied it, and how many
 /// records it has.
 async fn closures_in(up: &Up, region: usize) -> HashMap<String, (String, usize)> {
-    let mut connection = sqlx::AnyConnection::connect(&up.topology.regions[region].database.url).await.unwrap();
+    let mut connection =
+        sqlx::AnyConnection::connect(&up.topology.regions[region].database.connect_url().unwrap()).await.unwrap();
     let rows = sqlx::query("SELECT id, applied_region FROM rn_commands WHERE kind = 'cafe.set_closure'")
         .fetch_all(&mut connection)
         .await

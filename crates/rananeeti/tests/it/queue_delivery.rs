@@ -123,7 +123,8 @@ async fn command_status(url: &str, id: &CommandId) -> Value {
 }
 
 async fn closures_in(up: &Up, region: usize) -> Vec<String> {
-    let mut connection = sqlx::AnyConnection::connect(&up.topology.regions[region].database.url).await.unwrap();
+    let mut connection =
+        sqlx::AnyConnection::connect(&up.topology.regions[region].database.connect_url().unwrap()).await.unwrap();
     let rows = sqlx::query("SELECT day FROM cafe_closures ORDER BY day").fetch_all(&mut connection).await.unwrap();
     rows.iter().map(|row| row.get::<String, _>("day")).collect()
 }

@@ -112,7 +112,8 @@ impl Up {
 
     /// Reservation ids in one region's database, with how many rows each has.
     async fn ids_in_region(&self, region: usize) -> (HashMap<String, usize>, HashMap<String, usize>) {
-        let mut connection = sqlx::AnyConnection::connect(&self.topology.regions[region].database.url).await.unwrap();
+        let mut connection =
+            sqlx::AnyConnection::connect(&self.topology.regions[region].database.connect_url().unwrap()).await.unwrap();
         let count = |rows: Vec<sqlx::any::AnyRow>| {
             let mut counts = HashMap::new();
             for row in rows {
