@@ -282,9 +282,10 @@ async fn random_kills_during_replication_lose_and_double_nothing_postgres() {
     random_kills_during_replication_lose_and_double_nothing("postgres").await;
 }
 
-async fn set_special(url: &str, day: &str, dish: &str) -> Value {
+async fn set_special(token: &str, url: &str, day: &str, dish: &str) -> Value {
     let response = reqwest::Client::new()
         .put(format!("{url}/api/cafe/specials/{day}"))
+        .bearer_auth(token)
         .json(&json!({ "dish": dish, "price_cents": 950 }))
         .send()
         .await
@@ -320,8 +321,8 @@ async fn concurrent_writes_resolve_by_last_writer_wins_with_the_loser_logged(sto
     let day = format!("{}-06-01", crate::support::booking_year());
     up.set_replication("cut").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let first = set_special(&r1, &day, "Lentil soup").await;
-    let second = set_special(&r2, &day, "Mushroom risotto").await;
+    let first = set_special(&up.token, &r1, &day, "Lentil soup").await;
+    let second = set_special(&up.token, &r2, &day, "Mushroom risotto").await;
     up.set_replication("ok").await;
 
     let (winner_r1, winner_r2) = eventually("both regions to agree on the special", CONVERGE_TIMEOUT, || async {
@@ -347,10 +348,10 @@ async fn concurrent_writes_resolve_by_last_writer_wins_with_the_loser_logged(sto
     let other_day = format!("{}-06-02", crate::support::booking_year());
     up.set_replication("cut").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    set_special(&r1, &other_day, "Soup").await;
-    set_special(&r1, &other_day, "Pasta").await;
+    set_special(&up.token, &r1, &other_day, "Soup").await;
+    set_special(&up.token, &r1, &other_day, "Pasta").await;
     tokio::time::sleep(Duration::from_millis(5)).await;
-    set_special(&r2, &other_day, "Soup").await;
+    set_special(&up.token, &r2, &other_day, "Soup").await;
     up.set_replication("ok").await;
     let agreed = eventually("both regions to agree on the twice-made special", CONVERGE_TIMEOUT, || async {
         let (a, b) = (special(&r1, &other_day).await?, special(&r2, &other_day).await?);
@@ -371,7 +372,7 @@ async fn concurrent_writes_resolve_by_last_writer_wins_with_the_loser_logged(sto
     }
 
     // An update made after seeing the winner overwrites it without a conflict.
-    let update = set_special(&r1, &day, "Pea and mint soup").await;
+    let update = set_special(&up.token, &r1, &day, "Pea and mint soup").await;
     eventually("both regions to show the update", CONVERGE_TIMEOUT, || async {
         let (a, b) = (special(&r1, &day).await?, special(&r2, &day).await?);
         (a["id"] == update["id"] && b["id"] == update["id"]).then_some(())
