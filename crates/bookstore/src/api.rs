@@ -399,9 +399,10 @@ pub async fn create_account(shop: &Shop, email: &str, password: &str) -> Result<
     Ok((user_id, submitted))
 }
 
-/// The hashing queue is full: answered at once, retry shortly.
+/// The hashing queue is full: answered at once, 429 with `Retry-After` (not a 5xx, which would
+/// make the gateway eject a node that is only busy hashing).
 pub(crate) fn hashing_busy(error: auth::HashingBusy) -> ApiError {
-    ApiError::Unavailable(error.to_string())
+    ApiError::TooManyRequests { retry_after_seconds: 1, message: error.to_string() }
 }
 
 /// Sign-up says when an email already has an account (409): the accepted risk of account

@@ -137,7 +137,7 @@ pub fn password_matches(password: &str, hash: &str) -> bool {
 /// Password hashing runs here, off the request threads, at most `HASHING_AT_ONCE` at once:
 /// argon2 is deliberately slow, and on the async workers it would starve the node's health
 /// checks. At most `HASHING_WAITING_MAX` more wait, each at most `HASHING_WAIT_MS`; past either,
-/// the request is answered at once (503, retry shortly) instead of queueing behind them.
+/// the request is answered at once (429, retry in a second) instead of queueing behind them.
 const HASHING_AT_ONCE: usize = 2;
 pub const HASHING_WAITING_MAX: usize = 8;
 pub const HASHING_WAIT_MS: u64 = 2000;

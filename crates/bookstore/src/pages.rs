@@ -637,6 +637,10 @@ enum PageError {
     },
     /// The store cannot be read and nothing else holds what was asked for.
     Unavailable,
+    /// A limit for this visitor (sign-in lock-out, the password hashing queue full).
+    TooMany {
+        retry_after_seconds: u64,
+    },
     Internal,
 }
 
@@ -651,6 +655,7 @@ impl PageError {
             ApiError::Invalid { message, .. } | ApiError::BadRequest { message, .. } => {
                 PageError::BadRequest(first_upper(&message))
             }
+            ApiError::TooManyRequests { retry_after_seconds, .. } => PageError::TooMany { retry_after_seconds },
             other => {
                 tracing::error!(error = %other, request_id, "bookstore page failed");
                 PageError::Internal
@@ -759,6 +764,22 @@ fn error_page(visit: &Visit, error: PageError) -> Response {
                 .to_string(),
             request_id,
         ),
+        PageError::TooMany { retry_after_seconds } => {
+            let page = ErrorPage {
+                layout: Layout::new(visit, Nav::None, None),
+                status: 429,
+                title: "Please wait",
+                heading: "One moment, please",
+                message: format!(
+                    "We are taking a lot of sign-ins right now, or this account had too many failed ones. Please try \
+                     again in {retry_after_seconds} seconds."
+                ),
+                request_id: None,
+            };
+            let mut response = render(visit, StatusCode::TOO_MANY_REQUESTS, &page);
+            response.headers_mut().insert(header::RETRY_AFTER, retry_after_seconds.into());
+            return response;
+        }
         PageError::Internal => (
             StatusCode::INTERNAL_SERVER_ERROR,
             "Something went wrong",

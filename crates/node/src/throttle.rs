@@ -1,7 +1,8 @@
 //! Sign-in throttling (ASVS 2.2.1): failed sign-ins are counted per account and per client
 //! address; past a free allowance each further failure doubles a lock-out (from one second up to
 //! `LOCKOUT_MS_MAX`), during which sign-ins for that account, or from that address, are answered
-//! 429 without checking the password. A success clears the account's count. Every sign-in form
+//! 429 without checking the password; trying during a lock-out starts it again, so guessing at
+//! full speed never gets a turn. A success clears the account's count. Every sign-in form
 //! and endpoint (the shoppers' API and pages, the admin's) goes through one `SignInThrottle`.
 //!
 //! Counts live in the node's memory: with several nodes behind the gateway an attacker gets each
@@ -30,6 +31,8 @@ struct Failures {
     count: u32,
     last: Instant,
     locked_until: Option<Instant>,
+    /// The current lock-out's length (restarted by an attempt during it).
+    lockout: Duration,
 }
 
 /// Why a sign-in is not even tried.
@@ -58,10 +61,11 @@ impl SignInThrottle {
     /// `Err` while the account or the address is locked out.
     pub fn check(&self, account: &str, address: Option<IpAddr>) -> Result<(), LockedOut> {
         let now = Instant::now();
-        let mut wait = locked_for(&self.accounts.lock().unwrap_or_else(|poisoned| poisoned.into_inner()), account, now);
+        let mut wait =
+            locked_for(&mut self.accounts.lock().unwrap_or_else(|poisoned| poisoned.into_inner()), account, now);
         if let Some(address) = address {
-            let addresses = self.addresses.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            wait = wait.max(locked_for(&addresses, &address, now));
+            let mut addresses = self.addresses.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            wait = wait.max(locked_for(&mut addresses, &address, now));
         }
         match wait {
             Some(wait) => Err(LockedOut { retry_after_seconds: wait.as_secs().max(1) }),
@@ -108,13 +112,16 @@ impl SignInThrottle {
     }
 }
 
+/// How long `key` is locked out for; an attempt during a lock-out starts it again.
 fn locked_for<K: std::hash::Hash + Eq + ?Sized, Q: std::borrow::Borrow<K> + std::hash::Hash + Eq>(
-    map: &HashMap<Q, Failures>,
+    map: &mut HashMap<Q, Failures>,
     key: &K,
     now: Instant,
 ) -> Option<Duration> {
-    let failures = map.get(key)?;
-    failures.locked_until.filter(|until| *until > now).map(|until| until - now)
+    let failures = map.get_mut(key)?;
+    failures.locked_until.filter(|until| *until > now)?;
+    failures.locked_until = Some(now + failures.lockout);
+    Some(failures.lockout)
 }
 
 fn record_failure<K: std::hash::Hash + Eq + Clone>(map: &mut HashMap<K, Failures>, key: K, free: u32, now: Instant) {
@@ -128,16 +135,18 @@ fn record_failure<K: std::hash::Hash + Eq + Clone>(map: &mut HashMap<K, Failures
             map.retain(|_, failures| failures.last > cutoff);
         }
     }
-    let failures = map.entry(key).or_insert(Failures { count: 0, last: now, locked_until: None });
+    let fresh = Failures { count: 0, last: now, locked_until: None, lockout: Duration::ZERO };
+    let failures = map.entry(key).or_insert(fresh);
     if now.duration_since(failures.last) >= FORGET_AFTER {
-        *failures = Failures { count: 0, last: now, locked_until: None };
+        *failures = fresh;
     }
     failures.count = failures.count.saturating_add(1);
     failures.last = now;
     if failures.count > free {
         let doublings = (failures.count - free - 1).min(20);
         let lockout_ms = LOCKOUT_MS_FIRST.saturating_mul(1 << doublings).min(LOCKOUT_MS_MAX);
-        failures.locked_until = Some(now + Duration::from_millis(lockout_ms));
+        failures.lockout = Duration::from_millis(lockout_ms);
+        failures.locked_until = Some(now + failures.lockout);
     }
     assert!(map.len() <= ENTRIES_MAX, "the throttle's map is bounded");
 }
@@ -157,6 +166,7 @@ mod tests {
         assert!(throttle.check("ann", Some(address)).is_ok(), "the free failures do not lock");
         throttle.failed("ann", Some(address));
         assert!(throttle.check("ann", Some(address)).is_err(), "the next one does");
+        assert_eq!(throttle.check("ann", None), Err(LockedOut { retry_after_seconds: 1 }), "trying again restarts it");
         assert!(throttle.check("bob", Some(address)).is_ok(), "another account from the same address is not");
         throttle.succeeded("ann");
         assert!(throttle.check("ann", None).is_ok());

@@ -125,7 +125,8 @@ async fn a_frozen_region_loses_no_request() {
         task.await.unwrap();
     }
     // Read while r1 is still frozen (thawed, its checks pass again within 200 ms).
-    let metrics = client().get(format!("{base}/metrics")).bearer_auth(&up.token).send().await.unwrap().text().await.unwrap();
+    let metrics =
+        client().get(format!("{base}/metrics")).bearer_auth(&up.token).send().await.unwrap().text().await.unwrap();
     signal_region(&up, 0, Signal::SIGCONT);
 
     let log = log.lock().unwrap().clone();
@@ -221,7 +222,8 @@ async fn a_node_killed_mid_request_is_retried_elsewhere() {
         assert!(ok, "request {i} answered {status} by {node}");
         *served_by.entry(node).or_insert(0) += 1;
     }
-    let metrics = client().get(format!("{base}/metrics")).bearer_auth(&up.token).send().await.unwrap().text().await.unwrap();
+    let metrics =
+        client().get(format!("{base}/metrics")).bearer_auth(&up.token).send().await.unwrap().text().await.unwrap();
     let retried: f64 = metrics
         .lines()
         .filter(|line| line.starts_with("rananeeti_gateway_retries_total"))
@@ -405,7 +407,8 @@ async fn limits_refuse_abuse_and_spare_other_clients() {
     let closed_after = slowloris.await.unwrap();
     println!("slowloris connection closed after {closed_after:?}");
     assert_eq!(bystander.get(format!("{base}/healthz")).send().await.unwrap().status(), 200);
-    let metrics = bystander.get(format!("{base}/metrics")).bearer_auth(&up.token).send().await.unwrap().text().await.unwrap();
+    let metrics =
+        bystander.get(format!("{base}/metrics")).bearer_auth(&up.token).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("rananeeti_gateway_refused_total{reason=\"rate_limited\"}"), "{metrics}");
     assert!(metrics.contains("rananeeti_gateway_refused_total{reason=\"body_too_large\"}"), "{metrics}");
     let _ = kill(Pid::from_raw(gateway.id() as i32), Signal::SIGTERM);

@@ -22,5 +22,6 @@ mod queue_delivery;
 mod regions;
 mod seats;
 mod secrets;
+mod security;
 mod support;
 mod up;

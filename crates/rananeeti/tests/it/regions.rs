@@ -42,9 +42,19 @@ impl Drop for Up {
 }
 
 pub(crate) async fn start_up(regions: u32, nodes: u32, store: &str) -> Up {
+    start_up_with_config(regions, nodes, store, None).await
+}
+
+/// `start_up` with a configuration file of this TOML for every node.
+pub(crate) async fn start_up_with_config(regions: u32, nodes: u32, store: &str, config: Option<&str>) -> Up {
     sqlx::any::install_default_drivers();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
+    let config_file = config.map(|config| {
+        let path = dir.path().join("rananeeti.toml");
+        std::fs::write(&path, config).unwrap();
+        path
+    });
     let expected_nodes = (regions * nodes) as usize;
     // The nodes take the deployment's port and the ones after it; another test may take one of
     // those meanwhile, which `up` refuses clearly. Then try other ports.
@@ -55,8 +65,14 @@ pub(crate) async fn start_up(regions: u32, nodes: u32, store: &str) -> Up {
         }
         let log_path = dir.path().join("up.log");
         let log = std::fs::File::create(&log_path).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_rananeeti"))
-            .args(["up", "--store", store, "--regions"])
+        let mut command = Command::new(env!("CARGO_BIN_EXE_rananeeti"));
+        if let Some(config) = &config_file {
+            command.arg("up").arg("--config").arg(config);
+        } else {
+            command.arg("up");
+        }
+        let mut child = command
+            .args(["--store", store, "--regions"])
             .arg(regions.to_string())
             .arg("--nodes-per-region")
             .arg(nodes.to_string())

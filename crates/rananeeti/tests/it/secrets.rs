@@ -130,8 +130,15 @@ async fn no_secret_in_logs_topology_command_lines_or_environments_of_up() {
     assert_eq!(signin.status(), 200);
     let r2 = &topology.regions[1].nodes[0].url;
     eventually("the booking replicated to r2", START_TIMEOUT, || async {
-        let list: serde_json::Value =
-            client.get(format!("{r2}/api/cafe/reservations?limit=5")).bearer_auth(admin_token).send().await.ok()?.json().await.ok()?;
+        let list: serde_json::Value = client
+            .get(format!("{r2}/api/cafe/reservations?limit=5"))
+            .bearer_auth(admin_token)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
         (!list["items"].as_array()?.is_empty()).then_some(())
     })
     .await;
