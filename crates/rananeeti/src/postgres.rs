@@ -371,7 +371,9 @@ impl PgCluster {
             .map(|extension| format!("CREATE EXTENSION IF NOT EXISTS {extension} SCHEMA {ROLE};\n"))
             .collect();
         let script = format!(
-            "SELECT 'CREATE ROLE {ROLE}' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{ROLE}')\\gexec\n\
+            // A standby (in recovery) has it all from its primary, and can write nothing.
+            "SELECT pg_is_in_recovery() AS recovering \\gset\n\\if :recovering\n\\quit\n\\endif\n\
+             SELECT 'CREATE ROLE {ROLE}' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{ROLE}')\\gexec\n\
              ALTER ROLE {ROLE} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS \
              PASSWORD '{verifier}';\n\
              SELECT 'CREATE DATABASE {DATABASE}' WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '{DATABASE}')\\gexec\n\
@@ -386,6 +388,43 @@ impl PgCluster {
         self.psql_script(&script)?;
         tracing::info!(port = self.port, role = ROLE, "PostgreSQL roles and schema set up");
         Ok(())
+    }
+
+    /// Another database for the apps' role, set up like `rananeeti` (its own schema, the
+    /// extensions), e.g. for a benchmark that compares two stores on one server. Its URL, without
+    /// the password.
+    pub fn add_database(&self, name: &str) -> anyhow::Result<String> {
+        anyhow::ensure!(
+            !name.is_empty()
+                && name.bytes().all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'_'),
+            "a database name of lowercase letters, digits and _: {name}"
+        );
+        let extensions: String = EXTENSIONS
+            .iter()
+            .map(|extension| format!("CREATE EXTENSION IF NOT EXISTS {extension} SCHEMA {ROLE};\n"))
+            .collect();
+        self.psql_script(&format!(
+            "SELECT 'CREATE DATABASE {name}' WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '{name}')\\gexec\n\
+             REVOKE ALL ON DATABASE {name} FROM PUBLIC;\n\
+             GRANT CONNECT, TEMPORARY ON DATABASE {name} TO {ROLE};\n\
+             \\connect {name}\n\
+             REVOKE ALL ON SCHEMA public FROM PUBLIC;\n\
+             CREATE SCHEMA IF NOT EXISTS {ROLE} AUTHORIZATION {ROLE};\n\
+             {extensions}"
+        ))?;
+        Ok(format!("postgres://{ROLE}@127.0.0.1:{}/{name}", self.port))
+    }
+
+    /// The superuser's password (for a tool that must act as it, such as `pg_basebackup`). A
+    /// secret: never log it.
+    pub fn superuser_password(&self) -> anyhow::Result<String> {
+        read_passfile_password(&self.superuser_passfile())
+            .with_context(|| format!("reading {}", self.superuser_passfile().display()))
+    }
+
+    /// The superuser's name.
+    pub fn superuser(&self) -> &'static str {
+        SUPERUSER
     }
 
     /// Runs a psql script (on standard input, so nothing of it is on a command line) as the

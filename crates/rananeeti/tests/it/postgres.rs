@@ -41,6 +41,15 @@ fn committed_row_survives_an_immediate_stop_and_restart_of_a_local_cluster() {
         connection.close().await.unwrap();
     });
 
+    // Another database for the apps' role (the benchmark's): its own schema, the same password.
+    let second = cluster.add_database("second").unwrap();
+    runtime.block_on(async {
+        let url = rananeeti::postgres::connect_url(&second, Some(&cluster.password_file())).unwrap();
+        let mut connection = PgConnection::connect(&url).await.unwrap();
+        sqlx::query("CREATE TABLE kept_apart (id BIGINT)").execute(&mut connection).await.unwrap();
+        connection.close().await.unwrap();
+    });
+
     // Initialising again finds the existing cluster and keeps its data.
     drop(cluster);
     let port = free_loopback_port().unwrap();
