@@ -2684,11 +2684,12 @@ impl Pages {
         editing: Option<String>,
         form: Result<Form<BookForm>, FormRejection>,
     ) -> Result<Response, PageError> {
-        let form = read_form(visit, form)?;
-        visit.check_csrf(&form.csrf)?;
+        // Who is calling, before anything of the form is looked at.
         if let Some(refused) = refuse_non_admin(visit) {
             return Ok(refused);
         }
+        let form = read_form(visit, form)?;
+        visit.check_csrf(&form.csrf)?;
         let action = match &editing {
             Some(id) => format!("{ADMIN_PATH}/books/{id}/edit"),
             None => format!("{ADMIN_PATH}/books/new"),
@@ -2759,11 +2760,12 @@ async fn admin_delete_book(
     form: Result<Form<CsrfForm>, FormRejection>,
 ) -> Response {
     let result = async {
-        let form = read_form(&visit, form)?;
-        visit.check_csrf(&form.csrf)?;
+        // Who is calling, before anything of the form is looked at.
         if let Some(refused) = refuse_non_admin(&visit) {
             return Ok(refused);
         }
+        let form = read_form(&visit, form)?;
+        visit.check_csrf(&form.csrf)?;
         let pool = api::reader(&pages.shop).await.map_err(|error| PageError::from_api(error, &visit.request_id))?;
         let exists = api::get_book(&pool, &id).await.map_err(|error| {
             pages.shop.platform.read_failed(&error);
@@ -2832,11 +2834,12 @@ async fn admin_create_post(
     form: Result<Form<PostForm>, FormRejection>,
 ) -> Response {
     let result = async {
-        let form = read_form(&visit, form)?;
-        visit.check_csrf(&form.csrf)?;
+        // Who is calling, before anything of the form is looked at.
         if let Some(refused) = refuse_non_admin(&visit) {
             return Ok(refused);
         }
+        let form = read_form(&visit, form)?;
+        visit.check_csrf(&form.csrf)?;
         let shown_back = |field: &str, message: String| AdminPostPage {
             layout: Layout::new(&visit, Nav::Admin, None),
             form: form.clone(),
