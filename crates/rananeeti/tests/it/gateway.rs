@@ -320,13 +320,18 @@ async fn limits_refuse_abuse_and_spare_other_clients() {
     let dir = tempfile::tempdir().unwrap();
     let port = rananeeti::postgres::free_loopback_port().unwrap();
     let config = dir.path().join("gateway.toml");
+    // Its metrics are the admin's.
+    let token_file = dir.path().join("admin-token");
+    std::fs::write(&token_file, &up.token).unwrap();
     std::fs::write(
         &config,
         format!(
-            "listen = \"127.0.0.1:{port}\"\n\
+            "listen = \"127.0.0.1:{port}\"\nadmin_token_file = \"{}\"\n\
              [[regions]]\nname = \"r1\"\n[[regions.nodes]]\nname = \"{}\"\nurl = \"{}\"\n\
              [limits]\nbody_bytes_max = 1024\nrate_per_ip_per_sec = 20\nrate_burst_per_ip = 20\nheader_read_timeout_ms = 500\n",
-            node.name, node.url
+            token_file.display(),
+            node.name,
+            node.url
         ),
     )
     .unwrap();

@@ -171,6 +171,8 @@ pub struct Node {
     data_dir: PathBuf,
     store_url: String,
     store_password_file: Option<PathBuf>,
+    /// `--demo`: the demo switches (`X-Rananeeti-Fault`) are honoured.
+    demo: bool,
     token_file: PathBuf,
     addr_file: PathBuf,
     log_file: PathBuf,
@@ -186,6 +188,11 @@ impl Node {
     /// Spawns a node with its files under `dir` over the store at `store_url` (its password in
     /// `store_password_file`), with the demo switches on, and waits until it answers `/healthz`.
     pub async fn start(dir: &Path, store_url: &str, store_password_file: Option<&Path>) -> Node {
+        Node::start_with(dir, store_url, store_password_file, true).await
+    }
+
+    /// `start`, with the demo switches on or off (`rananeeti node`'s default: off).
+    pub async fn start_with(dir: &Path, store_url: &str, store_password_file: Option<&Path>, demo: bool) -> Node {
         let admin_token = format!("test-admin-{}", std::process::id());
         let token_file = dir.join("admin-token");
         std::fs::write(&token_file, format!("{admin_token}\n")).unwrap();
@@ -199,6 +206,7 @@ impl Node {
             data_dir: dir.join("node"),
             store_url: store_url.to_string(),
             store_password_file: store_password_file.map(Path::to_path_buf),
+            demo,
             token_file,
             addr_file: dir.join("node.addr"),
             log_file: dir.join("node.log"),
@@ -226,9 +234,11 @@ impl Node {
         } else {
             command.arg("node");
         }
-        let child = command
+        if self.demo {
             // The tests use the demo's per-request fault (X-Rananeeti-Fault).
-            .arg("--demo")
+            command.arg("--demo");
+        }
+        let child = command
             .arg("--listen")
             .arg("127.0.0.1:0")
             .arg("--data-dir")

@@ -104,6 +104,16 @@ async fn a_booking_form_posted_from_another_site_is_refused() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_demo_failure_switches_are_ignored_with_demo_off() {
+    // `rananeeti node` on its own (a production node): the header changes nothing.
+    let dir = tempfile::tempdir().unwrap();
+    let store = crate::support::TestStore::create(crate::support::StoreKind::Sqlite, dir.path());
+    let node = crate::support::Node::start_with(dir.path(), &store.url, None, false).await;
+    let answer = node.reserve_with_simulated_failure(&reservation("production", 1)).await.unwrap();
+    assert_eq!((answer.status, answer.body["status"].as_str()), (201, Some("committed")), "{}", answer.body);
+    assert_eq!(node.queue_depth().await, 0, "nothing was pushed into a production node's queue");
+    drop(node);
+
+    // `up` with a production configuration (`node.demo = false`): neither the header nor the box.
     let up = start_up_with_config(1, 1, "sqlite", Some("[node]\ndemo = false\n")).await;
     let base = up.topology.gateway_url.clone().unwrap();
     // The header that made one request see a failed database (and pushed writes into the queue).
