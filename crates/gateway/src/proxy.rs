@@ -97,6 +97,7 @@ pub struct Gateway {
 }
 
 /// Why an attempt did not produce a response to pass on.
+#[derive(Debug)]
 enum AttemptFailure {
     /// The request never reached the node: always safe to retry.
     Connect(String),
@@ -384,6 +385,12 @@ impl Gateway {
     ) -> Result<Response<Incoming>, AttemptFailure> {
         let mut down = node.down_watch();
         down.borrow_and_update();
+        // Down between its pick and this subscription: the watch's bump was before it and will
+        // not wake this attempt, which would wait out its whole timeout on a frozen node. Not
+        // sent, so another node takes it whatever its method.
+        if !node.healthy() {
+            return Err(AttemptFailure::Connect("the node went down before the request was sent".to_string()));
+        }
         node.in_flight.fetch_add(1, Ordering::AcqRel);
         let started = Instant::now();
         let timeout = Duration::from_millis(self.config.upstream.attempt_timeout_ms);
@@ -531,6 +538,29 @@ mod tests {
         assert_eq!(out["x-kept"], "1");
         assert_eq!(out["x-forwarded-for"], "127.0.0.9");
         assert_eq!(out["x-request-id"], "abc");
+    }
+
+    /// Regression: a node marked down after it was picked but before the attempt subscribed to
+    /// its down watch was sent the request anyway, and the attempt waited its whole timeout on
+    /// the frozen node (a 5 s request in a region-freeze test) instead of moving on.
+    #[tokio::test]
+    async fn a_node_down_before_the_attempt_subscribes_is_not_sent_the_request() {
+        // A node that accepts connections and never answers: a frozen process.
+        let frozen = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", frozen.local_addr().unwrap());
+        let config = GatewayConfig {
+            regions: vec![crate::config::RegionConfig {
+                name: "r1".into(),
+                nodes: vec![crate::config::NodeConfig { name: "n1".into(), url: url.clone() }],
+            }],
+            ..GatewayConfig::default()
+        };
+        let gateway = Gateway::new(config, None);
+        let node = gateway.backends.find("n1").expect("the node");
+        node.set_health_for_test(false, &gateway.metrics);
+        let request = Request::builder().uri(format!("{url}/x")).body(Full::new(Bytes::new())).unwrap();
+        let result = gateway.attempt(&node, request, true).await;
+        assert!(matches!(result, Err(AttemptFailure::Connect(_))), "not sent: {:?}", result.as_ref().err());
     }
 
     #[test]

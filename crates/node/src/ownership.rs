@@ -77,14 +77,18 @@ impl OwnershipService {
     pub fn start(self: &Arc<Self>) {
         self.platform.set_forwarder(Arc::new(HttpForwarder { service: Arc::clone(self) }));
         let service = Arc::clone(self);
-        tokio::spawn(async move {
-            let period = Duration::from_millis(service.config.renew_ms.max(10));
-            loop {
-                service.exchange_round().await;
-                if let Err(reason) = service.maybe_fail_over().await {
-                    tracing::warn!(reason, "automatic failover not done");
+        let tasks = Arc::clone(self.platform.tasks());
+        tasks.supervise("ownership exchange", move || {
+            let service = Arc::clone(&service);
+            async move {
+                let period = Duration::from_millis(service.config.renew_ms.max(10));
+                loop {
+                    service.exchange_round().await;
+                    if let Err(reason) = service.maybe_fail_over().await {
+                        tracing::warn!(reason, "automatic failover not done");
+                    }
+                    tokio::time::sleep(period).await;
                 }
-                tokio::time::sleep(period).await;
             }
         });
     }
@@ -105,9 +109,7 @@ impl OwnershipService {
     /// Sends this node's table to every peer region and the witness, takes theirs, and renews
     /// the lease with each that answered.
     pub async fn exchange_round(&self) -> Vec<String> {
-        if self.platform.faults().partitioned() {
-            return Vec::new();
-        }
+        let faults = self.platform.faults();
         if let Err(error) = self.platform.sync_owners().await {
             tracing::debug!(%error, "ownership table not read from the store; exchanging the view");
         }
@@ -116,14 +118,19 @@ impl OwnershipService {
         if let Some(witness) = &self.config.witness_url {
             targets.push((WITNESS_VOTER.to_string(), vec![witness.clone()]));
         }
+        targets.retain(|(voter, _)| !faults.cut_from(voter));
         let exchanges = targets.into_iter().map(|(voter, urls)| async move {
             let sent_at = Instant::now();
             for url in &urls {
                 if let Ok(answer) = self.exchange_with(url).await {
+                    // No lease from an answer whose epochs this node could not store: it would
+                    // not know what it was granted under.
                     if let Err(error) = self.platform.learn_owners(&answer.rows).await {
-                        tracing::warn!(%error, "could not store a newer ownership table");
+                        tracing::warn!(%error, voter = answer.voter, "could not store a newer ownership table; no renewal");
+                        continue;
                     }
-                    self.platform.ownership().renewed_by(&answer.voter, sent_at);
+                    let own = self.platform.region().to_string();
+                    self.platform.ownership().renewed_by(&answer.voter, sent_at, &answer.rows, &own);
                     self.mark_heard(&answer.voter);
                     self.reports
                         .lock()
@@ -235,7 +242,7 @@ impl Forwarder for HttpForwarder {
     fn forward<'a>(&'a self, region: &'a str, command: &'a Command) -> BoxFuture<'a, Result<Forwarded, ForwardError>> {
         Box::pin(async move {
             let service = &self.service;
-            if service.platform.faults().partitioned() {
+            if service.platform.faults().cut_from(region) {
                 return Err(ForwardError::Unreachable(
                     "this node is cut off from the other regions (injected partition)".to_string(),
                 ));
@@ -306,7 +313,7 @@ async fn take_forwarded(
     State(service): State<Arc<OwnershipService>>,
     ApiJson(command): ApiJson<Command>,
 ) -> Result<Json<Forwarded>, ApiError> {
-    if service.platform.faults().partitioned() {
+    if service.platform.faults().cut_from(&command.origin_region) {
         return Err(ApiError::Unavailable("cut off from the other regions (injected partition)".into()));
     }
     match service.platform.submit_forwarded(command).await {
@@ -324,7 +331,7 @@ async fn exchange(
     State(service): State<Arc<OwnershipService>>,
     ApiJson(theirs): ApiJson<Exchange>,
 ) -> Result<Json<Exchange>, ApiError> {
-    if service.platform.faults().partitioned() {
+    if service.platform.faults().cut_from(&theirs.voter) {
         return Err(ApiError::Unavailable("cut off from the other regions (injected partition)".into()));
     }
     // Only a view this node could store counts as a vote: an answer must mean "I know this".

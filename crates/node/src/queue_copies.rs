@@ -142,15 +142,19 @@ pub fn start_adopter(platform: Arc<Platform>, config: QueueCopiesConfig, token: 
         .timeout(HOLDS_REQUEST_TIMEOUT)
         .build()
         .expect("an HTTP client without TLS builds");
-    tokio::spawn(async move {
-        let mut adopter = Adopter { unreachable_since: HashMap::new(), after: None };
-        loop {
-            tokio::time::sleep(Duration::from_millis(config.adopt_check_ms)).await;
-            if platform.copies_depth() == 0 {
-                adopter = Adopter { unreachable_since: HashMap::new(), after: None };
-                continue;
+    let tasks = Arc::clone(platform.tasks());
+    tasks.supervise("queue copy adopter", move || {
+        let (platform, client, token, config) = (Arc::clone(&platform), client.clone(), token.clone(), config.clone());
+        async move {
+            let mut adopter = Adopter { unreachable_since: HashMap::new(), after: None };
+            loop {
+                tokio::time::sleep(Duration::from_millis(config.adopt_check_ms)).await;
+                if platform.copies_depth() == 0 {
+                    adopter = Adopter { unreachable_since: HashMap::new(), after: None };
+                    continue;
+                }
+                adopter.round(&platform, &client, &token, &config).await;
             }
-            adopter.round(&platform, &client, &token, &config).await;
         }
     });
 }

@@ -98,6 +98,7 @@ pub fn build_router(
         .route("/metrics", get(metrics))
         .with_state(health)
         .merge(Router::new().route("/api/commands/{id}", get(command_status)).with_state(Arc::clone(&platform)))
+        .route("/api/platform/openapi.json", get(platform_openapi))
         .merge(admin::router(Arc::clone(&platform), config.admin_token.clone()));
     if let Some(cluster_token) = &config.cluster_token {
         // What nodes send each other wraps what clients sent (a command around a request's
@@ -164,6 +165,13 @@ pub fn internal_body_bytes_max(public_body_bytes_max: usize) -> usize {
     rananeeti_platform::queue_entry_bytes_max().max(public_body_bytes_max.saturating_mul(2)) + ENVELOPE_BYTES_MAX
 }
 
+/// The OpenAPI 3 document of what every node serves besides its apps (health, command status, admin).
+const PLATFORM_OPENAPI: &str = include_str!("openapi.json");
+
+async fn platform_openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], PLATFORM_OPENAPI).into_response()
+}
+
 async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "alive" }))
 }
@@ -180,11 +188,11 @@ async fn readyz(State(health): State<Arc<Health>>) -> Response {
         "queue_depth": platform.queue().depth(),
     });
     let unready = if health.shutting_down.load(Ordering::SeqCst) {
-        Some("shutting down")
+        Some("shutting down".to_string())
     } else if !platform.queue().writer_alive() {
-        Some("the fallback queue's writer has stopped; writes cannot be queued")
+        Some("the fallback queue's writer has stopped; writes cannot be queued".to_string())
     } else {
-        None
+        platform.tasks().failing().map(|task| format!("the background task \"{task}\" keeps failing (see the log)"))
     };
     if let Some(reason) = unready {
         let mut body = body;

@@ -81,7 +81,6 @@ impl Platform {
         // None: no store call was made this round, so the breaker learns nothing from it.
         let mut store_reached: Option<bool> = None;
         let mut examined = 0;
-        let mut bounded = false;
         let mut end_of_pass = false;
         'pages: loop {
             let page = match self.queue.peek(cursor.after, SCAN_PAGE_ENTRIES) {
@@ -97,7 +96,6 @@ impl Platform {
             }
             for entry in page {
                 if examined >= scan_max || done.len() >= batch_max {
-                    bounded = true;
                     break 'pages;
                 }
                 examined += 1;
@@ -128,9 +126,11 @@ impl Platform {
             Some(false) => self.store_failed(),
             None => {}
         }
-        let more = bounded || (end_of_pass && !done.is_empty());
+        // Straight on only while something moves: a round that only skipped held entries lets
+        // the next one wait `idle_ms` (the cursor keeps its place), so a long backlog held for
+        // an unreachable owner is walked without burning a core.
         if done.is_empty() {
-            return more;
+            return idle;
         }
         if let Err(error) = self.queue.remove(&done) {
             // Not removed: a later round applies them again as duplicates. Pause instead of

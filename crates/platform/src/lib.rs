@@ -20,12 +20,13 @@ pub mod requests;
 pub mod schema;
 pub mod sessions;
 pub mod store;
+pub mod tasks;
 pub mod write_gate;
 
 pub use breaker::{BreakerConfig, BreakerState};
 pub use command::{ApplyError, Command, CommandHandler, NewCommand, Registry, StatusAudience, WritePattern};
 pub use copies::{Adoption, CopyDurability, HeldCopy, QueueCopier};
-pub use faults::{DbFault, Faults};
+pub use faults::{DbFault, Faults, Partition};
 pub use hlc::{Hlc, HlcClock};
 pub use id::{CommandId, InvalidCommandId};
 pub use metrics::PlatformMetrics;

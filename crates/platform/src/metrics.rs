@@ -33,6 +33,7 @@ pub struct PlatformMetrics {
     pub queue_fsyncs: Counter,
     pub pool_rebuilds: Counter,
     pub queue_copy_failures: Counter,
+    pub task_restarts: Family<crate::tasks::TaskLabels, Counter>,
 }
 
 impl PlatformMetrics {
@@ -50,6 +51,7 @@ impl PlatformMetrics {
             queue_fsyncs: Counter::default(),
             pool_rebuilds: Counter::default(),
             queue_copy_failures: Counter::default(),
+            task_restarts: Family::default(),
         };
         let platform = registry.sub_registry_with_prefix("rananeeti");
         platform.register("submit_outcomes", "Submitted commands by outcome", metrics.submit_outcomes.clone());
@@ -82,6 +84,11 @@ impl PlatformMetrics {
             "forwards",
             "Owned writes sent to the region acting for their owner, by outcome",
             metrics.forwards.clone(),
+        );
+        platform.register(
+            "task_restarts",
+            "Background tasks (drainer, pullers, adopter, ownership) restarted after a panic",
+            metrics.task_restarts.clone(),
         );
         platform.register("store_pool_rebuilds", "Store pools rebuilt after an outage", metrics.pool_rebuilds.clone());
         metrics

@@ -241,6 +241,7 @@ pub struct Platform {
     pub(crate) copier: std::sync::OnceLock<(Arc<dyn QueueCopier>, CopyDurability)>,
     forwarder: std::sync::OnceLock<Arc<dyn Forwarder>>,
     pub(crate) ownership: Ownership,
+    tasks: Arc<crate::tasks::Tasks>,
     pub(crate) copies: std::sync::OnceLock<Queue>,
     /// Queue entries already reported as impossible to apply, so the log says it once.
     pub(crate) stuck_reported: std::sync::Mutex<std::collections::HashSet<u64>>,
@@ -265,7 +266,9 @@ impl Platform {
         registry.register(Arc::new(crate::sessions::RevokeSessionHandler));
         let breaker = CircuitBreaker::new(config.breaker);
         let ownership = Ownership::new(config.ownership.clone());
+        let tasks = crate::tasks::Tasks::new(metrics.task_restarts.clone());
         let platform = Arc::new(Platform {
+            tasks,
             config,
             store,
             queue,
@@ -284,7 +287,8 @@ impl Platform {
             ownership,
             copies: std::sync::OnceLock::new(),
         });
-        tokio::spawn(crate::drain::drain_loop(Arc::downgrade(&platform)));
+        let drained = Arc::downgrade(&platform);
+        platform.tasks.supervise("drain", move || crate::drain::drain_loop(drained.clone()));
         platform
     }
 
@@ -302,6 +306,11 @@ impl Platform {
 
     pub fn queue(&self) -> &Queue {
         &self.queue
+    }
+
+    /// The node's supervised background tasks.
+    pub fn tasks(&self) -> &Arc<crate::tasks::Tasks> {
+        &self.tasks
     }
 
     pub fn faults(&self) -> &Faults {

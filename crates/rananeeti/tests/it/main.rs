@@ -3,6 +3,7 @@
 mod postgres;
 
 mod admin;
+mod api_contract;
 mod backup;
 mod bookstore_api;
 mod bookstore_browser;
@@ -18,6 +19,7 @@ mod load_balancers;
 mod node_loss;
 mod outage;
 mod owners;
+mod queue_backup;
 mod queue_delivery;
 mod regions;
 mod seats;

@@ -23,13 +23,13 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A node of `up` stopped with its supervisor paused, so its queue on disk can be changed; both
 /// run again when this is dropped (also when the test fails).
-struct Surgery<'a> {
+pub(crate) struct Surgery<'a> {
     up: &'a Up,
     paused: Vec<u32>,
 }
 
 impl<'a> Surgery<'a> {
-    fn stop(up: &'a Up, region: usize) -> Surgery<'a> {
+    pub(crate) fn stop(up: &'a Up, region: usize) -> Surgery<'a> {
         let supervisor = up.child.id();
         kill(Pid::from_raw(supervisor as i32), Signal::SIGSTOP).unwrap();
         let node = up.topology.regions[region].nodes[0].pid.expect("the node runs");
@@ -44,14 +44,14 @@ impl<'a> Surgery<'a> {
     }
 
     /// Freezes `region`'s node as well (an owner that cannot answer).
-    fn freeze(&mut self, region: usize) {
+    pub(crate) fn freeze(&mut self, region: usize) {
         let pid = self.up.topology.regions[region].nodes[0].pid.expect("the node runs");
         kill(Pid::from_raw(pid as i32), Signal::SIGSTOP).unwrap();
         self.paused.push(pid);
     }
 
     /// Lets the supervisor restart the stopped node.
-    fn restart(&mut self) {
+    pub(crate) fn restart(&mut self) {
         let supervisor = self.up.child.id();
         kill(Pid::from_raw(supervisor as i32), Signal::SIGCONT).unwrap();
         self.paused.retain(|pid| *pid != supervisor);
@@ -66,7 +66,7 @@ impl Drop for Surgery<'_> {
     }
 }
 
-fn queue_dir(up: &Up, region: usize) -> PathBuf {
+pub(crate) fn queue_dir(up: &Up, region: usize) -> PathBuf {
     let data = PathBuf::from(&up.topology.regions[region].database.url.trim_start_matches("sqlite://"))
         .parent()
         .unwrap()
@@ -75,7 +75,7 @@ fn queue_dir(up: &Up, region: usize) -> PathBuf {
 }
 
 /// A command as an r2 node would have queued it.
-fn command(kind: &str, id: CommandId, payload: Value, hlc: u64) -> Command {
+pub(crate) fn command(kind: &str, id: CommandId, payload: Value, hlc: u64) -> Command {
     Command {
         kind: kind.to_string(),
         id,
@@ -87,7 +87,7 @@ fn command(kind: &str, id: CommandId, payload: Value, hlc: u64) -> Command {
     }
 }
 
-fn closure(day: &str, reason: &str) -> Value {
+pub(crate) fn closure(day: &str, reason: &str) -> Value {
     json!({ "day": day, "closed": true, "reason": reason, "replaces_hlc": 0 })
 }
 
@@ -103,7 +103,7 @@ async fn enqueue(dir: &PathBuf, commands: &[Command]) {
     }
 }
 
-async fn node_url_after_restart(up: &Up, region: usize) -> String {
+pub(crate) async fn node_url_after_restart(up: &Up, region: usize) -> String {
     let url = up.topology.regions[region].nodes[0].url.clone();
     eventually("the node to serve again", DRAIN_TIMEOUT, || async {
         let ready = reqwest::get(format!("{url}/readyz")).await.ok()?;
@@ -113,7 +113,7 @@ async fn node_url_after_restart(up: &Up, region: usize) -> String {
     url
 }
 
-async fn queue_of(url: &str, token: &str) -> Value {
+pub(crate) async fn queue_of(url: &str, token: &str) -> Value {
     let client = reqwest::Client::new();
     client.get(format!("{url}/admin/queue")).bearer_auth(token).send().await.unwrap().json().await.unwrap()
 }
