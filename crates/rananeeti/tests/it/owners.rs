@@ -288,7 +288,7 @@ async fn a_failover_pushed_late_to_the_witness_never_lets_two_regions_apply() {
             day += 1;
             let date = format!("{year}-{:02}-{:02}", 1 + (day / 28) % 12, 1 + day % 28);
             let sent = Instant::now();
-            let (status, body) = close_day(url, &date, &format!("fence {day}")).await;
+            let (status, body) = close_day(&up.token, url, &date, &format!("fence {day}")).await;
             let answered = Instant::now();
             assert!(status == 201 || status == 202, "{region}: {status} {body}");
             if status == 201 {
