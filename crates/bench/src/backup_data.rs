@@ -228,6 +228,7 @@ async fn database_bytes(connection: &mut SqliteConnection) -> anyhow::Result<u64
 async fn migrate(db_file: &Path) -> anyhow::Result<Vec<(String, i64)>> {
     let store = Store::open(
         StoreConfig {
+            password: None,
             writer_url: format!("sqlite://{}?mode=rwc", db_file.display()),
             reader_url: None,
             connections_max: 1,

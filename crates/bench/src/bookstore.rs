@@ -217,7 +217,7 @@ async fn run_catalogs(
     notes: &mut Vec<String>,
 ) -> anyhow::Result<StoreRun> {
     let name = kind.as_str();
-    let pool = baseline::pool(deployment.database_url())?;
+    let pool = baseline::pool(&deployment.database_connect_url()?)?;
     let clients = Clients::new(CONNECTIONS)?;
     generated_books::raise_stock(&pool).await?;
     let seed_ids = generated_books::book_ids(&pool).await?;

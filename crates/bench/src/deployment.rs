@@ -84,8 +84,9 @@ impl Deployment {
     }
 
     /// The region's database (one region).
-    pub fn database_url(&self) -> &str {
-        &self.topology.regions[0].database.url
+    /// The first region's database URL with its password (in this process only).
+    pub fn database_connect_url(&self) -> anyhow::Result<String> {
+        self.topology.regions[0].database.connect_url()
     }
 
     /// SIGINT, then waits for `up` to stop everything it started and exit 0.

@@ -44,20 +44,11 @@ pub struct NodeProcess {
 }
 
 impl NodeProcess {
-    /// Starts `binary node` with its files under `dir` and its store at `store_url`, and waits
-    /// until it answers /readyz.
-    /// `rust_log` replaces the node's default log filter (for experiments); `None` keeps it.
-    pub async fn start(
-        binary: &Path,
-        dir: &Path,
-        store_url: &str,
-        rust_log: Option<&str>,
-    ) -> anyhow::Result<NodeProcess> {
-        NodeProcess::start_with(binary, dir, store_url, rust_log, "127.0.0.1:0", &[]).await
-    }
-
-    /// As `start`, listening on `listen`, with `extra_args` after the benchmark's own flags
-    /// (e.g. `--region`, `--peer`: a region's peers must know its address before it starts).
+    /// Starts `binary node` with its files under `dir` and its store at `store_url`, listening on
+    /// `listen`, with `extra_args` after the benchmark's own flags (`--store-password-file`;
+    /// `--region`, `--peer`: a region's peers must know its address before it starts), and waits
+    /// until it answers /readyz. `rust_log` replaces the node's default log filter (for
+    /// experiments); `None` keeps it.
     pub async fn start_with(
         binary: &Path,
         dir: &Path,

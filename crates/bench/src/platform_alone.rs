@@ -22,6 +22,7 @@ const SEATS_PER_SLOT: i64 = crate::node::SEATS_PER_SLOT;
 pub fn store_config(url: &str) -> StoreConfig {
     let store = rananeeti::config::Config::default().store;
     StoreConfig {
+        password: None,
         writer_url: url.to_string(),
         reader_url: None,
         connections_max: store.connections_max,

@@ -194,10 +194,13 @@ async fn run_store(
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut clusters = Vec::new();
     let mut store_urls = Vec::new();
+    // Per region, for PostgreSQL: the URL a node gets (no password) and its password file.
+    let mut password_files: Vec<Option<(String, std::path::PathBuf)>> = Vec::new();
     for region in REGIONS {
         match kind {
             StoreKind::Sqlite => {
                 store_urls.push(format!("sqlite://{}?mode=rwc", dir.join(region).join("store.db").display()));
+                password_files.push(None);
             }
             StoreKind::Postgres => {
                 let cluster_dir = dir.join(region).join("pg");
@@ -209,13 +212,17 @@ async fn run_store(
                 })
                 .await?
                 .with_context(|| format!("starting PostgreSQL for region {region}"))?;
-                store_urls.push(cluster.url());
+                // With its password, in this process; the node reads it from the file.
+                store_urls.push(cluster.connect_url()?);
+                password_files.push(Some((cluster.url(), cluster.password_file())));
                 clusters.push(cluster);
             }
         }
     }
     let servers: Vec<u32> = clusters.iter().filter_map(PgCluster::pid).collect();
-    let result = run_regions(kind, plan, node_binary, dir, &store_urls, &servers, notes).await;
+    let stores: Vec<RegionStore> =
+        store_urls.into_iter().zip(password_files).map(|(url, for_node)| RegionStore { url, for_node }).collect();
+    let result = run_regions(kind, plan, node_binary, dir, &stores, &servers, notes).await;
     if !clusters.is_empty() {
         // pg_ctl stop blocks; keep it off the runtime's workers.
         tokio::task::spawn_blocking(move || drop(clusters)).await?;
@@ -223,12 +230,19 @@ async fn run_store(
     result
 }
 
+/// A region's store: the URL this process connects with (its password in it, for PostgreSQL) and,
+/// for PostgreSQL, the URL its node gets and the password file it reads.
+struct RegionStore {
+    url: String,
+    for_node: Option<(String, std::path::PathBuf)>,
+}
+
 async fn run_regions(
     kind: StoreKind,
     plan: &ReplicationPlan,
     node_binary: &Path,
     dir: &Path,
-    store_urls: &[String],
+    stores: &[RegionStore],
     servers: &[u32],
     notes: &mut Vec<String>,
 ) -> anyhow::Result<StoreRun> {
@@ -255,10 +269,18 @@ async fn run_regions(
             "--queue-peer".to_string(),
             urls[other].clone(),
         ];
+        let mut extra_args = extra_args;
+        let node_url = match &stores[index].for_node {
+            Some((url, file)) => {
+                extra_args.extend(["--store-password-file".to_string(), file.display().to_string()]);
+                url.clone()
+            }
+            None => stores[index].url.clone(),
+        };
         let node = NodeProcess::start_with(
             node_binary,
             &dir.join(region).join("node"),
-            &store_urls[index],
+            &node_url,
             plan.node_rust_log.as_deref(),
             &format!("127.0.0.1:{}", ports[index]),
             &extra_args,
@@ -266,7 +288,7 @@ async fn run_regions(
         .await
         .with_context(|| format!("starting the node of region {region}"))?;
         progress(format!("{name}: region {region} node {} up at {}", node.pid(), node.base_url()));
-        let store_pool = baseline::pool(&store_urls[index])?;
+        let store_pool = baseline::pool(&stores[index].url)?;
         regions.push(Region { node, store_pool });
     }
     let regions: [Region; 2] = regions.try_into().map_err(|_| anyhow::anyhow!("two regions were started"))?;

@@ -46,7 +46,10 @@ pub struct Plan {
 
 /// Where the node, the baseline and the in-process platform keep their data for one store kind.
 struct StoreUnderTest {
+    /// Without a password: the node reads it from `password_file`.
     node_url: String,
+    password_file: Option<std::path::PathBuf>,
+    /// With its password (in this process only).
     baseline_url: String,
     /// A database of its own, so the node's rows can be counted after the drain.
     platform_alone_url: String,
@@ -59,6 +62,7 @@ async fn start_store(kind: StoreKind, dir: &Path) -> anyhow::Result<StoreUnderTe
     match kind {
         StoreKind::Sqlite => Ok(StoreUnderTest {
             node_url: format!("sqlite://{}?mode=rwc", dir.join("node.db").display()),
+            password_file: None,
             baseline_url: format!("sqlite://{}?mode=rwc", dir.join("baseline.db").display()),
             platform_alone_url: format!("sqlite://{}?mode=rwc", dir.join("platform-alone.db").display()),
             cluster: None,
@@ -71,18 +75,12 @@ async fn start_store(kind: StoreKind, dir: &Path) -> anyhow::Result<StoreUnderTe
             })
             .await??;
             // Same database, own table: the baseline pays for the same server and WAL.
-            let url = cluster.url();
-            let pool = baseline::pool(&url)?;
-            sqlx::query(&format!("CREATE DATABASE {PLATFORM_ALONE_DATABASE}"))
-                .execute(&pool)
-                .await
-                .context("creating the in-process platform's database")?;
-            pool.close().await;
-            let (server, _database) = url.rsplit_once('/').context("a PostgreSQL URL ends with its database")?;
+            let platform_alone = cluster.add_database(PLATFORM_ALONE_DATABASE)?;
             Ok(StoreUnderTest {
-                node_url: url.clone(),
-                baseline_url: url.clone(),
-                platform_alone_url: format!("{server}/{PLATFORM_ALONE_DATABASE}"),
+                node_url: cluster.url(),
+                password_file: Some(cluster.password_file()),
+                baseline_url: cluster.connect_url()?,
+                platform_alone_url: rananeeti::postgres::connect_url(&platform_alone, Some(&cluster.password_file()))?,
                 cluster: Some(cluster),
             })
         }
@@ -180,8 +178,19 @@ async fn run_with_store(
     notes: &mut Vec<String>,
 ) -> anyhow::Result<StoreResults> {
     let name = kind.as_str();
-    let node =
-        NodeProcess::start(node_binary, &dir.join("node"), &store.node_url, plan.node_rust_log.as_deref()).await?;
+    let password_args: Vec<String> = match &store.password_file {
+        Some(file) => vec!["--store-password-file".to_string(), file.display().to_string()],
+        None => Vec::new(),
+    };
+    let node = NodeProcess::start_with(
+        node_binary,
+        &dir.join("node"),
+        &store.node_url,
+        plan.node_rust_log.as_deref(),
+        "127.0.0.1:0",
+        &password_args,
+    )
+    .await?;
     progress(format!("{name}: node {} up at {}", node.pid(), node.reservations_url()));
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(CLIENT_IDLE_CONNECTIONS_MAX)
@@ -266,7 +275,7 @@ async fn run_with_store(
     }
     let drain_seconds = cleared.elapsed().as_secs_f64();
     let rows = {
-        let pool = baseline::pool(&store.node_url)?;
+        let pool = baseline::pool(&store.baseline_url)?;
         let rows = baseline::count_reservations(&pool).await?;
         pool.close().await;
         rows

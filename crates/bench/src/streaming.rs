@@ -48,28 +48,54 @@ impl StreamingPair {
     pub async fn start(dir: &Path) -> anyhow::Result<StreamingPair> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         // wal_level=replica and max_wal_senders=10 are PostgreSQL's defaults (since 10), and
-        // initdb's pg_hba.conf lets loopback replication connections in (trust, as PgCluster
-        // makes every cluster): the primary needs nothing beyond what PgCluster sets.
+        // initdb's pg_hba.conf lets loopback replication connections in with SCRAM, as PgCluster
+        // makes every cluster: the standby connects as the superuser with its password.
         let primary_dir = dir.join("primary");
         let primary = tokio::task::spawn_blocking(move || {
             PgCluster::init_and_start(&primary_dir, free_loopback_port().context("finding a free loopback port")?)
         })
         .await?
         .context("starting the streaming baseline's primary")?;
-        let primary_pool = baseline::pool(&primary.url())?;
+        let primary_pool = baseline::pool(&primary.connect_url()?)?;
         baseline::create_table(&primary_pool).await?;
 
         let standby_dir = dir.join("standby");
-        let (primary_port, primary_url) = (primary.port(), primary.url());
+        let primary_port = primary.port();
+        let (superuser, passfile, password_file) =
+            (primary.superuser(), primary.superuser_passfile(), primary.password_file());
+        let superuser_password = primary.superuser_password()?;
         let standby = tokio::task::spawn_blocking(move || {
-            base_backup(&primary_url, primary_port, &standby_dir)?;
+            base_backup(superuser, &passfile, primary_port, &standby_dir)?;
+            // The copy's roles are the primary's: so are their password files, beside it.
+            let beside = |suffix: &str| {
+                let mut name = standby_dir.as_os_str().to_os_string();
+                name.push(suffix);
+                PathBuf::from(name)
+            };
+            std::fs::copy(&password_file, beside(".password")).context("copying the password file")?;
+            std::fs::copy(&passfile, beside(".superuser.pgpass")).context("copying the superuser's PGPASSFILE")?;
+            // The standby's server runs as `postgres` when we are root and cannot read our
+            // PGPASSFILE: its connection to the primary carries the password in its own
+            // configuration (0600, in its data directory). A benchmark's baseline only.
+            let mut auto_conf = std::fs::OpenOptions::new()
+                .append(true)
+                .open(standby_dir.join("postgresql.auto.conf"))
+                .context("opening the standby's postgresql.auto.conf")?;
+            std::io::Write::write_all(
+                &mut auto_conf,
+                format!(
+                    "primary_conninfo = 'host=127.0.0.1 port={primary_port} user={superuser} password={superuser_password}'\n"
+                )
+                .as_bytes(),
+            )
+            .context("writing the standby's primary_conninfo")?;
             // The copy holds PG_VERSION, so PgCluster starts it as it is (no initdb), as the
             // postgres user when we are root; standby.signal, written by -R, makes it a standby.
             PgCluster::init_and_start(&standby_dir, free_loopback_port().context("finding a free loopback port")?)
         })
         .await?
         .context("starting the streaming baseline's standby")?;
-        let standby_pool = baseline::pool(&standby.url())?;
+        let standby_pool = baseline::pool(&standby.connect_url()?)?;
         let (in_recovery,): (bool,) = sqlx::query_as("SELECT pg_is_in_recovery()")
             .fetch_one(&standby_pool)
             .await
@@ -149,22 +175,18 @@ impl StreamingPair {
     }
 }
 
-/// `pg_basebackup -R -X stream` of the primary at 127.0.0.1:`port` into `target`: a copy that
-/// starts as a standby streaming from it.
-fn base_backup(primary_url: &str, port: u16, target: &Path) -> anyhow::Result<()> {
-    let user = primary_url
-        .split_once("://")
-        .and_then(|(_, rest)| rest.split_once('@'))
-        .map(|(user, _)| user.to_string())
-        .with_context(|| format!("no user in the primary's URL {primary_url}"))?;
+/// `pg_basebackup -R -X stream` of the primary at 127.0.0.1:`port` into `target`, as `user`
+/// with the password from `passfile`: a copy that starts as a standby streaming from it.
+fn base_backup(user: &str, passfile: &Path, port: u16, target: &Path) -> anyhow::Result<()> {
     let program = postgres_bin_dir()?.join("pg_basebackup");
     // A client, like psql: it runs as we do. When we are root the copy is ours; PgCluster hands
     // the data directory to the postgres user before starting it.
     let output = Command::new(&program)
         .env_clear()
         .env("PGCONNECT_TIMEOUT", "10")
+        .env("PGPASSFILE", passfile)
         .current_dir("/")
-        .args(["-h", "127.0.0.1", "-U", &user, "-X", "stream", "-R", "-c", "fast", "--no-password"])
+        .args(["-h", "127.0.0.1", "-U", user, "-X", "stream", "-R", "-c", "fast", "--no-password"])
         .arg("-p")
         .arg(port.to_string())
         .arg("-D")

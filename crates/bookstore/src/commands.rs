@@ -14,7 +14,7 @@
 use crate::catalog::search_text;
 use futures::future::BoxFuture;
 use rananeeti_platform::sqlx::{self, AnyConnection, Row};
-use rananeeti_platform::{ApplyError, Command, CommandHandler, WritePattern};
+use rananeeti_platform::{ApplyError, Command, CommandHandler, StatusAudience, WritePattern};
 
 pub const KIND_SIGNUP: &str = "bookstore.signup";
 pub const KIND_CART_SET: &str = "bookstore.cart_set";
@@ -81,7 +81,7 @@ fn decode_replicated<T: serde::de::DeserializeOwned>(command: &Command) -> Resul
 
 /// A handler from two functions: the apply (may reject) and the replicated apply.
 macro_rules! handler {
-    ($name:ident, $kind:expr, $pattern:expr, $home:expr, $apply:ident, $replicated:ident) => {
+    ($name:ident, $kind:expr, $pattern:expr, $home:expr, $audience:expr, $apply:ident, $replicated:ident) => {
         pub struct $name;
 
         impl CommandHandler for $name {
@@ -96,6 +96,19 @@ macro_rules! handler {
             fn home_region(&self, command: &Command) -> Option<String> {
                 let home: fn(&Command) -> Option<String> = $home;
                 home(command)
+            }
+
+            fn status_audience(&self, payload: &serde_json::Value) -> StatusAudience {
+                let audience: fn(&serde_json::Value) -> StatusAudience = $audience;
+                audience(payload)
+            }
+
+            fn redact(&self, payload: &mut serde_json::Value) {
+                // A password hash is in a sign-up's payload (the apply stores it), and in no
+                // answer to anyone.
+                if let Some(object) = payload.as_object_mut() {
+                    object.remove("password_hash");
+                }
             }
 
             fn apply<'a>(
@@ -125,12 +138,33 @@ fn no_home(_: &Command) -> Option<String> {
     None
 }
 
-handler!(SignupHandler, KIND_SIGNUP, WritePattern::Global, no_home, signup, signup_replicated);
-handler!(CartSetHandler, KIND_CART_SET, WritePattern::Home, payload_home, cart_set, cart_set_replicated);
-handler!(CheckoutHandler, KIND_CHECKOUT, WritePattern::Home, payload_home, checkout, checkout_replicated);
-handler!(BookPutHandler, KIND_BOOK_PUT, WritePattern::Global, no_home, book_put, book_put_replicated);
-handler!(BookDeleteHandler, KIND_BOOK_DELETE, WritePattern::Global, no_home, book_delete, book_delete_replicated);
-handler!(BlogPostHandler, KIND_BLOG_POST, WritePattern::Global, no_home, blog_post, blog_post_replicated);
+/// The user the payload names reads its status (their account, cart line, order).
+fn its_user(payload: &serde_json::Value) -> StatusAudience {
+    match payload.get("user_id").and_then(|user| user.as_str()) {
+        Some(user) => StatusAudience::User(user.to_string()),
+        None => StatusAudience::Admin,
+    }
+}
+
+/// The catalog and the blog are the admin's.
+fn admin_only(_: &serde_json::Value) -> StatusAudience {
+    StatusAudience::Admin
+}
+
+handler!(SignupHandler, KIND_SIGNUP, WritePattern::Global, no_home, its_user, signup, signup_replicated);
+handler!(CartSetHandler, KIND_CART_SET, WritePattern::Home, payload_home, its_user, cart_set, cart_set_replicated);
+handler!(CheckoutHandler, KIND_CHECKOUT, WritePattern::Home, payload_home, its_user, checkout, checkout_replicated);
+handler!(BookPutHandler, KIND_BOOK_PUT, WritePattern::Global, no_home, admin_only, book_put, book_put_replicated);
+handler!(
+    BookDeleteHandler,
+    KIND_BOOK_DELETE,
+    WritePattern::Global,
+    no_home,
+    admin_only,
+    book_delete,
+    book_delete_replicated
+);
+handler!(BlogPostHandler, KIND_BLOG_POST, WritePattern::Global, no_home, admin_only, blog_post, blog_post_replicated);
 
 async fn signup(command: &Command, connection: &mut AnyConnection) -> Result<(), ApplyError> {
     let payload: SignupPayload = decode(command)?;

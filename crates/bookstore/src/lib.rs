@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 pub struct BookstoreApp {
     pub key: auth::SessionKey,
-    pub admin_token: Arc<str>,
+    pub security: rananeeti_node::security::Security,
 }
 
 impl rananeeti_node::App for BookstoreApp {
@@ -45,8 +45,13 @@ impl rananeeti_node::App for BookstoreApp {
     }
 
     fn router(&self, platform: Arc<Platform>) -> Router {
-        let shop = api::Shop { platform, key: self.key.clone(), admin_token: Arc::clone(&self.admin_token) };
+        let shop = api::Shop { platform, key: self.key.clone(), security: self.security.clone() };
         api::router(shop.clone()).merge(pages::router(shop)).route("/bookstore/covers/{file}", get(cover))
+    }
+
+    fn authenticator(&self, platform: Arc<Platform>) -> Option<Arc<dyn rananeeti_node::caller::Authenticator>> {
+        let shop = api::Shop { platform, key: self.key.clone(), security: self.security.clone() };
+        Some(Arc::new(api::ShopperAuthenticator { shop }))
     }
 }
 

@@ -24,6 +24,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use hmac::{Hmac, Mac};
 use rananeeti_node::pages::{asset_response, assets_digest, page_headers, Asset};
+use rananeeti_node::session::Claims;
 use rananeeti_node::ApiError;
 use rananeeti_platform::hlc::wall_clock_ms;
 use rananeeti_platform::sqlx::{self, AnyPool};
@@ -76,11 +77,11 @@ const SESSION_COOKIE: &str = "bs_session";
 const HOME_COOKIE: &str = "rananeeti_home";
 const CSRF_COOKIE: &str = "bs_csrf";
 const FLASH_COOKIE: &str = "bs_flash";
-const ADMIN_COOKIE: &str = "bs_admin";
+/// The admin's page session (shared by every app's pages; never the admin token itself).
+const ADMIN_COOKIE: &str = rananeeti_node::security::ADMIN_COOKIE;
 const ADMIN_PATH: &str = "/bookstore/admin";
 const CSRF_COOKIE_MAX_AGE_SECONDS: u64 = 7 * 24 * 60 * 60;
 const FLASH_COOKIE_MAX_AGE_SECONDS: u64 = 60;
-const ADMIN_COOKIE_MAX_AGE_SECONDS: u64 = 8 * 60 * 60;
 /// Bytes of randomness in a visitor's CSRF cookie.
 const CSRF_COOKIE_BYTES: usize = 32;
 /// Queue entries looked through for a shopper's waiting cart commands (own queue and copies).
@@ -449,9 +450,7 @@ struct Pages {
 
 impl Pages {
     fn new(shop: Shop) -> Pages {
-        let mut mac = Hmac::<Sha256>::new_from_slice(shop.admin_token.as_bytes()).expect("HMAC takes any key length");
-        mac.update(b"rananeeti bookstore csrf key v1");
-        let csrf_key = Arc::new(mac.finalize().into_bytes().into());
+        let csrf_key = Arc::new(shop.security.derived_key(b"rananeeti bookstore csrf key v1"));
         Pages { shop, csrf_key }
     }
 }
@@ -460,7 +459,16 @@ pub struct Visit {
     session: Option<Session>,
     /// The session cookie as sent (also when it no longer verifies).
     session_cookie: Option<String>,
+    /// The shopper's session, when the cookie verified (to renew or end it).
+    session_claims: Option<Claims>,
+    /// A renewed session cookie to send back (the session was used a while after its last one).
+    renewed_session: Option<String>,
     admin: bool,
+    /// The admin's page session, when the admin cookie verified.
+    admin_claims: Option<Claims>,
+    renewed_admin: Option<String>,
+    /// The client's address (for the sign-in throttle).
+    address: Option<std::net::IpAddr>,
     csrf_cookie: String,
     csrf_cookie_is_new: bool,
     csrf_key: Arc<[u8; 32]>,
@@ -475,28 +483,41 @@ pub struct Visit {
 }
 
 const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
-const FORWARDED_PROTO_HEADER: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const FETCH_SITE_HEADER: HeaderName = HeaderName::from_static("sec-fetch-site");
 
 impl FromRequestParts<Pages> for Visit {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, pages: &Pages) -> Result<Visit, Self::Rejection> {
-        Ok(Visit::new(pages, &parts.headers, parts.uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/bookstore")))
+        let peer = rananeeti_node::security::peer_of(&parts.extensions);
+        let path = parts.uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/bookstore").to_string();
+        Ok(Visit::new(pages, &parts.headers, peer, &path).await)
     }
 }
 
 impl Visit {
-    fn new(pages: &Pages, headers: &HeaderMap, path: &str) -> Visit {
+    async fn new(pages: &Pages, headers: &HeaderMap, peer: Option<std::net::IpAddr>, path: &str) -> Visit {
         let cookies = cookies(headers);
         let session_cookie = cookie(&cookies, SESSION_COOKIE).filter(|value| cookie_safe(value)).map(str::to_string);
-        let session = session_cookie.as_deref().and_then(|token| pages.shop.key.verify(token));
-        let admin = cookie(&cookies, ADMIN_COOKIE).filter(|value| cookie_safe(value)).is_some_and(|value| {
-            bool::from(subtle::ConstantTimeEq::ct_eq(
-                value.as_bytes(),
-                hex::encode(pages.shop.admin_token.as_bytes()).as_bytes(),
-            ))
-        });
+        let checked = match session_cookie.as_deref() {
+            Some(token) => pages.shop.key.check(&pages.shop.platform, token).await,
+            None => None,
+        };
+        let renewed_session = checked
+            .as_ref()
+            .filter(|(_, claims)| claims.due_for_renewal())
+            .map(|(_, claims)| pages.shop.key.renew(claims));
+        let (session, session_claims) =
+            checked.map(|(session, claims)| (Some(session), Some(claims))).unwrap_or_default();
+        let admin_claims = match cookie(&cookies, ADMIN_COOKIE).filter(|value| cookie_safe(value)) {
+            Some(value) => pages.shop.security.admin_session(&pages.shop.platform, value).await,
+            None => None,
+        };
+        let renewed_admin = admin_claims
+            .as_ref()
+            .filter(|claims| claims.due_for_renewal())
+            .map(|claims| pages.shop.security.renew_admin_session(claims));
+        let admin = admin_claims.is_some();
         let existing_csrf = cookie(&cookies, CSRF_COOKIE)
             .filter(|value| value.len() == CSRF_COOKIE_BYTES * 2 && value.bytes().all(|byte| byte.is_ascii_hexdigit()));
         let (csrf_cookie, csrf_cookie_is_new) = match existing_csrf {
@@ -508,13 +529,18 @@ impl Visit {
         Visit {
             session,
             session_cookie,
+            session_claims,
+            renewed_session,
             admin,
+            admin_claims,
+            renewed_admin,
+            address: pages.shop.security.client_address(headers, peer),
             csrf_cookie,
             csrf_cookie_is_new,
             csrf_key: Arc::clone(&pages.csrf_key),
             flash: flash_value.and_then(Flash::from_code),
             flash_cookie_sent: flash_value.is_some(),
-            secure: header_text(&FORWARDED_PROTO_HEADER).eq_ignore_ascii_case("https"),
+            secure: pages.shop.security.is_https(headers, peer),
             cross_site: header_text(&FETCH_SITE_HEADER).eq_ignore_ascii_case("cross-site"),
             request_id: match header_text(&REQUEST_ID_HEADER) {
                 "" => "-".to_string(),
@@ -611,6 +637,10 @@ enum PageError {
     },
     /// The store cannot be read and nothing else holds what was asked for.
     Unavailable,
+    /// A limit for this visitor (sign-in lock-out, the password hashing queue full).
+    TooMany {
+        retry_after_seconds: u64,
+    },
     Internal,
 }
 
@@ -625,6 +655,7 @@ impl PageError {
             ApiError::Invalid { message, .. } | ApiError::BadRequest { message, .. } => {
                 PageError::BadRequest(first_upper(&message))
             }
+            ApiError::TooManyRequests { retry_after_seconds, .. } => PageError::TooMany { retry_after_seconds },
             other => {
                 tracing::error!(error = %other, request_id, "bookstore page failed");
                 PageError::Internal
@@ -650,6 +681,33 @@ fn finish(visit: &Visit, result: Result<Response, PageError>) -> Response {
         Ok(response) => response,
         Err(error) => error_page(visit, error),
     };
+    // A renewed session, unless the handler set or cleared the cookie itself (sign-in, sign-out).
+    let sets = |name: &str| {
+        response
+            .headers()
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .any(|value| value.to_str().is_ok_and(|value| value.starts_with(&format!("{name}="))))
+    };
+    let renewals = [
+        (SESSION_COOKIE, visit.renewed_session.as_deref(), "Lax", session_cookie_max_age()),
+        (ADMIN_COOKIE, visit.renewed_admin.as_deref(), "Strict", admin_cookie_max_age()),
+    ];
+    let renewals: Vec<_> = renewals.into_iter().filter(|(name, value, _, _)| value.is_some() && !sets(name)).collect();
+    for (name, value, same_site, max_age) in renewals {
+        let cookie = set_cookie(
+            CookieSpec {
+                name,
+                value: value.expect("filtered"),
+                path: "/",
+                max_age_seconds: Some(max_age),
+                http_only: true,
+                same_site,
+            },
+            visit.secure,
+        );
+        response.headers_mut().append(header::SET_COOKIE, cookie);
+    }
     if visit.csrf_cookie_is_new {
         let cookie = set_cookie(
             CookieSpec {
@@ -706,6 +764,22 @@ fn error_page(visit: &Visit, error: PageError) -> Response {
                 .to_string(),
             request_id,
         ),
+        PageError::TooMany { retry_after_seconds } => {
+            let page = ErrorPage {
+                layout: Layout::new(visit, Nav::None, None),
+                status: 429,
+                title: "Please wait",
+                heading: "One moment, please",
+                message: format!(
+                    "We are taking a lot of sign-ins right now, or this account had too many failed ones. Please try \
+                     again in {retry_after_seconds} seconds."
+                ),
+                request_id: None,
+            };
+            let mut response = render(visit, StatusCode::TOO_MANY_REQUESTS, &page);
+            response.headers_mut().insert(header::RETRY_AFTER, retry_after_seconds.into());
+            return response;
+        }
         PageError::Internal => (
             StatusCode::INTERNAL_SERVER_ERROR,
             "Something went wrong",
@@ -1544,8 +1618,17 @@ fn read_form<T>(visit: &Visit, form: Result<Form<T>, FormRejection>) -> Result<T
 /// Sets the session cookie (the API's signed token) and the home-region cookie the gateway's
 /// `home` policy reads. CSRF tokens include the session cookie, so forms rendered before signing
 /// in no longer post.
+/// The cookie lasts as long as the session can (its idle timeout is in the token).
+fn session_cookie_max_age() -> u64 {
+    rananeeti_node::session::ABSOLUTE_LIFETIME_MS / 1000
+}
+
+fn admin_cookie_max_age() -> u64 {
+    rananeeti_node::security::ADMIN_SESSION_LIFETIME.absolute_ms / 1000
+}
+
 fn sign_in_cookies(visit: &Visit, response: &mut Response, session: &Session, token: &str) {
-    let max_age = Some(auth::TOKEN_LIFETIME_MS / 1000);
+    let max_age = Some(session_cookie_max_age());
     let headers = response.headers_mut();
     headers.append(
         header::SET_COOKIE,
@@ -1602,7 +1685,7 @@ async fn signup(State(pages): State<Pages>, visit: Visit, form: Result<Form<Acco
         match submitted.outcome {
             // Created now with this password: signed in.
             Outcome::Committed => {
-                let token = pages.shop.key.issue(&session);
+                let (_, token) = pages.shop.key.issue(&session);
                 let mut response = redirect(&visit, &next, Some(Flash::Welcome));
                 sign_in_cookies(&visit, &mut response, &session, &token);
                 Ok(response)
@@ -1615,18 +1698,19 @@ async fn signup(State(pages): State<Pages>, visit: Visit, form: Result<Form<Acco
             )),
             // A double click on "Create account", or an account that exists: the password decides.
             Outcome::Duplicate { first: CommandState::Committed } => {
-                match api::sign_in(&pages.shop, &form.email, &form.password).await {
-                    Ok(Some((session, token))) => {
+                match api::sign_in(&pages.shop, &form.email, &form.password, visit.address).await {
+                    Ok((session, _, token)) => {
                         let mut response = redirect(&visit, &next, Some(Flash::SignedIn));
                         sign_in_cookies(&visit, &mut response, &session, &token);
                         Ok(response)
                     }
-                    Ok(None) => {
+                    Err(api::SignInRefused::Wrong) => {
+                        pages.shop.security.sign_ins.probed(visit.address);
                         let message = "An account with this email already exists. Sign in instead.".to_string();
                         let page = shown_back(vec![FieldError { field: "email".into(), message }], None);
                         Ok(render(&visit, StatusCode::CONFLICT, &page))
                     }
-                    Err(error) => Err(PageError::from_api(error, &visit.request_id)),
+                    Err(api::SignInRefused::Error(error)) => Err(PageError::from_api(error, &visit.request_id)),
                 }
             }
             Outcome::Rejected { reason } | Outcome::Duplicate { first: CommandState::Rejected { reason } } => {
@@ -1649,18 +1733,30 @@ async fn signin(State(pages): State<Pages>, visit: Visit, form: Result<Form<Acco
             form_error: Some(form_error),
             ..account_page(&visit, "signin", &next)
         };
-        match api::sign_in(&pages.shop, &form.email, &form.password).await {
-            Ok(Some((session, token))) => {
+        match api::sign_in(&pages.shop, &form.email, &form.password, visit.address).await {
+            Ok((session, _, token)) => {
                 let mut response = redirect(&visit, &next, Some(Flash::SignedIn));
                 sign_in_cookies(&visit, &mut response, &session, &token);
                 Ok(response)
             }
-            Ok(None) => Ok(render(
+            Err(api::SignInRefused::Wrong) => Ok(render(
                 &visit,
                 StatusCode::UNAUTHORIZED,
                 &shown_back("That email and password don't match an account. Check them, or create an account.".into()),
             )),
-            Err(ApiError::Unavailable(detail)) => {
+            Err(api::SignInRefused::Error(ApiError::TooManyRequests { retry_after_seconds, .. })) => {
+                let mut response = render(
+                    &visit,
+                    StatusCode::TOO_MANY_REQUESTS,
+                    &shown_back(format!(
+                        "Too many failed sign-ins. For your account's safety, wait {retry_after_seconds} seconds \
+                         before trying again."
+                    )),
+                );
+                response.headers_mut().insert(header::RETRY_AFTER, retry_after_seconds.into());
+                Ok(response)
+            }
+            Err(api::SignInRefused::Error(ApiError::Unavailable(detail))) => {
                 tracing::warn!(detail, request_id = visit.request_id, "sign-in: store unavailable");
                 let mut response = render(
                     &visit,
@@ -1674,7 +1770,7 @@ async fn signin(State(pages): State<Pages>, visit: Visit, form: Result<Form<Acco
                 response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
                 Ok(response)
             }
-            Err(error) => Err(PageError::from_api(error, &visit.request_id)),
+            Err(api::SignInRefused::Error(error)) => Err(PageError::from_api(error, &visit.request_id)),
         }
     }
     .await;
@@ -1687,17 +1783,23 @@ struct CsrfForm {
     csrf: String,
 }
 
-/// Tokens are stateless: signing out forgets the cookie (and the home region).
-async fn signout(visit: Visit, form: Result<Form<CsrfForm>, FormRejection>) -> Response {
-    let result = (|| {
+/// Signing out ends the session everywhere (its id is revoked) and clears the cookies.
+async fn signout(State(pages): State<Pages>, visit: Visit, form: Result<Form<CsrfForm>, FormRejection>) -> Response {
+    let result = async {
         let form = read_form(&visit, form)?;
         visit.check_csrf(&form.csrf)?;
+        if let Some(claims) = &visit.session_claims {
+            if let Err(error) = pages.shop.key.revoke(&pages.shop.platform, claims).await {
+                tracing::warn!(%error, request_id = visit.request_id, "sign-out not recorded; the session ends by its timeouts");
+            }
+        }
         let mut response = redirect(&visit, "/bookstore", Some(Flash::SignedOut));
         for name in [SESSION_COOKIE, HOME_COOKIE] {
             response.headers_mut().append(header::SET_COOKIE, clear_cookie(name, "/", visit.secure));
         }
         Ok(response)
-    })();
+    }
+    .await;
     finish(&visit, result)
 }
 
@@ -2328,25 +2430,35 @@ async fn admin_signin(
     let result = async {
         let form = read_form(&visit, form)?;
         visit.check_csrf(&form.csrf)?;
-        let token = form.token.trim();
-        if !bool::from(subtle::ConstantTimeEq::ct_eq(token.as_bytes(), pages.shop.admin_token.as_bytes())) {
-            tracing::info!(request_id = visit.request_id, "admin sign-in refused");
-            let page = AdminSignInPage {
-                layout: Layout::new(&visit, Nav::Admin, None),
-                error: Some("That is not this deployment's admin token.".into()),
-            };
-            return Ok(render(&visit, StatusCode::UNAUTHORIZED, &page));
+        let refused = |status: StatusCode, message: String| {
+            let page = AdminSignInPage { layout: Layout::new(&visit, Nav::Admin, None), error: Some(message) };
+            render(&visit, status, &page)
+        };
+        let security = &pages.shop.security;
+        if let Err(locked) = security.sign_ins.check("admin", visit.address) {
+            let mut response = refused(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("Too many failed sign-ins. Wait {} seconds before trying again.", locked.retry_after_seconds),
+            );
+            response.headers_mut().insert(header::RETRY_AFTER, locked.retry_after_seconds.into());
+            return Ok(response);
         }
+        if !security.is_admin_token(&form.token) {
+            security.sign_ins.failed("admin", visit.address);
+            tracing::info!(request_id = visit.request_id, "admin sign-in refused");
+            return Ok(refused(StatusCode::UNAUTHORIZED, "That is not this deployment's admin token.".into()));
+        }
+        security.sign_ins.succeeded("admin");
+        let (_, value) = security.issue_admin_session();
         let mut response = redirect(&visit, ADMIN_PATH, Some(Flash::AdminSignedIn));
-        let value = hex::encode(pages.shop.admin_token.as_bytes());
         response.headers_mut().append(
             header::SET_COOKIE,
             set_cookie(
                 CookieSpec {
                     name: ADMIN_COOKIE,
                     value: &value,
-                    path: ADMIN_PATH,
-                    max_age_seconds: Some(ADMIN_COOKIE_MAX_AGE_SECONDS),
+                    path: "/",
+                    max_age_seconds: Some(admin_cookie_max_age()),
                     http_only: true,
                     same_site: "Strict",
                 },
@@ -2359,14 +2471,22 @@ async fn admin_signin(
     finish(&visit, result)
 }
 
-async fn admin_signout(visit: Visit, form: Result<Form<CsrfForm>, FormRejection>) -> Response {
-    let result = (|| {
+async fn admin_signout(
+    State(pages): State<Pages>,
+    visit: Visit,
+    form: Result<Form<CsrfForm>, FormRejection>,
+) -> Response {
+    let result = async {
         let form = read_form(&visit, form)?;
         visit.check_csrf(&form.csrf)?;
+        if let Some(claims) = &visit.admin_claims {
+            pages.shop.security.end_admin_session(&pages.shop.platform, claims).await;
+        }
         let mut response = redirect(&visit, ADMIN_PATH, Some(Flash::AdminSignedOut));
-        response.headers_mut().append(header::SET_COOKIE, clear_cookie(ADMIN_COOKIE, ADMIN_PATH, visit.secure));
+        response.headers_mut().append(header::SET_COOKIE, clear_cookie(ADMIN_COOKIE, "/", visit.secure));
         Ok(response)
-    })();
+    }
+    .await;
     finish(&visit, result)
 }
 
@@ -2564,11 +2684,12 @@ impl Pages {
         editing: Option<String>,
         form: Result<Form<BookForm>, FormRejection>,
     ) -> Result<Response, PageError> {
-        let form = read_form(visit, form)?;
-        visit.check_csrf(&form.csrf)?;
+        // Who is calling, before anything of the form is looked at.
         if let Some(refused) = refuse_non_admin(visit) {
             return Ok(refused);
         }
+        let form = read_form(visit, form)?;
+        visit.check_csrf(&form.csrf)?;
         let action = match &editing {
             Some(id) => format!("{ADMIN_PATH}/books/{id}/edit"),
             None => format!("{ADMIN_PATH}/books/new"),
@@ -2639,11 +2760,12 @@ async fn admin_delete_book(
     form: Result<Form<CsrfForm>, FormRejection>,
 ) -> Response {
     let result = async {
-        let form = read_form(&visit, form)?;
-        visit.check_csrf(&form.csrf)?;
+        // Who is calling, before anything of the form is looked at.
         if let Some(refused) = refuse_non_admin(&visit) {
             return Ok(refused);
         }
+        let form = read_form(&visit, form)?;
+        visit.check_csrf(&form.csrf)?;
         let pool = api::reader(&pages.shop).await.map_err(|error| PageError::from_api(error, &visit.request_id))?;
         let exists = api::get_book(&pool, &id).await.map_err(|error| {
             pages.shop.platform.read_failed(&error);
@@ -2712,11 +2834,12 @@ async fn admin_create_post(
     form: Result<Form<PostForm>, FormRejection>,
 ) -> Response {
     let result = async {
-        let form = read_form(&visit, form)?;
-        visit.check_csrf(&form.csrf)?;
+        // Who is calling, before anything of the form is looked at.
         if let Some(refused) = refuse_non_admin(&visit) {
             return Ok(refused);
         }
+        let form = read_form(&visit, form)?;
+        visit.check_csrf(&form.csrf)?;
         let shown_back = |field: &str, message: String| AdminPostPage {
             layout: Layout::new(&visit, Nav::Admin, None),
             form: form.clone(),
@@ -2758,7 +2881,12 @@ mod tests {
         Visit {
             session: session_cookie.map(|_| Session { user_id: "u1".into(), home_region: "r1".into() }),
             session_cookie: session_cookie.map(str::to_string),
+            session_claims: None,
+            renewed_session: None,
             admin: false,
+            admin_claims: None,
+            renewed_admin: None,
+            address: None,
             csrf_cookie: "ab".repeat(CSRF_COOKIE_BYTES),
             csrf_cookie_is_new,
             csrf_key: Arc::new([7; 32]),

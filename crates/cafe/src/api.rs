@@ -4,11 +4,13 @@ use crate::closure::{self, ClosurePayload};
 use crate::domain::{FieldError, ReservationRequest};
 use crate::service::{self, Page, ReservationView, PAGE_ITEMS_DEFAULT};
 use crate::special::{self, SpecialPayload};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use rananeeti_node::caller::Admin;
+use rananeeti_node::security::Security;
 use rananeeti_node::{ApiError, ApiJson};
 use rananeeti_platform::{CommandId, NewCommand, Outcome, Platform, SubmitError, SubmitOptions};
 use serde_json::json;
@@ -47,14 +49,16 @@ impl From<FieldError> for ApiError {
     }
 }
 
-/// `X-Rananeeti-Fault: db`: this one request sees a failed database.
-pub fn simulates_store_failure(headers: &HeaderMap) -> bool {
-    headers
-        .get_all("x-rananeeti-fault")
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .any(|fault| fault.trim().eq_ignore_ascii_case("db"))
+/// `X-Rananeeti-Fault: db`: this one request sees a failed database. A demo switch: honoured only
+/// when the node runs with `node.demo` (as `up` does), ignored otherwise.
+pub fn simulates_store_failure(security: &Security, headers: &HeaderMap) -> bool {
+    security.config.demo
+        && headers
+            .get_all("x-rananeeti-fault")
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .any(|fault| fault.trim().eq_ignore_ascii_case("db"))
 }
 
 pub fn submit_error(error: SubmitError) -> ApiError {
@@ -66,6 +70,7 @@ pub fn submit_error(error: SubmitError) -> ApiError {
 
 async fn create(
     State(platform): State<Arc<Platform>>,
+    Extension(security): Extension<Security>,
     headers: HeaderMap,
     ApiJson(body): ApiJson<CreateReservation>,
 ) -> Result<Response, ApiError> {
@@ -76,8 +81,9 @@ async fn create(
         body.notes.as_deref(),
         time::OffsetDateTime::now_utc(),
     )?;
-    let submitted =
-        service::place(&platform, &request, simulates_store_failure(&headers)).await.map_err(submit_error)?;
+    let submitted = service::place(&platform, &request, simulates_store_failure(&security, &headers))
+        .await
+        .map_err(submit_error)?;
     let id = submitted.id.to_hex();
     let response = match submitted.outcome {
         Outcome::Committed => (StatusCode::CREATED, Json(json!({ "id": id, "status": "committed" }))),
@@ -118,8 +124,10 @@ struct ListQuery {
     after: Option<String>,
 }
 
+/// Every booking (names and notes): the staff's view, for the admin token only.
 async fn list(
     State(platform): State<Arc<Platform>>,
+    _admin: Admin,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Page>, ApiError> {
     let Query(query) =
@@ -151,10 +159,12 @@ struct SetSpecial {
     price_cents: i64,
 }
 
-/// Sets the day's special. The write is `local`: any region takes it; concurrent ones resolve
+/// Sets the day's special (the admin's). The write is `local`: any region takes it; concurrent ones resolve
 /// by last-writer-wins and the loser is in `GET /admin/conflicts`.
 async fn set_special(
     State(platform): State<Arc<Platform>>,
+    _admin: Admin,
+    Extension(security): Extension<Security>,
     Path(day): Path<String>,
     headers: HeaderMap,
     ApiJson(body): ApiJson<SetSpecial>,
@@ -175,7 +185,7 @@ async fn set_special(
                 id,
                 payload: serde_json::to_value(&payload).expect("a special serializes"),
             },
-            SubmitOptions { simulate_store_failure: simulates_store_failure(&headers) },
+            SubmitOptions { simulate_store_failure: simulates_store_failure(&security, &headers) },
         )
         .await
         .map_err(submit_error)?;
@@ -203,11 +213,13 @@ struct SetClosure {
     reason: String,
 }
 
-/// Closes (or reopens) the cafe on a day. The write is `global`: the region acting for the
+/// Closes (or reopens) the cafe on a day (the admin's). The write is `global`: the region acting for the
 /// primary applies it; from any other region it is forwarded, or queued for the primary
 /// (*pending*) while the primary cannot be reached.
 async fn set_closure(
     State(platform): State<Arc<Platform>>,
+    _admin: Admin,
+    Extension(security): Extension<Security>,
     Path(day): Path<String>,
     headers: HeaderMap,
     ApiJson(body): ApiJson<SetClosure>,
@@ -225,7 +237,7 @@ async fn set_closure(
                 id: payload.id(),
                 payload: serde_json::to_value(&payload).expect("a closure serializes"),
             },
-            SubmitOptions { simulate_store_failure: simulates_store_failure(&headers) },
+            SubmitOptions { simulate_store_failure: simulates_store_failure(&security, &headers) },
         )
         .await
         .map_err(submit_error)?;

@@ -32,6 +32,9 @@ pub struct CafeApp {
     pub config: CafeConfig,
 }
 
+// The admin token, the demo switch and the admin's page sessions reach the cafe's handlers
+// through the node (`rananeeti_node::security::Security`, in every request's extensions).
+
 impl rananeeti_node::App for CafeApp {
     fn name(&self) -> &'static str {
         "cafe"

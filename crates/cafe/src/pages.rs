@@ -9,12 +9,14 @@ use crate::domain::{
 use crate::service::{self, ReservationView, PAGE_ITEMS_DEFAULT};
 use askama::Template;
 use axum::extract::rejection::{FormRejection, QueryRejection};
-use axum::extract::{Form, Path, Query, State};
+use axum::extract::{Extension, Form, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
+use rananeeti_node::csrf::{self, CsrfKey};
 use rananeeti_node::pages::{asset_response, assets_digest, page_headers, Asset};
+use rananeeti_node::security::{peer_of, Security, ADMIN_COOKIE};
 use rananeeti_platform::{CommandId, CommandState, Outcome, Platform, SubmitError};
 use std::sync::Arc;
 use time::macros::format_description;
@@ -26,6 +28,8 @@ pub fn router(platform: Arc<Platform>) -> Router {
         .route("/cafe", get(booking_page))
         .route("/cafe/reservations", get(list_page).post(place_reservation))
         .route("/cafe/reservations/{id}", get(status_page))
+        .route("/cafe/staff/signin", post(staff_signin))
+        .route("/cafe/staff/signout", post(staff_signout))
         .route("/cafe/{*rest}", get(not_found_page))
         .route("/static/cafe/cafe.css", get(|| async { asset_response(&CSS) }))
         .route("/static/cafe/cafe.js", get(|| async { asset_response(&JS) }))
@@ -177,6 +181,9 @@ pub struct ReservationForm {
     /// Present (any value) when the "Simulate database failure" box is ticked.
     #[serde(default)]
     pub simulate_failure: Option<String>,
+    /// The form's CSRF token.
+    #[serde(default)]
+    pub csrf: String,
 }
 
 impl ReservationForm {
@@ -320,6 +327,10 @@ struct BookingPage {
     notes_chars_max: usize,
     /// This rendering's idempotency key: the form sent twice is one booking.
     form_key: String,
+    /// The visitor's CSRF token.
+    csrf: String,
+    /// Whether the demo's "simulate database failure" box is shown (`node.demo`).
+    demo: bool,
 }
 
 impl BookingPage {
@@ -346,7 +357,13 @@ impl BookingPage {
             name_chars_max: NAME_CHARS_MAX,
             notes_chars_max: NOTES_CHARS_MAX,
             form_key: rananeeti_node::pages::form_key(),
+            csrf: String::new(),
+            demo: false,
         }
+    }
+
+    fn for_visitor(self, visitor: &Visitor, security: &Security) -> Self {
+        BookingPage { csrf: visitor.csrf_token(), demo: security.config.demo, ..self }
     }
 
     /// The message for one field, if it has one.
@@ -379,36 +396,141 @@ fn blank_form(now: OffsetDateTime) -> ReservationForm {
     }
 }
 
-async fn booking_page() -> Response {
+// ---------------------------------------------------------------------------------------------
+// CSRF and the staff's page session.
+
+const CSRF_COOKIE: &str = "cafe_csrf";
+
+/// The visitor as the cafe's forms see them: their CSRF cookie (new when they had none), whether
+/// the admin's page session is theirs, and whether cookies get `Secure`.
+struct Visitor {
+    csrf_cookie: String,
+    csrf_cookie_is_new: bool,
+    csrf_key: CsrfKey,
+    cross_site: bool,
+    secure: bool,
+    staff: Option<rananeeti_node::session::Claims>,
+    address: Option<std::net::IpAddr>,
+}
+
+impl Visitor {
+    async fn of(
+        platform: &Platform,
+        security: &Security,
+        headers: &HeaderMap,
+        peer: Option<std::net::IpAddr>,
+    ) -> Visitor {
+        let existing = csrf::cookie(headers, CSRF_COOKIE).filter(|value| csrf::is_cookie_value(value));
+        let staff = match csrf::cookie(headers, ADMIN_COOKIE) {
+            Some(value) => security.admin_session(platform, value).await,
+            None => None,
+        };
+        Visitor {
+            csrf_cookie_is_new: existing.is_none(),
+            csrf_cookie: existing.map(str::to_string).unwrap_or_else(csrf::new_cookie_value),
+            csrf_key: CsrfKey::new(security.derived_key(b"rananeeti cafe csrf key v1")),
+            cross_site: csrf::is_cross_site(headers),
+            secure: security.is_https(headers, peer),
+            staff,
+            address: security.client_address(headers, peer),
+        }
+    }
+
+    fn csrf_token(&self) -> String {
+        self.csrf_key.token(&self.csrf_cookie, &[])
+    }
+
+    /// A form is taken only with the token of the visitor's own cookie, from our own pages.
+    fn csrf_holds(&self, presented: &str) -> bool {
+        !self.csrf_cookie_is_new && !self.cross_site && self.csrf_key.matches(&self.csrf_cookie, &[], presented)
+    }
+
+    fn cookie(&self, name: &str, value: &str, path: &str, max_age_seconds: u64, same_site: &str) -> HeaderValue {
+        let secure = if self.secure { "; Secure" } else { "" };
+        HeaderValue::from_str(&format!(
+            "{name}={value}; Path={path}; Max-Age={max_age_seconds}; SameSite={same_site}; HttpOnly{secure}"
+        ))
+        .expect("cookie values are header-safe")
+    }
+
+    /// Adds the visitor's new CSRF cookie, if they had none, to a response.
+    fn finish(&self, mut response: Response) -> Response {
+        if self.csrf_cookie_is_new {
+            let cookie = self.cookie(CSRF_COOKIE, &self.csrf_cookie, "/cafe", csrf::COOKIE_MAX_AGE_SECONDS, "Lax");
+            response.headers_mut().append(header::SET_COOKIE, cookie);
+        }
+        response
+    }
+}
+
+/// The parts of a request the pages read who is visiting from.
+struct Visit(HeaderMap, Option<std::net::IpAddr>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Visit {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(Visit(parts.headers.clone(), peer_of(&parts.extensions)))
+    }
+}
+
+async fn booking_page(
+    State(platform): State<Arc<Platform>>,
+    Extension(security): Extension<Security>,
+    Visit(headers, peer): Visit,
+) -> Response {
+    let visitor = Visitor::of(&platform, &security, &headers, peer).await;
     let now = OffsetDateTime::now_utc();
-    page(StatusCode::OK, &BookingPage::new(blank_form(now), Vec::new(), None, now))
+    let booking = BookingPage::new(blank_form(now), Vec::new(), None, now).for_visitor(&visitor, &security);
+    visitor.finish(page(StatusCode::OK, &booking))
 }
 
 #[tracing::instrument(skip_all, fields(simulate_store_failure))]
 async fn place_reservation(
     State(platform): State<Arc<Platform>>,
-    headers: HeaderMap,
+    Extension(security): Extension<Security>,
+    Visit(headers, peer): Visit,
+    form: Result<Form<ReservationForm>, FormRejection>,
+) -> Result<Response, PageError> {
+    let visitor = Visitor::of(&platform, &security, &headers, peer).await;
+    let result = place(&platform, &security, &visitor, &headers, form).await;
+    result.map(|response| visitor.finish(response))
+}
+
+async fn place(
+    platform: &Platform,
+    security: &Security,
+    visitor: &Visitor,
+    headers: &HeaderMap,
     form: Result<Form<ReservationForm>, FormRejection>,
 ) -> Result<Response, PageError> {
     let now = OffsetDateTime::now_utc();
+    let booking_page =
+        |form, errors, message| BookingPage::new(form, errors, message, now).for_visitor(visitor, security);
     let form = match form {
         Ok(Form(form)) => form,
         Err(rejection) => {
             tracing::info!(rejection = %rejection.body_text(), "booking form could not be read");
             let message = "We could not read the form. Please fill it in and send it again.".to_string();
-            return Ok(page(
-                StatusCode::BAD_REQUEST,
-                &BookingPage::new(blank_form(now), Vec::new(), Some(message), now),
-            ));
+            return Ok(page(StatusCode::BAD_REQUEST, &booking_page(blank_form(now), Vec::new(), Some(message))));
         }
     };
+    if !visitor.csrf_holds(&form.csrf) {
+        tracing::info!(cross_site = visitor.cross_site, "booking form refused: CSRF check failed");
+        let message = "For your safety we only take this form from our own booking page, opened in this browser. \
+                       Check your booking below and send it again. (Cookies must be on.)"
+            .to_string();
+        return Ok(page(StatusCode::FORBIDDEN, &booking_page(form, Vec::new(), Some(message))));
+    }
     let request = match parse_form(&form, now) {
         Ok(request) => request,
-        Err(errors) => return Ok(page(StatusCode::UNPROCESSABLE_ENTITY, &BookingPage::new(form, errors, None, now))),
+        Err(errors) => return Ok(page(StatusCode::UNPROCESSABLE_ENTITY, &booking_page(form, errors, None))),
     };
-    let simulate_store_failure = form.simulates_failure() || simulates_store_failure(&headers);
+    // The checkbox and the header are demo switches: only with `node.demo`.
+    let simulate_store_failure =
+        (security.config.demo && form.simulates_failure()) || simulates_store_failure(security, headers);
     tracing::Span::current().record("simulate_store_failure", simulate_store_failure);
-    match service::place(&platform, &request, simulate_store_failure).await {
+    match service::place(platform, &request, simulate_store_failure).await {
         Ok(submitted) => {
             let placed = match submitted.outcome {
                 Outcome::Committed => "committed",
@@ -419,17 +541,16 @@ async fn place_reservation(
             Ok(Redirect::to(&format!("/cafe/reservations/{}?placed={placed}", submitted.id.to_hex())).into_response())
         }
         Err(error @ (SubmitError::Queue(_) | SubmitError::QueueTimeout)) => {
-            tracing::error!(%error, request_id = request_id(&headers), "booking neither stored nor queued");
+            tracing::error!(%error, request_id = request_id(headers), "booking neither stored nor queued");
             let message = "We could not take your booking just now: neither our database nor our backup queue \
                            answered. Nothing was booked. Please send the form again in a moment."
                 .to_string();
-            let mut response =
-                page(StatusCode::SERVICE_UNAVAILABLE, &BookingPage::new(form, Vec::new(), Some(message), now));
+            let mut response = page(StatusCode::SERVICE_UNAVAILABLE, &booking_page(form, Vec::new(), Some(message)));
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
             Ok(response)
         }
         Err(error) => {
-            let request_id = request_id(&headers);
+            let request_id = request_id(headers);
             tracing::error!(%error, request_id, "booking failed");
             Err(PageError::Internal { request_id })
         }
@@ -660,6 +781,14 @@ struct ListPage {
     is_first_page: bool,
     store_available: bool,
     any_pending: bool,
+    csrf: String,
+}
+
+#[derive(Template)]
+#[template(path = "staff.html")]
+struct StaffSignInPage {
+    csrf: String,
+    error: Option<String>,
 }
 
 #[derive(serde::Deserialize)]
@@ -667,10 +796,19 @@ struct ListQuery {
     after: Option<String>,
 }
 
+/// Every booking, newest first: the staff's view (the admin's page session). Anyone else is
+/// asked to sign in as staff; a guest follows their own booking on its page.
 async fn list_page(
     State(platform): State<Arc<Platform>>,
+    Extension(security): Extension<Security>,
+    Visit(headers, peer): Visit,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Response, PageError> {
+    let visitor = Visitor::of(&platform, &security, &headers, peer).await;
+    if visitor.staff.is_none() {
+        let signin = StaffSignInPage { csrf: visitor.csrf_token(), error: None };
+        return Ok(visitor.finish(page(StatusCode::UNAUTHORIZED, &signin)));
+    }
     let Query(query) = query.map_err(|_| PageError::BadRequest("That list link is not one of ours.".into()))?;
     let after = match query.after.as_deref().map(str::trim) {
         None | Some("") => None,
@@ -681,16 +819,81 @@ async fn list_page(
     let listed = service::list(&platform, after, PAGE_ITEMS_DEFAULT).await;
     let rows: Vec<ReservationRow> = listed.items.into_iter().map(ReservationRow::from).collect();
     let any_pending = rows.iter().any(|row| row.status == CommandState::Pending.as_str());
-    Ok(page(
-        StatusCode::OK,
-        &ListPage {
-            older_url: listed.next.map(|next| format!("/cafe/reservations?after={next}")),
-            is_first_page: after.is_none(),
-            store_available: listed.store_available,
-            any_pending,
-            rows,
-        },
-    ))
+    let list = ListPage {
+        older_url: listed.next.map(|next| format!("/cafe/reservations?after={next}")),
+        is_first_page: after.is_none(),
+        store_available: listed.store_available,
+        any_pending,
+        rows,
+        csrf: visitor.csrf_token(),
+    };
+    Ok(visitor.finish(page(StatusCode::OK, &list)))
+}
+
+#[derive(serde::Deserialize)]
+struct StaffForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    token: String,
+}
+
+/// The admin token, through the sign-in throttle, for an admin page session (the cookie holds
+/// the session, never the token).
+async fn staff_signin(
+    State(platform): State<Arc<Platform>>,
+    Extension(security): Extension<Security>,
+    Visit(headers, peer): Visit,
+    form: Result<Form<StaffForm>, FormRejection>,
+) -> Response {
+    let visitor = Visitor::of(&platform, &security, &headers, peer).await;
+    let form = form.map(|Form(form)| form).unwrap_or(StaffForm { csrf: String::new(), token: String::new() });
+    let refused = |status: StatusCode, message: &str| {
+        let signin = StaffSignInPage { csrf: visitor.csrf_token(), error: Some(message.to_string()) };
+        visitor.finish(page(status, &signin))
+    };
+    if !visitor.csrf_holds(&form.csrf) {
+        return refused(StatusCode::FORBIDDEN, "This form has expired: send it again from this page.");
+    }
+    if let Err(locked) = security.sign_ins.check("admin", visitor.address) {
+        let mut response = refused(
+            StatusCode::TOO_MANY_REQUESTS,
+            &format!("Too many failed sign-ins. Wait {} seconds before trying again.", locked.retry_after_seconds),
+        );
+        response.headers_mut().insert(header::RETRY_AFTER, locked.retry_after_seconds.into());
+        return response;
+    }
+    if !security.is_admin_token(&form.token) {
+        security.sign_ins.failed("admin", visitor.address);
+        tracing::info!("staff sign-in refused");
+        return refused(StatusCode::UNAUTHORIZED, "That is not this deployment's admin token.");
+    }
+    security.sign_ins.succeeded("admin");
+    let (_, session) = security.issue_admin_session();
+    let max_age = rananeeti_node::security::ADMIN_SESSION_LIFETIME.absolute_ms / 1000;
+    let mut response = Redirect::to("/cafe/reservations").into_response();
+    response.headers_mut().append(header::SET_COOKIE, visitor.cookie(ADMIN_COOKIE, &session, "/", max_age, "Strict"));
+    visitor.finish(response)
+}
+
+async fn staff_signout(
+    State(platform): State<Arc<Platform>>,
+    Extension(security): Extension<Security>,
+    Visit(headers, peer): Visit,
+    form: Result<Form<StaffForm>, FormRejection>,
+) -> Response {
+    let visitor = Visitor::of(&platform, &security, &headers, peer).await;
+    let form = form.map(|Form(form)| form).unwrap_or(StaffForm { csrf: String::new(), token: String::new() });
+    if !visitor.csrf_holds(&form.csrf) {
+        let signin = StaffSignInPage { csrf: visitor.csrf_token(), error: Some("This form has expired.".into()) };
+        return visitor.finish(page(StatusCode::FORBIDDEN, &signin));
+    }
+    if let Some(claims) = &visitor.staff {
+        security.end_admin_session(&platform, claims).await;
+    }
+    let mut response = Redirect::to("/cafe").into_response();
+    response.headers_mut().append(header::SET_COOKIE, visitor.cookie(ADMIN_COOKIE, "", "/", 0, "Strict"));
+    visitor.finish(response)
 }
 
 #[cfg(test)]
@@ -708,6 +911,7 @@ mod tests {
             time: time.into(),
             notes: notes.into(),
             simulate_failure: None,
+            csrf: String::new(),
         }
     }
 
@@ -850,7 +1054,8 @@ mod tests {
             ..form("", "7", "2026-11-22", "19:00", "high chair")
         };
         let errors = parse_form(&typed, NOW).unwrap_err();
-        let page = BookingPage::new(typed, errors, None, NOW).render().unwrap();
+        let demo = BookingPage { demo: true, ..BookingPage::new(typed.clone(), errors.clone(), None, NOW) };
+        let page = demo.render().unwrap();
         assert!(page.contains(r#"id="reservation-form""#));
         assert!(page.contains(r#"<p class="field-error" id="name-error" data-field="name">"#));
         assert!(page.contains(r#"aria-describedby="name-hint name-error" aria-invalid="true""#));
@@ -861,5 +1066,7 @@ mod tests {
         assert!(page.contains(">high chair</textarea>"));
         assert!(page.contains(r#"name="simulate_failure" type="checkbox" value="on" checked"#));
         assert!(!page.contains(r#"data-field="party_size""#));
+        let production = BookingPage::new(typed, errors, None, NOW).render().unwrap();
+        assert!(!production.contains("simulate_failure"), "the demo's box only with node.demo");
     }
 }

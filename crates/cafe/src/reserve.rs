@@ -3,7 +3,7 @@
 use crate::domain::{ReservationPayload, KIND_RESERVE};
 use futures::future::BoxFuture;
 use rananeeti_platform::sqlx::{self, AnyConnection, Row};
-use rananeeti_platform::{ApplyError, Command, CommandHandler, Migration, WritePattern};
+use rananeeti_platform::{ApplyError, Command, CommandHandler, Migration, StatusAudience, WritePattern};
 
 /// Seats the cafe has for one time slot, unless configured otherwise.
 pub const SEATS_PER_SLOT_DEFAULT: i64 = 60;
@@ -20,6 +20,12 @@ impl CommandHandler for ReserveHandler {
     /// Digest-unique inserts commute, so any region may apply them.
     fn write_pattern(&self) -> WritePattern {
         WritePattern::Local
+    }
+
+    /// A booking's id is the guest's reference (the link they were given) and a digest of what
+    /// they typed: whoever holds it sees where the booking stands.
+    fn status_audience(&self, _payload: &serde_json::Value) -> StatusAudience {
+        StatusAudience::IdHolder
     }
 
     fn apply<'a>(

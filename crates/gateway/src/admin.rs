@@ -1,5 +1,5 @@
-//! The gateway's own endpoints: `/metrics`, `/gateway/healthz`, and behind the admin token
-//! `GET /admin/topology`, `POST /admin/nodes` (register), `DELETE /admin/nodes/{node}`,
+//! The gateway's own endpoints: `/gateway/healthz`, `/readyz` (ready while any node is, no
+//! detail), and behind the admin token `/metrics`, `GET /admin/topology`, `POST /admin/nodes` (register), `DELETE /admin/nodes/{node}`,
 //! `POST /admin/nodes/{node}/drain` and `/undrain`. Other `/admin/...` paths go to the nodes.
 
 use crate::backends::ChangeError;
@@ -22,11 +22,21 @@ pub async fn handle(gateway: &Arc<Gateway>, request: Request<Incoming>) -> Respo
     if path == "/gateway/healthz" {
         return json(StatusCode::OK, &value!({ "status": "ok" }));
     }
-    if path == "/metrics" {
-        return metrics(gateway, &request);
+    if path == "/readyz" {
+        // The gateway's own readiness, with no detail of the nodes behind it (those are on the
+        // nodes' ports and `/admin/topology`).
+        let ready = gateway.backends.snapshot().iter().any(|region| region.healthy());
+        return if ready {
+            json(StatusCode::OK, &value!({ "status": "ready" }))
+        } else {
+            json(StatusCode::SERVICE_UNAVAILABLE, &value!({ "status": "unready", "reason": "no node is healthy" }))
+        };
     }
     if !authorized(gateway, &request) {
         return plain(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+    }
+    if path == "/metrics" {
+        return metrics(gateway, &request);
     }
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match (method, segments.as_slice()) {

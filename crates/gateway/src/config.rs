@@ -26,6 +26,11 @@ pub struct GatewayConfig {
     pub digest_post_prefixes: Vec<String>,
     /// The operator console (`/admin/console`).
     pub console: ConsoleConfig,
+    /// Proxies in front of the gateway (IP addresses or CIDR networks, e.g. a TLS-terminating
+    /// load balancer) whose `X-Forwarded-Proto` and `X-Forwarded-For` are believed: the nodes
+    /// then see `https` (Secure cookies, HSTS) and the client's own address. From anyone else
+    /// the proto is `http` and the client is the connection's peer. Default: none.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for GatewayConfig {
@@ -41,6 +46,7 @@ impl Default for GatewayConfig {
             upstream: UpstreamConfig::default(),
             digest_post_prefixes: vec!["/api/cafe/reservations".into(), "/cafe/reservations".into()],
             console: ConsoleConfig::default(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -266,6 +272,22 @@ impl GatewayConfig {
             anyhow::ensure!(value > 0, "gateway: {name} must be positive");
         }
         anyhow::ensure!(self.limits.header_bytes_max >= 8192, "gateway: limits.header_bytes_max must be at least 8192");
+        self.trusted_networks()?;
         Ok(())
+    }
+
+    /// `trusted_proxies` parsed.
+    pub fn trusted_networks(&self) -> anyhow::Result<Vec<ipnet::IpNet>> {
+        self.trusted_proxies
+            .iter()
+            .map(|text| {
+                let text = text.trim();
+                text.parse::<ipnet::IpNet>()
+                    .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        anyhow::anyhow!("gateway: trusted_proxies: {text} is neither an IP address nor a CIDR network")
+                    })
+            })
+            .collect()
     }
 }

@@ -94,6 +94,8 @@ pub struct Gateway {
     pub admin_token: Option<String>,
     /// The console's samples of the nodes (filled in the background while an admin token is set).
     pub console: Arc<crate::console::History>,
+    /// `config.trusted_proxies`, parsed.
+    trusted_proxies: Vec<ipnet::IpNet>,
     request_id_prefix: u64,
     request_ids: std::sync::atomic::AtomicU64,
 }
@@ -142,7 +144,10 @@ impl Gateway {
             ratio: config.retries.budget_ratio,
             min_per_sec: config.retries.budget_min_per_sec,
         };
+        // `check` refuses a configuration whose networks do not parse.
+        let trusted_proxies = config.trusted_networks().unwrap_or_default();
         Arc::new(Gateway {
+            trusted_proxies,
             limiter: DefaultKeyedRateLimiter::keyed(quota),
             retry_budget,
             default_route,
@@ -194,17 +199,23 @@ impl Gateway {
         request_id: &str,
     ) -> Response<Body> {
         let path = request.uri().path();
+        // What the nodes say to each other is not for the public port.
+        if path == "/internal" || path.starts_with("/internal/") {
+            return plain(StatusCode::NOT_FOUND, "not found");
+        }
         if crate::console::owns(path) {
             return crate::console::handle(self, request).await;
         }
         if path == "/metrics"
+            || path == "/readyz"
             || path.starts_with("/admin/nodes")
             || path == "/admin/topology"
             || path == "/gateway/healthz"
         {
             return crate::admin::handle(self, request).await;
         }
-        if self.limiter.check_key(&peer.ip()).is_err() {
+        let client = self.client_of(request.headers(), peer);
+        if self.limiter.check_key(&client.address).is_err() {
             self.metrics.refused.get_or_create(&ReasonLabels { reason: "rate_limited" }).inc();
             let mut response = plain(StatusCode::TOO_MANY_REQUESTS, "too many requests from this address; slow down");
             response.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
@@ -249,6 +260,28 @@ impl Gateway {
         self.forward(parts, body, peer, request_id).await
     }
 
+    /// Who the client is: the connection's peer, or, when that peer is a trusted proxy, the
+    /// client it forwards for (the last `X-Forwarded-For` entry) and the scheme it was reached by.
+    fn client_of(&self, headers: &HeaderMap, peer: SocketAddr) -> EdgeClient {
+        let trusted = self.trusted_proxies.iter().any(|network| network.contains(&peer.ip()));
+        if !trusted {
+            return EdgeClient { address: peer.ip(), https: false };
+        }
+        let address = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .filter_map(|entry| entry.trim().parse::<IpAddr>().ok())
+            .next_back()
+            .unwrap_or(peer.ip());
+        let https = headers
+            .get("x-forwarded-proto")
+            .and_then(|value| value.to_str().ok())
+            .is_some_and(|proto| proto.trim().eq_ignore_ascii_case("https"));
+        EdgeClient { address, https }
+    }
+
     fn retryable_when_sent(&self, parts: &hyper::http::request::Parts, body: &Bytes) -> bool {
         match parts.method {
             Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE => true,
@@ -281,7 +314,8 @@ impl Gateway {
         let path_and_query =
             parts.uri.path_and_query().cloned().unwrap_or_else(|| hyper::http::uri::PathAndQuery::from_static("/"));
         let mut parts = parts;
-        let headers = upstream_headers(std::mem::take(&mut parts.headers), peer, request_id);
+        let client = self.client_of(&parts.headers, peer);
+        let headers = upstream_headers(std::mem::take(&mut parts.headers), peer, &client, request_id);
         let mut tried = HashSet::new();
         let mut last_failure = String::from("no node is available");
         // The last node's own 502/503/504, kept while another node is tried: when none does
@@ -461,7 +495,13 @@ fn form_carries_key(headers: &hyper::HeaderMap, body: &Bytes) -> bool {
     form && body.split(|byte| *byte == b'&').any(|pair| pair.starts_with(b"idempotency_key=") && pair.len() > 16)
 }
 
-fn upstream_headers(incoming: HeaderMap, peer: SocketAddr, request_id: &str) -> HeaderMap {
+/// The client as the gateway decided it (`Gateway::client_of`).
+pub(crate) struct EdgeClient {
+    address: IpAddr,
+    https: bool,
+}
+
+fn upstream_headers(incoming: HeaderMap, peer: SocketAddr, client: &EdgeClient, request_id: &str) -> HeaderMap {
     let mut headers = incoming;
     strip_hop_by_hop(&mut headers);
     headers.remove(hyper::header::HOST);
@@ -472,7 +512,11 @@ fn upstream_headers(incoming: HeaderMap, peer: SocketAddr, request_id: &str) -> 
     if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
         headers.insert("x-forwarded-for", value);
     }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    // Ours, never the client's: the nodes believe these from the gateway.
+    headers.insert("x-forwarded-proto", HeaderValue::from_static(if client.https { "https" } else { "http" }));
+    if let Ok(value) = HeaderValue::from_str(&client.address.to_string()) {
+        headers.insert("x-rananeeti-client", value);
+    }
     if let Ok(value) = HeaderValue::from_str(request_id) {
         headers.insert(REQUEST_ID, value);
     }
@@ -484,6 +528,9 @@ pub fn plain(status: StatusCode, message: &str) -> Response<Body> {
     let mut response = Response::new(Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed());
     *response.status_mut() = status;
     response.headers_mut().insert(hyper::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    // The gateway's own answers, like the nodes': never cached, never sniffed.
+    response.headers_mut().insert(hyper::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response.headers_mut().insert(hyper::header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     response
 }
 
@@ -491,6 +538,9 @@ pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
     let mut response = Response::new(Full::new(Bytes::from(value.to_string())).map_err(|never| match never {}).boxed());
     *response.status_mut() = status;
     response.headers_mut().insert(hyper::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    // The gateway's own answers, like the nodes': never cached, never sniffed.
+    response.headers_mut().insert(hyper::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response.headers_mut().insert(hyper::header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     response
 }
 
@@ -505,7 +555,12 @@ mod tests {
         headers.insert("x-secret-hop", HeaderValue::from_static("1"));
         headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         headers.insert("x-kept", HeaderValue::from_static("1"));
-        let out = upstream_headers(headers, "127.0.0.9:5000".parse().unwrap(), "abc");
+        headers.insert("x-rananeeti-client", HeaderValue::from_static("203.0.113.1"));
+        headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        let client = EdgeClient { address: "127.0.0.9".parse().unwrap(), https: false };
+        let out = upstream_headers(headers, "127.0.0.9:5000".parse().unwrap(), &client, "abc");
+        assert_eq!(out["x-rananeeti-client"], "127.0.0.9", "a client's own claim is replaced");
+        assert_eq!(out["x-forwarded-proto"], "http", "an untrusted peer's proto is replaced");
         assert!(
             !out.contains_key("x-secret-hop") && !out.contains_key("keep-alive") && !out.contains_key("connection")
         );

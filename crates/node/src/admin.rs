@@ -30,7 +30,7 @@ impl AdminToken {
         &self.0
     }
 
-    fn matches(&self, presented: &str) -> bool {
+    pub(crate) fn matches(&self, presented: &str) -> bool {
         self.0.as_bytes().ct_eq(presented.as_bytes()).into()
     }
 }
@@ -41,13 +41,9 @@ impl std::fmt::Debug for AdminToken {
     }
 }
 
-pub async fn require_token(
-    State(token): State<AdminToken>,
-    request: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
-    let presented = request
-        .headers()
+/// The token of an `Authorization: Bearer TOKEN` header.
+pub fn bearer_token(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
         .get(AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| {
@@ -55,7 +51,15 @@ pub async fn require_token(
             let (scheme, token) = value.split_once(' ')?;
             scheme.eq_ignore_ascii_case("bearer").then_some(token)
         })
-        .map(str::trim);
+        .map(str::trim)
+}
+
+pub async fn require_token(
+    State(token): State<AdminToken>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let presented = bearer_token(request.headers());
     match presented {
         Some(presented) if token.matches(presented) => Ok(next.run(request).await),
         _ => Err(ApiError::Unauthorized),

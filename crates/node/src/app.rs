@@ -10,4 +10,9 @@ pub trait App: Send + Sync + 'static {
     fn migrations(&self) -> Vec<Migration>;
     /// Routes mounted at the root of the node; they talk to the store only through `platform`.
     fn router(&self, platform: Arc<Platform>) -> Router;
+    /// How the app's signed-in users are recognised from a request's bearer token, for the
+    /// node's own routes (`/api/commands/{id}`) and for refusing them on admin routes (403).
+    fn authenticator(&self, _platform: Arc<Platform>) -> Option<Arc<dyn crate::caller::Authenticator>> {
+        None
+    }
 }

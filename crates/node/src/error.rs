@@ -21,6 +21,13 @@ pub enum ApiError {
     PayloadTooLarge,
     #[error("unauthorized")]
     Unauthorized,
+    /// A credential that does not allow this (a shopper's token on an admin route): 403.
+    #[error("forbidden")]
+    Forbidden,
+    /// A limit for this caller was reached (sign-in lock-out, hashing queue full): 429 with
+    /// `Retry-After`.
+    #[error("too many requests")]
+    TooManyRequests { retry_after_seconds: u64, message: String },
     /// The store cannot answer and nothing else can: 503, retry later.
     #[error("unavailable: {0}")]
     Unavailable(String),
@@ -42,6 +49,8 @@ impl ApiError {
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -58,6 +67,8 @@ impl IntoResponse for ApiError {
             ApiError::UnsupportedMediaType => (None, "send JSON with Content-Type: application/json".to_string()),
             ApiError::PayloadTooLarge => (None, "the request body is too large".to_string()),
             ApiError::Unauthorized => (None, "missing or wrong bearer token".to_string()),
+            ApiError::Forbidden => (None, "this credential does not allow that".to_string()),
+            ApiError::TooManyRequests { message, .. } => (None, message.clone()),
             ApiError::Unavailable(detail) => {
                 tracing::warn!(detail, "request answered 503");
                 (None, "temporarily unavailable; retry shortly".to_string())
@@ -74,6 +85,17 @@ impl IntoResponse for ApiError {
         let mut response = (status, Json(body)).into_response();
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert("www-authenticate", axum::http::HeaderValue::from_static("Bearer"));
+        }
+        match &self {
+            ApiError::TooManyRequests { retry_after_seconds, .. } => {
+                response.headers_mut().insert(axum::http::header::RETRY_AFTER, (*retry_after_seconds).into());
+            }
+            ApiError::Unavailable(_) => {
+                response
+                    .headers_mut()
+                    .insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+            }
+            _ => {}
         }
         response
     }

@@ -5,6 +5,8 @@
 
 pub mod admin;
 pub mod app;
+pub mod caller;
+pub mod csrf;
 pub mod error;
 pub mod idempotency;
 pub mod json;
@@ -12,9 +14,12 @@ pub mod ownership;
 pub mod pages;
 pub mod queue_copies;
 pub mod replication;
+pub mod security;
 pub mod server;
 pub mod status;
+pub mod session;
 pub mod telemetry;
+pub mod throttle;
 pub mod witness;
 
 pub use app::App;

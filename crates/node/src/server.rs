@@ -31,6 +31,8 @@ pub struct NodeHttpConfig {
     /// Set to this node's URL once listening (for peers to call it back).
     pub advertised_url: Option<Arc<std::sync::OnceLock<String>>>,
     pub admin_token: AdminToken,
+    /// The edge's shared security state (admin sessions, sign-in throttle, TLS, demo switches).
+    pub security: crate::security::Security,
     /// The token peers present to pull this region's outbox; no outbox endpoint without it.
     pub cluster_token: Option<AdminToken>,
     pub body_bytes_max: usize,
@@ -90,6 +92,8 @@ pub fn build_router(
     health: Arc<Health>,
     http_metrics: HttpMetrics,
 ) -> Router {
+    let authenticators = apps.iter().filter_map(|app| app.authenticator(Arc::clone(&platform))).collect();
+    let callers = crate::caller::Callers::new(config.admin_token.clone(), authenticators);
     let mut router = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -123,6 +127,9 @@ pub fn build_router(
     router
         .fallback(|| async { ApiError::NotFound })
         .layer(axum::middleware::from_fn_with_state(idempotency, crate::idempotency::honour_keys))
+        .layer(axum::Extension(callers))
+        .layer(axum::Extension(config.security.clone()))
+        .layer(axum::middleware::from_fn_with_state(config.security.clone(), crate::security::answer_headers))
         .layer(axum::middleware::from_fn_with_state(http_metrics, record_request))
         .layer(
             ServiceBuilder::new()
@@ -208,17 +215,39 @@ async fn metrics(State(health): State<Arc<Health>>, headers: axum::http::HeaderM
     }
 }
 
-/// Any command's status by id: committed, pending or rejected, and where it is held.
+/// A command's status by id, as far as the caller may see it: the admin gets all of it (less what
+/// no answer carries, such as a password hash: removed by its kind); the command's audience (its
+/// user, or whoever holds the id of a kind whose id is the client's reference) gets where it
+/// stands without the payload; anyone else gets 404, as for an id that does not exist.
 async fn command_status(
     State(platform): State<Arc<Platform>>,
+    caller: crate::caller::Caller,
     Path(id): Path<String>,
-) -> Result<Json<rananeeti_platform::CommandStatus>, ApiError> {
+) -> Result<Json<serde_json::Value>, ApiError> {
+    use crate::caller::Caller;
+    use rananeeti_platform::StatusAudience;
     let id = CommandId::parse_hex(&id).map_err(|error| ApiError::invalid("id", error.to_string()))?;
-    match platform.status(&id).await {
-        Ok(Some(status)) => Ok(Json(status)),
-        Ok(None) => Err(ApiError::NotFound),
-        Err(error) => Err(ApiError::Unavailable(error.to_string())),
+    let status = match platform.status(&id).await {
+        Ok(Some(status)) => status,
+        Ok(None) => return Err(ApiError::NotFound),
+        Err(error) => return Err(ApiError::Unavailable(error.to_string())),
+    };
+    let visible = match (&caller, platform.status_audience(&status)) {
+        (Caller::Admin, _) => true,
+        (_, StatusAudience::IdHolder) => true,
+        (Caller::User(user), StatusAudience::User(owner)) => *user == owner,
+        _ => false,
+    };
+    if !visible {
+        return Err(ApiError::NotFound);
     }
+    let mut body = serde_json::to_value(&status).map_err(|error| ApiError::Internal(error.to_string()))?;
+    if caller != Caller::Admin {
+        if let Some(object) = body.as_object_mut() {
+            object.remove("payload");
+        }
+    }
+    Ok(Json(body))
 }
 
 async fn shutdown_signal() {

@@ -53,6 +53,19 @@ pub enum WritePattern {
     Home,
 }
 
+/// Who may read a command by its id (its status, `GET /api/commands/{id}`) besides the admin,
+/// who reads every command. Nobody reads a payload but the admin.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StatusAudience {
+    /// The admin only (the default).
+    Admin,
+    /// Whoever holds the id: it is the reference the client was given and a digest of what it
+    /// sent, so holding it means knowing what it says (the cafe's bookings).
+    IdHolder,
+    /// The signed-in user the command is about (their account, cart, order), by user id.
+    User(String),
+}
+
 /// An app's deterministic apply for one command kind. It reads neither the wall clock nor a
 /// random source: everything it needs is in the command.
 pub trait CommandHandler: Send + Sync + 'static {
@@ -86,6 +99,17 @@ pub trait CommandHandler: Send + Sync + 'static {
     fn reapplies_replicated_duplicates(&self) -> bool {
         false
     }
+
+    /// Who besides the admin may read a command of this kind by its id (from its payload).
+    fn status_audience(&self, _payload: &serde_json::Value) -> StatusAudience {
+        StatusAudience::Admin
+    }
+
+    /// Removes from a payload what no answer may ever carry (a password hash). Applied to every
+    /// status the platform gives out (`Platform::status`, `list_recorded`, `pending`), so no
+    /// edge can show it to anyone, the admin included; the queue, the store and replication
+    /// keep the whole command.
+    fn redact(&self, _payload: &mut serde_json::Value) {}
 }
 
 /// Handlers by kind.

@@ -19,12 +19,13 @@ mod platform;
 pub mod replication;
 pub mod requests;
 pub mod schema;
+pub mod sessions;
 pub mod store;
 pub mod tasks;
 pub mod write_gate;
 
 pub use breaker::{BreakerConfig, BreakerState};
-pub use command::{ApplyError, Command, CommandHandler, NewCommand, Registry, WritePattern};
+pub use command::{ApplyError, Command, CommandHandler, NewCommand, Registry, StatusAudience, WritePattern};
 pub use copies::{Adoption, CopyDurability, HeldCopy, QueueCopier};
 pub use faults::{DbFault, Faults, Partition};
 pub use hlc::{Hlc, HlcClock};
@@ -38,7 +39,7 @@ pub use platform::{
 };
 pub use replication::{Applied, OutboxEntry, OutboxPage, ReplicationError};
 pub use requests::{RecordedAnswer, RequestId, RequestKey};
-pub use store::{Migration, Store, StoreConfig, StoreError, StoreKind};
+pub use store::{url_with_password, Migration, Store, StoreConfig, StoreError, StoreKind, StorePassword};
 
 /// The largest command body the fallback queue takes.
 pub fn queue_entry_bytes_max() -> usize {

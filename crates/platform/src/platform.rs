@@ -289,6 +289,7 @@ impl Platform {
         metrics: PlatformMetrics,
     ) -> Arc<Platform> {
         registry.register(Arc::new(crate::requests::RequestAnswerHandler));
+        registry.register(Arc::new(crate::sessions::RevokeSessionHandler));
         let breaker = CircuitBreaker::new(config.breaker);
         let ownership = Ownership::new(config.ownership.clone());
         let tasks = crate::tasks::Tasks::new(metrics.task_restarts.clone());
@@ -846,6 +847,26 @@ impl Platform {
     /// Where a command stands, looked up in the store and then in this node's queue. `None` when
     /// neither knows it; `Err` when the store could not be asked and the queue does not hold it.
     pub async fn status(&self, id: &CommandId) -> Result<Option<CommandStatus>, StoreUnavailable> {
+        Ok(self.status_unredacted(id).await?.map(|status| self.redacted(status)))
+    }
+
+    /// Who besides the admin may read `status` by its id (its kind decides, from its payload).
+    pub fn status_audience(&self, status: &CommandStatus) -> crate::StatusAudience {
+        match self.registry.get(&status.kind) {
+            Some(handler) => handler.status_audience(&status.payload),
+            None => crate::StatusAudience::Admin,
+        }
+    }
+
+    /// `status` with what no answer may carry removed by its kind (`CommandHandler::redact`).
+    fn redacted(&self, mut status: CommandStatus) -> CommandStatus {
+        if let Some(handler) = self.registry.get(&status.kind) {
+            handler.redact(&mut status.payload);
+        }
+        status
+    }
+
+    async fn status_unredacted(&self, id: &CommandId) -> Result<Option<CommandStatus>, StoreUnavailable> {
         let from_store = match tokio::time::timeout(STATUS_READ_TIMEOUT, self.status_in_store(id)).await {
             Ok(result) => result,
             Err(_elapsed) => Err(StoreUnavailable::Timeout),
@@ -923,7 +944,11 @@ impl Platform {
         .fetch_all(&pool)
         .await
         .map_err(StoreError::from)?;
-        rows.into_iter().map(|row| status_from_row(row).map_err(|error| StoreError::from(error).into())).collect()
+        rows.into_iter()
+            .map(|row| {
+                status_from_row(row).map(|status| self.redacted(status)).map_err(|error| StoreError::from(error).into())
+            })
+            .collect()
     }
 
     fn queued_status(&self, command: Command) -> CommandStatus {
@@ -947,7 +972,7 @@ impl Platform {
             .into_iter()
             .filter_map(|entry| serde_json::from_slice::<Command>(&entry.body).ok())
             .filter(|command| command.kind == kind)
-            .map(|command| self.queued_status(command))
+            .map(|command| self.redacted(self.queued_status(command)))
             .collect())
     }
 

@@ -87,6 +87,8 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration { component: "platform", version: 4, sqlite: OWNERS, postgres: OWNERS },
     Migration { component: "platform", version: 5, sqlite: REQUESTS, postgres: REQUESTS },
     Migration { component: "platform", version: 6, sqlite: RELAY, postgres: RELAY },
+    // Its own component, so its versions never collide with the platform's.
+    Migration { component: "sessions", version: 1, sqlite: REVOKED_SESSIONS, postgres: REVOKED_SESSIONS },
 ];
 
 /// Version 6: relay and region-sync durability (`replication`). Each outbox row says which
@@ -99,6 +101,13 @@ const RELAY: &str = "ALTER TABLE rn_outbox ADD COLUMN held_by TEXT;
         peer_region TEXT PRIMARY KEY,
         seq BIGINT NOT NULL
     )";
+
+/// Sessions ended early (`sessions`): kept until they would have expired by themselves.
+const REVOKED_SESSIONS: &str = "CREATE TABLE rn_revoked_sessions (
+        session_id TEXT PRIMARY KEY,
+        expires_at_ms BIGINT NOT NULL
+    );
+    CREATE INDEX rn_revoked_sessions_expiry ON rn_revoked_sessions (expires_at_ms)";
 
 /// Version 5: keyed requests (`requests`). A request's commands carry its id, unique, so the same
 /// request is applied once; the first answer to each key, for replays.

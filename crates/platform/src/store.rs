@@ -35,10 +35,48 @@ impl StoreKind {
     }
 }
 
+/// A database password, kept out of URLs, logs and `Debug` output: it joins the connection
+/// options only when a pool is built.
+#[derive(Clone)]
+pub struct StorePassword(std::sync::Arc<str>);
+
+impl StorePassword {
+    pub fn new(password: &str) -> StorePassword {
+        StorePassword(std::sync::Arc::from(password))
+    }
+
+    /// The password itself, to connect with. Never log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for StorePassword {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StorePassword(<redacted>)")
+    }
+}
+
+/// `url` with `password` for its user, for a connection made in this process only (the result
+/// is a secret: never log it, never put it on a command line).
+pub fn url_with_password(url: &str, password: Option<&StorePassword>) -> Result<String, StoreError> {
+    let Some(password) = password else { return Ok(url.to_string()) };
+    if StoreKind::from_url(url)? != StoreKind::Postgres {
+        return Ok(url.to_string());
+    }
+    let mut parsed = url::Url::parse(url).map_err(|_| StoreError::InvalidUrl("not a URL".into()))?;
+    parsed
+        .set_password(Some(password.expose()))
+        .map_err(|()| StoreError::InvalidUrl("a password needs a user in the URL".into()))?;
+    Ok(parsed.to_string())
+}
+
 #[derive(Clone, Debug)]
 pub struct StoreConfig {
-    /// sqlite://PATH?mode=rwc or postgres://user@host:port/db
+    /// sqlite://PATH?mode=rwc or postgres://user@host:port/db (no password: that is `password`)
     pub writer_url: String,
+    /// The PostgreSQL password of the URLs' user (`store.password_file`), for writer and reader.
+    pub password: Option<StorePassword>,
     /// A reader endpoint (replica); reads go to the writer when absent.
     pub reader_url: Option<String>,
     pub connections_max: u32,
@@ -146,17 +184,31 @@ impl Store {
 
     /// Adds another region's database as a last resort for reads (replicated data: it can lag).
     /// SQLite files are opened read-only.
-    pub fn add_fallback_reader(&self, region: &str, url: &str) -> Result<(), StoreError> {
+    /// A PostgreSQL one is read in read-only transactions, whatever its user may do.
+    pub fn add_fallback_reader(
+        &self,
+        region: &str,
+        url: &str,
+        password: Option<&StorePassword>,
+    ) -> Result<(), StoreError> {
         let kind = StoreKind::from_url(url)?;
         let url = match kind {
             StoreKind::Sqlite => url.replace("mode=rwc", "mode=ro"),
-            StoreKind::Postgres => url.to_string(),
+            StoreKind::Postgres => url_with_password(url, password)?,
         };
         let pool = AnyPoolOptions::new()
             .max_connections(self.config.connections_max.min(4))
             .min_connections(0)
             .acquire_timeout(Duration::from_millis(self.config.acquire_timeout_ms))
             .idle_timeout(Duration::from_secs(60))
+            .after_connect(move |connection, _meta| {
+                Box::pin(async move {
+                    if kind == StoreKind::Postgres {
+                        connection.execute("SET default_transaction_read_only = on").await?;
+                    }
+                    Ok(())
+                })
+            })
             .connect_lazy(&url)
             .map_err(|error| StoreError::InvalidUrl(redact(&error.to_string())))?;
         self.fallback_readers.write().unwrap_or_else(|poisoned| poisoned.into_inner()).push((region.to_string(), pool));
@@ -294,7 +346,8 @@ fn build_pool(kind: StoreKind, config: &StoreConfig, url: &str) -> Result<AnyPoo
                 Ok(())
             })
         });
-    options.connect_lazy(url).map_err(|error| StoreError::InvalidUrl(redact(&error.to_string())))
+    let url = url_with_password(url, config.password.as_ref())?;
+    options.connect_lazy(&url).map_err(|error| StoreError::InvalidUrl(redact(&error.to_string())))
 }
 
 /// The database file of a `sqlite:` URL (`sqlite://PATH?mode=...`, `sqlite:PATH`); None for
@@ -355,6 +408,15 @@ mod tests {
         assert_eq!(sqlite_path("sqlite:store.db"), Some(PathBuf::from("store.db")));
         assert_eq!(sqlite_path("sqlite::memory:"), None);
         assert_eq!(sqlite_path("postgres://u@h/db"), None);
+    }
+
+    #[test]
+    fn a_password_joins_a_postgres_url_only_in_memory() {
+        let password = StorePassword::new("s3cr#t/pw");
+        let url = url_with_password("postgres://app@127.0.0.1:5432/db", Some(&password)).unwrap();
+        assert_eq!(url::Url::parse(&url).unwrap().password(), Some("s3cr%23t%2Fpw"));
+        assert_eq!(url_with_password("sqlite:///x.db", Some(&password)).unwrap(), "sqlite:///x.db");
+        assert!(!format!("{password:?}").contains("s3cr"));
     }
 
     #[test]

@@ -50,6 +50,7 @@ async fn platform(dir: &std::path::Path) -> Arc<Platform> {
     let store = Store::open(
         StoreConfig {
             writer_url: url,
+            password: None,
             reader_url: None,
             connections_max: 4,
             busy_timeout_ms: 5000,

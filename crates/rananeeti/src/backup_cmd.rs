@@ -101,6 +101,7 @@ pub enum BackupCommand {
 
 /// Runs a backup command; a failure is one line on stderr and exit status 1.
 pub fn run(args: BackupArgs) -> anyhow::Result<()> {
+    crate::files::keep_private();
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -198,7 +199,9 @@ async fn sources(data: &Path) -> anyhow::Result<Vec<Source>> {
                     format!("node {} did not give its queue; a backup must hold every queued write", node.name)
                 })?;
             }
-            sources.push(Source { name: region.name.clone(), url: region.database.url.clone(), queued, cluster: None });
+            // In memory only (with its password, for PostgreSQL): never printed.
+            let url = region.database.connect_url()?;
+            sources.push(Source { name: region.name.clone(), url, queued, cluster: None });
         }
         return Ok(sources);
     }
@@ -225,7 +228,7 @@ async fn sources(data: &Path) -> anyhow::Result<Vec<Source>> {
         } else if dir.join("pg").join("PG_VERSION").is_file() {
             let cluster = PgCluster::init_and_start(&dir.join("pg"), free_loopback_port()?)
                 .with_context(|| format!("starting region {name}'s PostgreSQL for the backup"))?;
-            sources.push(Source { name, url: cluster.url(), queued, cluster: Some(cluster) });
+            sources.push(Source { name, url: cluster.connect_url()?, queued, cluster: Some(cluster) });
         }
     }
     anyhow::ensure!(!sources.is_empty(), "{} holds no region (r1/store.db or r1/pg)", data.display());
@@ -293,9 +296,11 @@ fn read_queue(dir: &Path, queued: &mut QueueSpool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `url` may carry its password (`connect_url`): it stays in this process.
 fn store_config(url: &str) -> StoreConfig {
     StoreConfig {
         writer_url: url.to_string(),
+        password: None,
         reader_url: None,
         connections_max: 4,
         busy_timeout_ms: 5000,
@@ -605,7 +610,8 @@ async fn restore_into(
         let url = if postgres {
             let cluster = PgCluster::init_and_start(&dir.join("pg"), free_loopback_port()?)
                 .with_context(|| format!("starting PostgreSQL for region {}", region.name))?;
-            let url = cluster.url();
+            // With its password, in memory only.
+            let url = cluster.connect_url()?;
             clusters.push(cluster);
             url
         } else {

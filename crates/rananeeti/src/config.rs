@@ -101,6 +101,10 @@ pub struct NodeSection {
     /// listening address, with 127.0.0.1 for an unspecified one (0.0.0.0): right on one machine,
     /// wrong in a pod, where it is the pod's DNS name.
     pub advertise_url: Option<String>,
+    /// Demo switches: the `X-Rananeeti-Fault: db` header and the cafe's "simulate database
+    /// failure" box make one request see a failed database. Off unless set; `up` sets it for its
+    /// nodes unless the configuration says `false` (a production configuration does).
+    pub demo: Option<bool>,
 }
 
 impl Default for NodeSection {
@@ -113,6 +117,7 @@ impl Default for NodeSection {
             admin_token_file: None,
             cluster_token_file: None,
             advertise_url: None,
+            demo: None,
         }
     }
 }
@@ -122,6 +127,9 @@ impl Default for NodeSection {
 pub struct StoreSection {
     /// `sqlite://PATH?mode=rwc` or `postgres://USER@HOST:PORT/DB`. Default: `store.db` in data_dir.
     pub writer_url: Option<String>,
+    /// File holding the PostgreSQL password of the URLs' user (mode 0600). A URL never carries
+    /// the password.
+    pub password_file: Option<PathBuf>,
     /// Optional reader endpoint (replica); reads use the writer when absent.
     pub reader_url: Option<String>,
     /// Other regions' databases, read (marked stale) when this region's cannot be.
@@ -136,6 +144,7 @@ impl Default for StoreSection {
     fn default() -> Self {
         StoreSection {
             writer_url: None,
+            password_file: None,
             reader_url: None,
             fallback_readers: Vec::new(),
             connections_max: 8,
@@ -151,6 +160,9 @@ impl Default for StoreSection {
 pub struct FallbackReader {
     pub region: String,
     pub url: String,
+    /// File holding that database's password, when it needs one.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -252,12 +264,36 @@ impl Default for DrainSection {
 pub struct HttpSection {
     pub body_bytes_max: usize,
     pub request_timeout_ms: u64,
+    /// TLS is in front of the deployment: cookies always get `Secure` and answers HSTS. Without
+    /// it, they do when a trusted proxy says the request came over HTTPS (`X-Forwarded-Proto`).
+    pub cookies_secure: bool,
+    /// Peers (IP addresses or CIDR networks) whose `X-Forwarded-Proto` and client address
+    /// (`X-Rananeeti-Client`, set by the gateway) are believed. Default: loopback (`up`'s gateway).
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for HttpSection {
     fn default() -> Self {
-        HttpSection { body_bytes_max: 64 * 1024, request_timeout_ms: 30_000 }
+        HttpSection {
+            body_bytes_max: 64 * 1024,
+            request_timeout_ms: 30_000,
+            cookies_secure: false,
+            trusted_proxies: vec!["127.0.0.0/8".into(), "::1/128".into()],
+        }
     }
+}
+
+/// Parses `http.trusted_proxies`-like lists: IP addresses or CIDR networks.
+pub fn parse_networks(key: &str, texts: &[String]) -> anyhow::Result<Vec<ipnet::IpNet>> {
+    texts
+        .iter()
+        .map(|text| {
+            let text = text.trim();
+            text.parse::<ipnet::IpNet>().or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from)).map_err(
+                |_| anyhow::anyhow!("configuration: {key}: {text} is neither an IP address nor a CIDR network"),
+            )
+        })
+        .collect()
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -432,6 +468,7 @@ impl Config {
                 "configuration: ownership.failover_after_ms must be more than ownership.lease_ms (or 0: off)"
             );
         }
+        parse_networks("http.trusted_proxies", &self.http.trusted_proxies)?;
         if self.submit.queue_reserve_ms >= self.submit.budget_ms {
             anyhow::bail!("configuration: submit.queue_reserve_ms must be less than submit.budget_ms");
         }

@@ -304,7 +304,12 @@ mod tests {
                     pid: None,
                 })
                 .collect(),
-            database: DatabaseTopology { kind: DatabaseKind::Sqlite, url: "sqlite://x".into(), pid: None },
+            database: DatabaseTopology {
+                kind: DatabaseKind::Sqlite,
+                url: "sqlite://x".into(),
+                pid: None,
+                password_file: None,
+            },
         };
         Plan {
             topology: Topology {

@@ -7,6 +7,7 @@ pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("
 pub mod backup_cmd;
 pub mod config;
 pub mod export_lb;
+pub mod files;
 pub mod gateway_cmd;
 pub mod node_cmd;
 pub mod postgres;

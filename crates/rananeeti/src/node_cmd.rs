@@ -53,6 +53,15 @@ pub struct NodeArgs {
     /// repeatable. Replaces the configuration's store.fallback_readers when given.
     #[arg(long = "fallback-reader", value_name = "REGION=URL")]
     pub fallback_readers: Vec<String>,
+    /// File holding the PostgreSQL password of the store URL's user.
+    #[arg(long)]
+    pub store_password_file: Option<PathBuf>,
+    /// The password file of a fallback reader's database, as REGION=FILE; repeatable.
+    #[arg(long = "fallback-reader-password-file", value_name = "REGION=FILE")]
+    pub fallback_reader_password_files: Vec<String>,
+    /// Honour the demo switches (`X-Rananeeti-Fault`, the cafe's "simulate database failure").
+    #[arg(long)]
+    pub demo: bool,
     /// File holding the key that signs bookstore sessions (the same on every node).
     #[arg(long)]
     pub session_key_file: Option<PathBuf>,
@@ -92,6 +101,12 @@ pub fn resolve(args: &NodeArgs) -> anyhow::Result<Config> {
     if let Some(url) = &args.reader_url {
         config.store.reader_url = Some(url.clone());
     }
+    if let Some(file) = &args.store_password_file {
+        config.store.password_file = Some(file.clone());
+    }
+    if args.demo {
+        config.node.demo = Some(true);
+    }
     if let Some(file) = &args.admin_token_file {
         config.node.admin_token_file = Some(file.clone());
     }
@@ -110,9 +125,26 @@ pub fn resolve(args: &NodeArgs) -> anyhow::Result<Config> {
                     .split_once('=')
                     .filter(|(region, url)| !region.trim().is_empty() && !url.trim().is_empty())
                     .with_context(|| "--fallback-reader: expected REGION=URL".to_string())?;
-                Ok(crate::config::FallbackReader { region: region.trim().to_string(), url: url.trim().to_string() })
+                Ok(crate::config::FallbackReader {
+                    region: region.trim().to_string(),
+                    url: url.trim().to_string(),
+                    password_file: None,
+                })
             })
             .collect::<anyhow::Result<_>>()?;
+    }
+    for text in &args.fallback_reader_password_files {
+        let (region, file) = text
+            .split_once('=')
+            .filter(|(region, file)| !region.trim().is_empty() && !file.trim().is_empty())
+            .with_context(|| "--fallback-reader-password-file: expected REGION=FILE".to_string())?;
+        let reader = config
+            .store
+            .fallback_readers
+            .iter_mut()
+            .find(|reader| reader.region == region.trim())
+            .with_context(|| format!("--fallback-reader-password-file: no fallback reader for region {region}"))?;
+        reader.password_file = Some(PathBuf::from(file.trim()));
     }
     if let Some(file) = &args.session_key_file {
         config.bookstore.session_key_file = Some(file.clone());
@@ -158,6 +190,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
         );
         return Ok(());
     }
+    crate::files::keep_private();
     rananeeti_node::telemetry::init_json_logs();
     let config = resolve(&args)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
@@ -203,9 +236,20 @@ async fn serve(config: Config, addr_file: Option<PathBuf>) -> anyhow::Result<()>
             rananeeti_bookstore::auth::SessionKey::random()
         }
     };
+    let security = rananeeti_node::security::Security::new(
+        admin_token.clone(),
+        rananeeti_node::security::EdgeConfig {
+            cookies_secure: config.http.cookies_secure,
+            trusted_proxies: crate::config::parse_networks("http.trusted_proxies", &config.http.trusted_proxies)?,
+            demo: config.node.demo.unwrap_or(false),
+        },
+    );
+    if security.config.demo {
+        tracing::warn!("demo switches are on (node.demo): X-Rananeeti-Fault and the cafe's checkbox fail requests");
+    }
     let apps: Vec<Box<dyn App>> = vec![
         Box::new(CafeApp { config: CafeConfig { seats_per_slot: config.cafe.seats_per_slot } }),
-        Box::new(rananeeti_bookstore::BookstoreApp { key: session_key, admin_token: admin_token.expose().into() }),
+        Box::new(rananeeti_bookstore::BookstoreApp { key: session_key, security: security.clone() }),
     ];
     let mut migrations = rananeeti_platform::schema::MIGRATIONS.to_vec();
     let mut registry = Registry::default();
@@ -219,9 +263,11 @@ async fn serve(config: Config, addr_file: Option<PathBuf>) -> anyhow::Result<()>
         Some(url) => url.clone(),
         None => format!("sqlite://{}?mode=rwc", data_dir.join("store.db").display()),
     };
+    let password = config.store.password_file.as_deref().map(read_password_file).transpose()?;
     let store = Store::open(
         StoreConfig {
             writer_url,
+            password,
             reader_url: config.store.reader_url.clone(),
             connections_max: config.store.connections_max,
             busy_timeout_ms: config.store.busy_timeout_ms,
@@ -232,7 +278,11 @@ async fn serve(config: Config, addr_file: Option<PathBuf>) -> anyhow::Result<()>
     )?;
     for fallback in &config.store.fallback_readers {
         store
-            .add_fallback_reader(&fallback.region, &fallback.url)
+            .add_fallback_reader(
+                &fallback.region,
+                &fallback.url,
+                fallback.password_file.as_deref().map(read_password_file).transpose()?.as_ref(),
+            )
             .with_context(|| format!("fallback reader for region {}", fallback.region))?;
     }
     if let Err(error) = store.ensure_migrated().await {
@@ -314,6 +364,7 @@ async fn serve(config: Config, addr_file: Option<PathBuf>) -> anyhow::Result<()>
             addr_file,
             advertised_url: Some(advertised_url),
             admin_token,
+            security,
             cluster_token,
             body_bytes_max: config.http.body_bytes_max,
             request_timeout_ms: config.http.request_timeout_ms,
@@ -336,6 +387,14 @@ fn register_build_info(registry: &mut prometheus_client::registry::Registry) {
         prometheus_client::metrics::family::Family::<BuildLabels, prometheus_client::metrics::gauge::Gauge>::default();
     info.get_or_create(&BuildLabels { version: crate::VERSION }).set(1);
     registry.register("rananeeti_build_info", "The binary this node runs: 1, labelled with its version", info);
+}
+
+/// A database password from its file (trimmed); the error names the file, never the content.
+pub fn read_password_file(file: &std::path::Path) -> anyhow::Result<rananeeti_platform::StorePassword> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("reading password file {}", file.display()))?;
+    let password = text.trim();
+    anyhow::ensure!(!password.is_empty(), "password file {} is empty", file.display());
+    Ok(rananeeti_platform::StorePassword::new(password))
 }
 
 fn read_token_file(file: &std::path::Path) -> anyhow::Result<AdminToken> {

@@ -1,15 +1,23 @@
 //! Local PostgreSQL clusters started from the machine's binaries (initdb, pg_ctl, psql).
 //!
-//! A cluster listens on one loopback TCP port only (no unix socket), trusts loopback connections
-//! for the `rananeeti` role, and keeps every durability setting on: it stands in for a managed
-//! database in `rananeeti up --store postgres` and in tests. PostgreSQL refuses to run as root, so
-//! when we are root the server programs run as the `postgres` system user (else `nobody`).
+//! A cluster listens on one loopback TCP port only (no unix socket) and keeps every durability
+//! setting on: it stands in for a managed database in `rananeeti up --store postgres` and in
+//! tests. It is locked like one: every connection authenticates with SCRAM-SHA-256; the
+//! bootstrap superuser `postgres` has a generated password kept in `<dir>.superuser.pgpass`
+//! (a PGPASSFILE, 0600) for setting the cluster up; the apps connect as `rananeeti`, a role that
+//! is no superuser, cannot create roles or databases, and owns only the schema `rananeeti` of the
+//! database `rananeeti` (where its tables go: the schema named after the role comes first in the
+//! search path), with a generated password in `<dir>.password` (0600) that nodes read through
+//! `store.password_file`. Neither password is ever on a command line, in a URL or in the
+//! server's log: the roles' passwords are sent as SCRAM verifiers computed here, over psql's
+//! standard input. PostgreSQL refuses to run as root, so when we are root the server programs
+//! run as the `postgres` system user (else `nobody`).
 
 use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -17,9 +25,18 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-/// The role initdb creates as superuser, and the database `init_and_start` creates.
-const ROLE: &str = "rananeeti";
+/// The apps' role, its database, and the schema it owns there.
+pub const ROLE: &str = "rananeeti";
 const DATABASE: &str = "rananeeti";
+/// The bootstrap superuser initdb creates; used only to set the cluster up.
+const SUPERUSER: &str = "postgres";
+/// Random bytes in a generated password (hex in its file).
+const PASSWORD_BYTES: usize = 32;
+/// PostgreSQL's default SCRAM iteration count.
+const SCRAM_ITERATIONS: u32 = 4096;
+/// Extensions the apps' migrations use that need more than the apps' role may do: created by the
+/// superuser at set-up, in the apps' schema (the bookstore's trigram search index).
+const EXTENSIONS: &[&str] = &["pg_trgm"];
 /// How long pg_ctl may wait for the server to start or stop.
 const PG_CTL_TIMEOUT_SECONDS: u64 = 30;
 /// How long a started server gets to accept a TCP connection.
@@ -66,8 +83,8 @@ impl PgCluster {
             .with_context(|| format!("data directory {} has no parent", data_dir.display()))?
             .to_path_buf();
         fs::create_dir_all(&parent).with_context(|| format!("creating directory {}", parent.display()))?;
-        if run_as.is_some() {
-            make_traversable(&parent)?;
+        if let Some(run_as) = &run_as {
+            make_traversable_for(&parent, run_as)?;
         }
         let mut log_name = data_dir
             .file_name()
@@ -78,8 +95,20 @@ impl PgCluster {
 
         if !cluster.data_dir.join("PG_VERSION").exists() {
             cluster.initdb()?;
-        } else if let Some(run_as) = &cluster.run_as {
-            chown_tree(&cluster.data_dir, run_as)?;
+        } else {
+            if !cluster.superuser_passfile().exists() || !cluster.password_file().exists() {
+                bail!(
+                    "the PostgreSQL cluster in {} has no {} or {}: it was made by an earlier rananeeti, which let every \
+                     local user in without a password. Take a backup of it (`rananeeti backup create`), restore it into \
+                     a new directory (`rananeeti backup restore --store postgres`), and use that one",
+                    cluster.data_dir.display(),
+                    cluster.superuser_passfile().display(),
+                    cluster.password_file().display()
+                );
+            }
+            if let Some(run_as) = &cluster.run_as {
+                chown_tree(&cluster.data_dir, run_as)?;
+            }
         }
         cluster.prepare_log_file()?;
         if cluster.is_running()? {
@@ -90,7 +119,7 @@ impl PgCluster {
             cluster.stop()?;
         }
         cluster.start()?;
-        cluster.create_database_if_missing()?;
+        cluster.set_up_roles_and_schema()?;
         tracing::info!(
             data_dir = %cluster.data_dir.display(),
             port,
@@ -100,9 +129,26 @@ impl PgCluster {
         Ok(cluster)
     }
 
-    /// `postgres://rananeeti@127.0.0.1:PORT/rananeeti` (no password: loopback trust).
+    /// `postgres://rananeeti@127.0.0.1:PORT/rananeeti`: the apps' role, without its password
+    /// (that is in `password_file`).
     pub fn url(&self) -> String {
         format!("postgres://{ROLE}@127.0.0.1:{}/{DATABASE}", self.port)
+    }
+
+    /// The apps' role's password (mode 0600): what nodes get as `store.password_file`.
+    pub fn password_file(&self) -> PathBuf {
+        sibling(&self.data_dir, ".password")
+    }
+
+    /// A PGPASSFILE (0600) with the superuser's password, for psql and for an operator.
+    pub fn superuser_passfile(&self) -> PathBuf {
+        sibling(&self.data_dir, ".superuser.pgpass")
+    }
+
+    /// `url` with the password, for a connection made in this process (tests, backups). A
+    /// secret: never log it or pass it to another program.
+    pub fn connect_url(&self) -> anyhow::Result<String> {
+        connect_url(&self.url(), Some(&self.password_file()))
     }
 
     /// The postmaster's pid, from `DIR/postmaster.pid`; `None` when the server is not running.
@@ -224,19 +270,48 @@ impl PgCluster {
                 .with_context(|| format!("chown {} to {}", partial.display(), run_as.name))?;
         }
 
+        // The passwords first: a cluster is never without them. Kept when an earlier, interrupted
+        // initdb already wrote them.
+        let superuser_password = match read_passfile_password(&self.superuser_passfile()) {
+            Some(password) => password,
+            None => {
+                let password = new_password();
+                write_private(
+                    &self.superuser_passfile(),
+                    format!("127.0.0.1:*:*:{SUPERUSER}:{password}\n").as_bytes(),
+                )?;
+                password
+            }
+        };
+        if read_password(&self.password_file()).is_none() {
+            write_private(&self.password_file(), new_password().as_bytes())?;
+        }
+        // initdb reads the superuser's password from a file the run-as user can read; it goes
+        // once initdb is done.
+        let pwfile = sibling(&partial, ".pwfile");
+        write_private(&pwfile, superuser_password.as_bytes())?;
+        if let Some(run_as) = &self.run_as {
+            std::os::unix::fs::chown(&pwfile, Some(run_as.uid), Some(run_as.gid))
+                .with_context(|| format!("chown {} to {}", pwfile.display(), run_as.name))?;
+        }
+
         // No --no-sync: initdb fsyncs the new cluster, which is what makes the rename below safe.
         let mut command = self.command("initdb");
         command
             .arg("-D")
             .arg(&partial)
-            .arg("--auth=trust")
+            .arg("--auth=scram-sha-256")
+            .arg("--pwfile")
+            .arg(&pwfile)
             .arg("-U")
-            .arg(ROLE)
+            .arg(SUPERUSER)
             .arg("-E")
             .arg("UTF8")
             // C locale: exists on every machine, and sorting does not change with the host.
             .arg("--locale=C");
-        let output = run(&mut command)?;
+        let output = run(&mut command);
+        let _ = fs::remove_file(&pwfile);
+        let output = output?;
         if !output.status.success() {
             bail!("initdb into {} failed: {}", partial.display(), output_text(&output));
         }
@@ -284,31 +359,98 @@ impl PgCluster {
         }
     }
 
-    fn create_database_if_missing(&self) -> anyhow::Result<()> {
-        let exists = self.psql(&format!("SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'"))?;
-        if exists.trim() != "1" {
-            self.psql(&format!("CREATE DATABASE {DATABASE}"))?;
-            tracing::info!(port = self.port, "created database {DATABASE}");
-        }
+    /// The apps' role (its password set from `password_file`, as a SCRAM verifier), the
+    /// database, and the schema the role owns; every step is a no-op when it is already so, so
+    /// this runs at every start.
+    fn set_up_roles_and_schema(&self) -> anyhow::Result<()> {
+        let password = read_password(&self.password_file())
+            .with_context(|| format!("reading the apps' role's password from {}", self.password_file().display()))?;
+        let verifier = scram_verifier(&password);
+        let extensions: String = EXTENSIONS
+            .iter()
+            .map(|extension| format!("CREATE EXTENSION IF NOT EXISTS {extension} SCHEMA {ROLE};\n"))
+            .collect();
+        let script = format!(
+            // A standby (in recovery) has it all from its primary, and can write nothing.
+            "SELECT pg_is_in_recovery() AS recovering \\gset\n\\if :recovering\n\\quit\n\\endif\n\
+             SELECT 'CREATE ROLE {ROLE}' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{ROLE}')\\gexec\n\
+             ALTER ROLE {ROLE} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS \
+             PASSWORD '{verifier}';\n\
+             SELECT 'CREATE DATABASE {DATABASE}' WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '{DATABASE}')\\gexec\n\
+             REVOKE ALL ON DATABASE {DATABASE} FROM PUBLIC;\n\
+             GRANT CONNECT, TEMPORARY ON DATABASE {DATABASE} TO {ROLE};\n\
+             REVOKE CONNECT ON DATABASE postgres FROM PUBLIC;\n\
+             \\connect {DATABASE}\n\
+             REVOKE ALL ON SCHEMA public FROM PUBLIC;\n\
+             CREATE SCHEMA IF NOT EXISTS {ROLE} AUTHORIZATION {ROLE};\n\
+             {extensions}"
+        );
+        self.psql_script(&script)?;
+        tracing::info!(port = self.port, role = ROLE, "PostgreSQL roles and schema set up");
         Ok(())
     }
 
-    /// Runs one SQL statement in the `postgres` database and returns its unaligned output.
-    fn psql(&self, sql: &str) -> anyhow::Result<String> {
-        // A client: it needs no run-as user, only the TCP port.
+    /// Another database for the apps' role, set up like `rananeeti` (its own schema, the
+    /// extensions), e.g. for a benchmark that compares two stores on one server. Its URL, without
+    /// the password.
+    pub fn add_database(&self, name: &str) -> anyhow::Result<String> {
+        anyhow::ensure!(
+            !name.is_empty()
+                && name.bytes().all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'_'),
+            "a database name of lowercase letters, digits and _: {name}"
+        );
+        let extensions: String = EXTENSIONS
+            .iter()
+            .map(|extension| format!("CREATE EXTENSION IF NOT EXISTS {extension} SCHEMA {ROLE};\n"))
+            .collect();
+        self.psql_script(&format!(
+            "SELECT 'CREATE DATABASE {name}' WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '{name}')\\gexec\n\
+             REVOKE ALL ON DATABASE {name} FROM PUBLIC;\n\
+             GRANT CONNECT, TEMPORARY ON DATABASE {name} TO {ROLE};\n\
+             \\connect {name}\n\
+             REVOKE ALL ON SCHEMA public FROM PUBLIC;\n\
+             CREATE SCHEMA IF NOT EXISTS {ROLE} AUTHORIZATION {ROLE};\n\
+             {extensions}"
+        ))?;
+        Ok(format!("postgres://{ROLE}@127.0.0.1:{}/{name}", self.port))
+    }
+
+    /// The superuser's password (for a tool that must act as it, such as `pg_basebackup`). A
+    /// secret: never log it.
+    pub fn superuser_password(&self) -> anyhow::Result<String> {
+        read_passfile_password(&self.superuser_passfile())
+            .with_context(|| format!("reading {}", self.superuser_passfile().display()))
+    }
+
+    /// The superuser's name.
+    pub fn superuser(&self) -> &'static str {
+        SUPERUSER
+    }
+
+    /// Runs a psql script (on standard input, so nothing of it is on a command line) as the
+    /// superuser, in the `postgres` database, stopping at the first error.
+    fn psql_script(&self, script: &str) -> anyhow::Result<String> {
+        // A client: it needs no run-as user, only the TCP port and the superuser's PGPASSFILE.
         let mut command = Command::new(self.bin_dir.join("psql"));
         command
             .env_clear()
             .env("PGCONNECT_TIMEOUT", "10")
-            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
-            .args(["-h", "127.0.0.1", "-U", ROLE, "-d", "postgres"])
+            .env("PGPASSFILE", self.superuser_passfile())
+            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-w", "-f", "-"])
+            .args(["-h", "127.0.0.1", "-U", SUPERUSER, "-d", "postgres"])
             .arg("-p")
             .arg(self.port.to_string())
-            .arg("-c")
-            .arg(sql);
-        let output = run(&mut command)?;
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().context("running psql")?;
+        let mut stdin = child.stdin.take().context("psql's standard input")?;
+        stdin.write_all(script.as_bytes()).context("writing to psql")?;
+        drop(stdin);
+        let output = child.wait_with_output().context("waiting for psql")?;
         if !output.status.success() {
-            bail!("psql on 127.0.0.1:{} running {sql:?} failed: {}", self.port, output_text(&output));
+            // The script holds a SCRAM verifier, not a password; still, quote psql, not the script.
+            bail!("setting up PostgreSQL on 127.0.0.1:{} failed: {}", self.port, output_text(&output));
         }
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
@@ -353,24 +495,117 @@ impl Drop for PgCluster {
     }
 }
 
+/// `url` with the password from `password_file` (when given), for a connection made in this
+/// process: a secret, never logged, never passed to another program.
+pub fn connect_url(url: &str, password_file: Option<&Path>) -> anyhow::Result<String> {
+    let password = match password_file {
+        Some(file) => Some(
+            read_password(file).with_context(|| format!("reading the database password from {}", file.display()))?,
+        ),
+        None => None,
+    };
+    let password = password.as_deref().map(rananeeti_platform::StorePassword::new);
+    rananeeti_platform::url_with_password(url, password.as_ref()).map_err(|error| anyhow::anyhow!("{error}"))
+}
+
+fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_os_string();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+fn new_password() -> String {
+    hex::encode(rand::random::<[u8; PASSWORD_BYTES]>())
+}
+
+/// A password file's content, trimmed; `None` when missing or empty.
+fn read_password(path: &Path) -> Option<String> {
+    let text = fs::read_to_string(path).ok()?;
+    Some(text.trim().to_string()).filter(|password| !password.is_empty())
+}
+
+/// The password of a one-line PGPASSFILE (`host:port:db:user:password`; ours hold no escapes).
+fn read_passfile_password(path: &Path) -> Option<String> {
+    let text = fs::read_to_string(path).ok()?;
+    text.lines().next()?.splitn(5, ':').nth(4).map(str::to_string).filter(|password| !password.is_empty())
+}
+
+/// Writes a secret file, mode 0600 from its creation, fsynced, atomically in place.
+fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+    let temporary = sibling(path, ".tmp");
+    let _ = fs::remove_file(&temporary);
+    let write = || -> std::io::Result<()> {
+        let mut file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&temporary)?;
+        file.write_all(contents)?;
+        file.sync_all()?;
+        fs::rename(&temporary, path)?;
+        File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()
+    };
+    write().with_context(|| format!("writing {}", path.display()))
+}
+
+/// A SCRAM-SHA-256 verifier of `password` (RFC 5802, as PostgreSQL stores it): the server gets
+/// this, never the password.
+fn scram_verifier(password: &str) -> String {
+    use base64::Engine;
+    use hmac::{Hmac, Mac};
+    use sha2::{Digest, Sha256};
+    let salt: [u8; 16] = rand::random();
+    let mut salted = [0u8; 32];
+    pbkdf2::pbkdf2_hmac::<Sha256>(password.as_bytes(), &salt, SCRAM_ITERATIONS, &mut salted);
+    let hmac = |key: &[u8], text: &[u8]| {
+        let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
+        mac.update(text);
+        mac.finalize().into_bytes()
+    };
+    let client_key = hmac(&salted, b"Client Key");
+    let stored_key = Sha256::digest(client_key);
+    let server_key = hmac(&salted, b"Server Key");
+    let b64 = base64::engine::general_purpose::STANDARD;
+    format!(
+        "SCRAM-SHA-256${SCRAM_ITERATIONS}:{}${}:{}",
+        b64.encode(salt),
+        b64.encode(stored_key),
+        b64.encode(server_key)
+    )
+}
+
 /// A loopback port that was free a moment ago (bind `127.0.0.1:0`, read the port, close).
 pub fn free_loopback_port() -> std::io::Result<u16> {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
     Ok(listener.local_addr()?.port())
 }
 
-/// Lets other users enter `path` and every directory above it that we own, by adding the execute
-/// (search) bit for group and others where it is missing. Read permission is not added, so names
-/// inside stay unlisted. Needed when we are root and the server runs as `postgres`: temporary
-/// directories are created 0700.
+/// Lets the user PostgreSQL's server runs as (when we are root) enter `path` and every directory
+/// above it that we own, without letting anyone list or read them: a private directory (nothing
+/// for group or others, as rananeeti makes them) is given to that user's group with search
+/// permission only (0710); any other directory we own gets the search bit for others. Read
+/// permission is never added, so names inside stay unlisted.
 pub fn make_traversable(path: &Path) -> anyhow::Result<()> {
+    let Some(run_as) = run_as_user()? else { return Ok(()) };
+    make_traversable_for(path, &run_as)
+}
+
+fn make_traversable_for(path: &Path, run_as: &RunAs) -> anyhow::Result<()> {
     let path = std::path::absolute(path).with_context(|| format!("resolving {}", path.display()))?;
     let euid = nix::unistd::geteuid().as_raw();
     for directory in path.ancestors() {
         let metadata =
             fs::metadata(directory).with_context(|| format!("reading metadata of {}", directory.display()))?;
-        let mode = metadata.permissions().mode();
-        if metadata.is_dir() && metadata.uid() == euid && mode & 0o011 != 0o011 {
+        let mode = metadata.permissions().mode() & 0o7777;
+        if !metadata.is_dir() || metadata.uid() != euid || mode & 0o001 != 0 {
+            continue;
+        }
+        if mode & 0o077 == 0 || (metadata.gid() == run_as.gid && mode & 0o070 == 0o010) {
+            if metadata.gid() != run_as.gid {
+                std::os::unix::fs::chown(directory, None, Some(run_as.gid))
+                    .with_context(|| format!("giving {} to group {}", directory.display(), run_as.name))?;
+            }
+            if mode & 0o010 == 0 {
+                fs::set_permissions(directory, fs::Permissions::from_mode(mode | 0o010))
+                    .with_context(|| format!("adding group search permission to {}", directory.display()))?;
+            }
+        } else {
             fs::set_permissions(directory, fs::Permissions::from_mode(mode | 0o011))
                 .with_context(|| format!("adding search permission to {}", directory.display()))?;
         }

@@ -43,10 +43,22 @@ pub struct NodeTopology {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DatabaseTopology {
     pub kind: DatabaseKind,
-    /// Connection URL without credentials (local clusters use trust authentication on loopback).
+    /// Connection URL without credentials.
     pub url: String,
     /// Process id of the PostgreSQL postmaster when `up` started it; `None` for SQLite.
     pub pid: Option<u32>,
+    /// The file (mode 0600) holding the password of the URL's user, when it has one: where the
+    /// secret is, never the secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<std::path::PathBuf>,
+}
+
+impl DatabaseTopology {
+    /// The URL with its password, for a connection made in this process (backups, tests, drills
+    /// that look into a region's database). A secret: never log it or pass it to a program.
+    pub fn connect_url(&self) -> anyhow::Result<String> {
+        crate::postgres::connect_url(&self.url, self.password_file.as_deref())
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,6 +125,7 @@ mod tests {
                 name: "r1".into(),
                 nodes: vec![NodeTopology { name: "r1-n1".into(), url: "http://127.0.0.1:8080".into(), pid: Some(42) }],
                 database: DatabaseTopology {
+                    password_file: None,
                     kind: DatabaseKind::Postgres,
                     url: "postgres://rananeeti@127.0.0.1:5433/rananeeti".into(),
                     pid: Some(7),

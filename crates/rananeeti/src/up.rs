@@ -4,9 +4,10 @@
 //! child processes of this executable, restarts a node that exits, keeps `DIR/topology.json` in
 //! step, and on Ctrl-C or SIGTERM stops the nodes, then the databases, and exits 0.
 //!
-//! Layout of `DIR`: `admin-token` (0600), `topology.json`, `up.lock`, and per region `rN/`
-//! holding `store.db` (SQLite) or `pg/` + `pg.log` (PostgreSQL), and one directory per node
-//! (`rN/rN-nM/`, with the node's `addr` file).
+//! Layout of `DIR` (0700, every file in it 0600): `admin-token`, `cluster-token`, `session-key`,
+//! `topology.json`, `up.lock`, `witness.json`, and per region `rN/` holding `store.db` (SQLite)
+//! or `pg/` + `pg.log` + `pg.password` + `pg.superuser.pgpass` (PostgreSQL), and one directory
+//! per node (`rN/rN-nM/`, with the node's `addr` file and queues).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
@@ -101,6 +102,8 @@ pub enum StoreKind {
 }
 
 pub fn run(args: UpArgs) -> anyhow::Result<()> {
+    // Every file of the deployment is private: the nodes and the databases inherit it.
+    crate::files::keep_private();
     // `up` is for a person at a terminal: plain lines on stderr (JSON lines when asked), stdout
     // keeps the "is up" line.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -139,6 +142,8 @@ struct NodePlan {
     data_dir: PathBuf,
     addr_file: PathBuf,
     store_url: String,
+    /// The store's password file (PostgreSQL), passed by path: the password is never an argument.
+    store_password_file: Option<PathBuf>,
     admin_token_file: PathBuf,
     cluster_token_file: PathBuf,
     session_key_file: PathBuf,
@@ -149,9 +154,13 @@ struct NodePlan {
     queue_peer: Option<String>,
     /// The witness's URL, when the deployment has more than one region.
     witness: Option<String>,
-    /// The other regions' databases, as `--fallback-reader REGION=URL` values.
+    /// The other regions' databases, as `--fallback-reader REGION=URL` values, and their
+    /// password files as `--fallback-reader-password-file REGION=FILE` values.
     fallback_readers: Vec<String>,
+    fallback_reader_password_files: Vec<String>,
     config: Option<PathBuf>,
+    /// Honour the demo switches (unless the configuration turns them off).
+    demo: bool,
 }
 
 impl NodePlan {
@@ -199,6 +208,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     fs::create_dir_all(&args.data).with_context(|| format!("creating data directory {}", args.data.display()))?;
     let data =
         fs::canonicalize(&args.data).with_context(|| format!("resolving data directory {}", args.data.display()))?;
+    crate::files::make_private_dir(&data)?;
     let _lock = lock_data_dir(&data)?;
     let topology_path = data.join("topology.json");
     // A topology.json from an earlier run would tell readers we are up before we are.
@@ -216,6 +226,9 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         .map(|config| fs::canonicalize(config).with_context(|| format!("configuration file {}", config.display())))
         .transpose()?;
     let executable = std::env::current_exe().context("finding the rananeeti executable")?;
+    // `up` is a demo on one machine: its nodes honour the demo switches, unless the configuration
+    // (file or environment) says `node.demo = false`, as a production one does.
+    let demo = crate::config::Config::load(config.as_deref())?.node.demo.unwrap_or(true);
 
     let mut clusters = Vec::new();
     let mut topology = Topology::default();
@@ -230,13 +243,18 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
                 kind: DatabaseKind::Sqlite,
                 url: format!("sqlite://{}?mode=rwc", region_dir.join("store.db").display()),
                 pid: None,
+                password_file: None,
             },
             StoreKind::Postgres => {
                 let port = free_loopback_port().context("finding a port for PostgreSQL")?;
                 let cluster = PgCluster::init_and_start(&region_dir.join("pg"), port)
                     .with_context(|| format!("starting PostgreSQL for region {region}"))?;
-                let database =
-                    DatabaseTopology { kind: DatabaseKind::Postgres, url: cluster.url(), pid: cluster.pid() };
+                let database = DatabaseTopology {
+                    kind: DatabaseKind::Postgres,
+                    url: cluster.url(),
+                    pid: cluster.pid(),
+                    password_file: Some(cluster.password_file()),
+                };
                 clusters.push(cluster);
                 database
             }
@@ -253,6 +271,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
                 addr_file: node_dir.join("addr"),
                 data_dir: node_dir,
                 store_url: database.url.clone(),
+                store_password_file: database.password_file.clone(),
                 admin_token_file: admin_token_file.clone(),
                 cluster_token_file: cluster_token_file.clone(),
                 session_key_file: session_key_file.clone(),
@@ -260,7 +279,9 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
                 queue_peer: None,
                 witness: None,
                 fallback_readers: Vec::new(),
+                fallback_reader_password_files: Vec::new(),
                 config: config.clone(),
+                demo,
                 name,
             };
             nodes.push(NodeTopology { name: plan.name.clone(), url: plan.url(), pid: None });
@@ -291,6 +312,12 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             .iter()
             .filter(|region| region.name != plan.region)
             .map(|region| format!("{}={}", region.name, region.database.url))
+            .collect();
+        plan.fallback_reader_password_files = topology
+            .regions
+            .iter()
+            .filter(|region| region.name != plan.region)
+            .filter_map(|region| Some(format!("{}={}", region.name, region.database.password_file.as_ref()?.display())))
             .collect();
         plan.peers = topology
             .regions
@@ -594,8 +621,17 @@ fn spawn_node(executable: &Path, plan: &NodePlan) -> anyhow::Result<Child> {
     if let Some(witness) = &plan.witness {
         command.arg("--witness").arg(witness);
     }
+    if let Some(file) = &plan.store_password_file {
+        command.arg("--store-password-file").arg(file);
+    }
     for fallback in &plan.fallback_readers {
         command.arg("--fallback-reader").arg(fallback);
+    }
+    for file in &plan.fallback_reader_password_files {
+        command.arg("--fallback-reader-password-file").arg(file);
+    }
+    if plan.demo {
+        command.arg("--demo");
     }
     if let Some(config) = &plan.config {
         command.arg("--config").arg(config);

@@ -19,6 +19,7 @@ pub struct WitnessArgs {
 }
 
 pub fn run(args: WitnessArgs) -> anyhow::Result<()> {
+    crate::files::keep_private();
     rananeeti_node::telemetry::init_json_logs();
     let token = std::fs::read_to_string(&args.cluster_token_file)
         .with_context(|| format!("reading token file {}", args.cluster_token_file.display()))?;

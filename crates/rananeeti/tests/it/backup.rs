@@ -81,7 +81,7 @@ async fn reservations_after_restore(into: &Path, regions: u32, store: &str) -> B
             (depth["depth"] == 0).then_some(())
         })
         .await;
-        let mut connection = sqlx::AnyConnection::connect(&region.database.url).await.unwrap();
+        let mut connection = sqlx::AnyConnection::connect(&region.database.connect_url().unwrap()).await.unwrap();
         for row in sqlx::query("SELECT id FROM cafe_reservations").fetch_all(&mut connection).await.unwrap() {
             committed.insert(row.get::<String, _>("id"));
         }
@@ -485,7 +485,7 @@ async fn a_column_the_format_cannot_carry_is_refused_not_emptied() {
     use sqlx::Connection;
     sqlx::any::install_default_drivers();
     let up = start_up(1, 1, "postgres").await;
-    let url = up.topology.regions[0].database.url.clone();
+    let url = up.topology.regions[0].database.connect_url().unwrap();
     let mut connection = sqlx::AnyConnection::connect(&url).await.unwrap();
     sqlx::query("CREATE TABLE hand_made (id TEXT PRIMARY KEY, flag BOOLEAN)").execute(&mut connection).await.unwrap();
     sqlx::query("INSERT INTO hand_made VALUES ('a', true)").execute(&mut connection).await.unwrap();

@@ -496,7 +496,31 @@ async fn book(client: &Client, node: &Node, booking: &Booking) -> StatusPage {
     wait_for_status_page(client, &format!("the page of the booking for {}", booking.name)).await
 }
 
-/// The list page's rows, top to bottom, as (reservation id, status).
+/// The list of every booking is the staff's: a guest gets the staff sign-in form (with no
+/// guest's name on it); the admin token there opens the list.
+async fn sign_in_as_staff(client: &Client, node: &Node, guest_names: &[&str]) {
+    client.goto(&node.url("/cafe/reservations")).await.unwrap();
+    let page = wait_for(
+        client,
+        "the staff sign-in form",
+        PAGE_LOAD_TIMEOUT,
+        r##"if (document.readyState !== "complete" || !document.getElementById("staff-signin")) return null;
+           return [document.body.innerText, !!document.getElementById("reservations")];"##,
+        vec![],
+    )
+    .await;
+    assert_eq!(page[1], json!(false), "a guest sees no list of bookings");
+    for name in guest_names {
+        assert!(!page[0].as_str().unwrap().contains(name), "a guest sees {name}'s booking on the staff page");
+    }
+    audit(client, "the staff sign-in form").await;
+    let token = client.find(Locator::Css("#token")).await.unwrap();
+    token.send_keys(&node.admin_token).await.unwrap();
+    client.find(Locator::Css("#staff-signin button[type=submit]")).await.unwrap().click().await.unwrap();
+}
+
+/// The list page's rows, top to bottom, as (reservation id, status); the browser holds the
+/// staff's session (`sign_in_as_staff`).
 async fn listed_reservations(client: &Client, node: &Node) -> Vec<(String, String)> {
     client.goto(&node.url("/cafe/reservations")).await.unwrap();
     let rows = wait_for(
@@ -564,6 +588,7 @@ async fn booking_scenario(client: &Client, node: &Node) {
     let again = book(client, node, &first).await;
     assert_eq!(again.placed.as_deref(), Some("duplicate"), "{again:?}");
     assert_eq!((again.id.as_str(), again.status.as_str()), (confirmed.id.as_str(), "committed"));
+    sign_in_as_staff(client, node, &[first.name]).await;
     let listed = listed_reservations(client, node).await;
     let copies = listed.iter().filter(|(id, _)| *id == confirmed.id).count();
     assert_eq!(copies, 1, "the booking sent twice is listed {copies} times: {listed:?}");

@@ -167,7 +167,8 @@ async fn bad_input_gets_4xx_naming_the_field() {
 }
 
 async fn list(node: &Node, query: &str) -> (u16, Value) {
-    let response = node.client.get(node.url(&format!("/api/cafe/reservations{query}"))).send().await.unwrap();
+    // The list is the staff's: the admin token.
+    let response = node.admin_get(&format!("/api/cafe/reservations{query}")).send().await.unwrap();
     let status = response.status().as_u16();
     (status, response.json().await.unwrap())
 }

@@ -56,7 +56,7 @@ fn steady_traffic(
                 let request = if writes {
                     client.post(format!("{base}/api/cafe/reservations")).json(&reservation("gateway", i))
                 } else {
-                    client.get(format!("{base}/api/cafe/reservations?limit=5"))
+                    client.get(format!("{base}/api/books?limit=5"))
                 };
                 i += 1;
                 let answer = request.send().await;
@@ -125,7 +125,8 @@ async fn a_frozen_region_loses_no_request() {
         task.await.unwrap();
     }
     // Read while r1 is still frozen (thawed, its checks pass again within 200 ms).
-    let metrics = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
+    let metrics =
+        client().get(format!("{base}/metrics")).bearer_auth(&up.token).send().await.unwrap().text().await.unwrap();
     signal_region(&up, 0, Signal::SIGCONT);
 
     let log = log.lock().unwrap().clone();
@@ -187,7 +188,7 @@ async fn a_node_killed_mid_request_is_retried_elsewhere() {
                         .send()
                         .await
                 } else {
-                    client.get(format!("{base}/api/cafe/reservations?limit=3")).send().await
+                    client.get(format!("{base}/api/books?limit=3")).send().await
                 };
                 let response = response.unwrap();
                 let node = response.headers()["x-served-by-node"].to_str().unwrap().to_string();
@@ -221,7 +222,8 @@ async fn a_node_killed_mid_request_is_retried_elsewhere() {
         assert!(ok, "request {i} answered {status} by {node}");
         *served_by.entry(node).or_insert(0) += 1;
     }
-    let metrics = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
+    let metrics =
+        client().get(format!("{base}/metrics")).bearer_auth(&up.token).send().await.unwrap().text().await.unwrap();
     let retried: f64 = metrics
         .lines()
         .filter(|line| line.starts_with("rananeeti_gateway_retries_total"))
@@ -318,13 +320,18 @@ async fn limits_refuse_abuse_and_spare_other_clients() {
     let dir = tempfile::tempdir().unwrap();
     let port = rananeeti::postgres::free_loopback_port().unwrap();
     let config = dir.path().join("gateway.toml");
+    // Its metrics are the admin's.
+    let token_file = dir.path().join("admin-token");
+    std::fs::write(&token_file, &up.token).unwrap();
     std::fs::write(
         &config,
         format!(
-            "listen = \"127.0.0.1:{port}\"\n\
+            "listen = \"127.0.0.1:{port}\"\nadmin_token_file = \"{}\"\n\
              [[regions]]\nname = \"r1\"\n[[regions.nodes]]\nname = \"{}\"\nurl = \"{}\"\n\
              [limits]\nbody_bytes_max = 1024\nrate_per_ip_per_sec = 20\nrate_burst_per_ip = 20\nheader_read_timeout_ms = 500\n",
-            node.name, node.url
+            token_file.display(),
+            node.name,
+            node.url
         ),
     )
     .unwrap();
@@ -405,7 +412,8 @@ async fn limits_refuse_abuse_and_spare_other_clients() {
     let closed_after = slowloris.await.unwrap();
     println!("slowloris connection closed after {closed_after:?}");
     assert_eq!(bystander.get(format!("{base}/healthz")).send().await.unwrap().status(), 200);
-    let metrics = bystander.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    let metrics =
+        bystander.get(format!("{base}/metrics")).bearer_auth(&up.token).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("rananeeti_gateway_refused_total{reason=\"rate_limited\"}"), "{metrics}");
     assert!(metrics.contains("rananeeti_gateway_refused_total{reason=\"body_too_large\"}"), "{metrics}");
     let _ = kill(Pid::from_raw(gateway.id() as i32), Signal::SIGTERM);

@@ -76,7 +76,8 @@ async fn quantity_in_cart(base: &str, token: &str, book: &str) -> i64 {
 /// Deletes every recorded answer in `region`'s database: what a node that stopped between
 /// applying a request and recording its answer leaves behind.
 async fn forget_recorded_answers(up: &Up, region: usize) {
-    let mut connection = sqlx::AnyConnection::connect(&up.topology.regions[region].database.url).await.unwrap();
+    let mut connection =
+        sqlx::AnyConnection::connect(&up.topology.regions[region].database.connect_url().unwrap()).await.unwrap();
     sqlx::query("DELETE FROM rn_request_answers").execute(&mut connection).await.unwrap();
 }
 
@@ -149,7 +150,8 @@ async fn a_retried_admin_book_create_gets_its_first_answer_not_exists() {
     assert_eq!(first.status, 201, "{}", first.body);
     // The recorded answer replicates like any write; once r2 has it, r2 replays it.
     eventually("r2 to hold the recorded answer", SETTLE_TIMEOUT, || async {
-        let mut connection = sqlx::AnyConnection::connect(&up.topology.regions[1].database.url).await.ok()?;
+        let mut connection =
+            sqlx::AnyConnection::connect(&up.topology.regions[1].database.connect_url().unwrap()).await.ok()?;
         let rows: i64 =
             sqlx::query("SELECT COUNT(*) AS n FROM rn_request_answers").fetch_one(&mut connection).await.ok()?.get("n");
         (rows == 1).then_some(())
@@ -171,7 +173,8 @@ async fn a_retried_admin_book_create_gets_its_first_answer_not_exists() {
         retried.body
     );
 
-    let mut connection = sqlx::AnyConnection::connect(&up.topology.regions[0].database.url).await.unwrap();
+    let mut connection =
+        sqlx::AnyConnection::connect(&up.topology.regions[0].database.connect_url().unwrap()).await.unwrap();
     let copies: i64 = sqlx::query("SELECT COUNT(*) AS n FROM rn_commands WHERE kind = 'bookstore.book_put'")
         .fetch_one(&mut connection)
         .await

@@ -385,7 +385,7 @@ fn steady_load(
                     let request = if writes {
                         client.post(format!("{base}/api/cafe/reservations")).json(&reservation("export-lb", i))
                     } else {
-                        client.get(format!("{base}/api/cafe/reservations?limit=5"))
+                        client.get(format!("{base}/api/books?limit=5"))
                     };
                     i += 1;
                     let started = Instant::now();
@@ -436,7 +436,7 @@ fn prober(
             let (client, base, nodes, log) = (client.clone(), base.clone(), Arc::clone(&nodes), Arc::clone(&log));
             probes.push(tokio::spawn(async move {
                 let started = Instant::now();
-                let answer = client.get(format!("{base}/api/cafe/reservations?limit=1")).send().await;
+                let answer = client.get(format!("{base}/api/books?limit=1")).send().await;
                 let (ok, region) = match answer {
                     Ok(response) => (response.status() == 200, region_of(&response, &nodes)),
                     Err(_) => (false, String::new()),

@@ -28,5 +28,6 @@ mod region_loss;
 mod regions;
 mod seats;
 mod secrets;
+mod security;
 mod support;
 mod up;

@@ -31,16 +31,20 @@ impl PeerNode {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    fn spawn(&mut self, dir: &Path, store_url: &str) {
+    fn spawn(&mut self, dir: &Path, store: &TestStore) {
         let log =
             std::fs::OpenOptions::new().create(true).append(true).open(dir.join(format!("{}.log", self.name))).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_rananeeti"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_rananeeti"));
+        if let Some(file) = &store.password_file {
+            command.env("RANANEETI_STORE__PASSWORD_FILE", file);
+        }
+        let child = command
             .args(["node", "--region", "r1", "--name", self.name, "--listen"])
             .arg(format!("127.0.0.1:{}", self.port))
             .arg("--data-dir")
             .arg(&self.data_dir)
             .arg("--store-url")
-            .arg(store_url)
+            .arg(&store.url)
             .arg("--admin-token-file")
             .arg(dir.join("admin-token"))
             .arg("--cluster-token-file")
@@ -118,14 +122,14 @@ async fn a_node_lost_with_its_disk_loses_nothing_it_acknowledged(kind: StoreKind
     std::fs::write(dir.path().join("admin-token"), ADMIN_TOKEN).unwrap();
     std::fs::write(dir.path().join("cluster-token"), "node-loss-cluster").unwrap();
     let store = TestStore::create(kind, dir.path());
-    let store_url = store.url.clone();
+    let store_url = store.connect_url();
     let (port_1, port_2) = (free_loopback_port().unwrap(), free_loopback_port().unwrap());
     let mut lost =
         PeerNode { name: "r1-n1", port: port_1, peer_port: port_2, data_dir: dir.path().join("n1"), child: None };
     let mut keeper =
         PeerNode { name: "r1-n2", port: port_2, peer_port: port_1, data_dir: dir.path().join("n2"), child: None };
-    lost.spawn(dir.path(), &store_url);
-    keeper.spawn(dir.path(), &store_url);
+    lost.spawn(dir.path(), &store);
+    keeper.spawn(dir.path(), &store);
     wait_healthy(&lost.url()).await;
     wait_healthy(&keeper.url()).await;
 
@@ -151,7 +155,7 @@ async fn a_node_lost_with_its_disk_loses_nothing_it_acknowledged(kind: StoreKind
     lost.kill9();
     std::fs::remove_dir_all(&lost.data_dir).unwrap();
     if comes_back {
-        lost.spawn(dir.path(), &store_url);
+        lost.spawn(dir.path(), &store);
         wait_healthy(&lost.url()).await;
         assert_eq!(admin_queue(&lost.url()).await["depth"], 0, "it came back with an empty queue");
     }

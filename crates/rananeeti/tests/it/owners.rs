@@ -18,7 +18,8 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Per closure command id in one region's database: the region that applied it, and how many
 /// records it has.
 async fn closures_in(up: &Up, region: usize) -> HashMap<String, (String, usize)> {
-    let mut connection = sqlx::AnyConnection::connect(&up.topology.regions[region].database.url).await.unwrap();
+    let mut connection =
+        sqlx::AnyConnection::connect(&up.topology.regions[region].database.connect_url().unwrap()).await.unwrap();
     let rows = sqlx::query("SELECT id, applied_region FROM rn_commands WHERE kind = 'cafe.set_closure'")
         .fetch_all(&mut connection)
         .await
@@ -46,9 +47,10 @@ async fn assert_applied_in(up: &Up, region: usize, id: &str, applier: &str) {
     assert_eq!(record, (applier.to_string(), 1), "region {}: closure {id} applied once, by {applier}", region + 1);
 }
 
-async fn close_day(url: &str, day: &str, reason: &str) -> (u16, Value) {
+async fn close_day(token: &str, url: &str, day: &str, reason: &str) -> (u16, Value) {
     let response = reqwest::Client::new()
         .put(format!("{url}/api/cafe/closures/{day}"))
+        .bearer_auth(token)
         .json(&json!({ "closed": true, "reason": reason }))
         .send()
         .await
@@ -89,7 +91,7 @@ async fn global_writes_go_to_the_owner_or_wait_for_it(store: &str) {
     let up = start_up(2, 1, store).await;
     let (r1, r2) = (up.region_urls(0)[0].clone(), up.region_urls(1)[0].clone());
 
-    let (status, body) = close_day(&r2, &day(1), "Staff party").await;
+    let (status, body) = close_day(&up.token, &r2, &day(1), "Staff party").await;
     assert_eq!(status, 201, "forwarded to r1 and committed there: {body}");
     let forwarded = body["id"].as_str().unwrap().to_string();
     assert_applied_by(&up, &forwarded, "r1").await;
@@ -107,7 +109,7 @@ async fn global_writes_go_to_the_owner_or_wait_for_it(store: &str) {
 
     // r1 frozen (for less than the failover time): r2 queues the write for it.
     signal_node(&up, 0, Signal::SIGSTOP);
-    let (status, body) = close_day(&r2, &day(2), "Plumbing").await;
+    let (status, body) = close_day(&up.token, &r2, &day(2), "Plumbing").await;
     let queued = body["id"].as_str().unwrap().to_string();
     signal_node(&up, 0, Signal::SIGCONT);
     assert_eq!(status, 202, "queued for the frozen owner: {body}");
@@ -144,7 +146,7 @@ async fn set_partition(up: &Up, url: &str, state: &str) {
 async fn the_old_owner_applies_nothing_it_lost(store: &str) {
     let up = start_up(2, 1, store).await;
     let (r1, r2) = (up.region_urls(0)[0].clone(), up.region_urls(1)[0].clone());
-    let (status, _) = close_day(&r2, &day(3), "Inventory").await;
+    let (status, _) = close_day(&up.token, &r2, &day(3), "Inventory").await;
     assert_eq!(status, 201);
 
     set_partition(&up, &r1, "cut").await;
@@ -163,12 +165,12 @@ async fn the_old_owner_applies_nothing_it_lost(store: &str) {
     assert_eq!(view["lease_held"], false, "{view}");
     let mut taken_by_old_owner = Vec::new();
     for n in 5..10 {
-        let (status, body) = close_day(&r1, &day(n), "Holiday").await;
+        let (status, body) = close_day(&up.token, &r1, &day(n), "Holiday").await;
         assert_eq!(status, 202, "queued by the old owner, not applied: {body}");
         taken_by_old_owner.push(body["id"].as_str().unwrap().to_string());
     }
     // Meanwhile r2 applies r1's writes (once the change is in effect).
-    let (status, body) = close_day(&r2, &day(4), "Deep clean").await;
+    let (status, body) = close_day(&up.token, &r2, &day(4), "Deep clean").await;
     assert!(status == 201 || status == 202, "{status} {body}");
     let taken_by_new_owner = body["id"].as_str().unwrap().to_string();
     assert_applied_in(&up, 1, &taken_by_new_owner, "r2").await;
@@ -197,7 +199,7 @@ async fn the_old_owner_applies_nothing_it_lost(store: &str) {
         (acting_for_r1(&regions_view(&up, &r2).await) == ("r1".to_string(), 2)).then_some(())
     })
     .await;
-    let (status, body) = close_day(&r2, &day(10), "Back to normal").await;
+    let (status, body) = close_day(&up.token, &r2, &day(10), "Back to normal").await;
     assert!(status == 201 || status == 202, "{status} {body}");
     assert_applied_by(&up, body["id"].as_str().unwrap(), "r1").await;
 
@@ -286,7 +288,7 @@ async fn a_failover_pushed_late_to_the_witness_never_lets_two_regions_apply() {
             day += 1;
             let date = format!("{year}-{:02}-{:02}", 1 + (day / 28) % 12, 1 + day % 28);
             let sent = Instant::now();
-            let (status, body) = close_day(url, &date, &format!("fence {day}")).await;
+            let (status, body) = close_day(&up.token, url, &date, &format!("fence {day}")).await;
             let answered = Instant::now();
             assert!(status == 201 || status == 202, "{region}: {status} {body}");
             if status == 201 {

@@ -14,7 +14,7 @@ fn committed_row_survives_an_immediate_stop_and_restart_of_a_local_cluster() {
     let first_pid = cluster.pid().expect("a running cluster has a postmaster pid");
 
     runtime.block_on(async {
-        let mut connection = PgConnection::connect(&cluster.url()).await.unwrap();
+        let mut connection = PgConnection::connect(&cluster.connect_url().unwrap()).await.unwrap();
         sqlx::query("CREATE TABLE orders (id BIGINT PRIMARY KEY, item TEXT NOT NULL)")
             .execute(&mut connection)
             .await
@@ -25,7 +25,7 @@ fn committed_row_survives_an_immediate_stop_and_restart_of_a_local_cluster() {
 
     cluster.stop_immediate().unwrap();
     runtime.block_on(async {
-        let refused = PgConnection::connect(&cluster.url()).await;
+        let refused = PgConnection::connect(&cluster.connect_url().unwrap()).await;
         assert!(refused.is_err(), "a stopped cluster must refuse connections");
     });
 
@@ -33,11 +33,20 @@ fn committed_row_survives_an_immediate_stop_and_restart_of_a_local_cluster() {
     let second_pid = cluster.pid().expect("a restarted cluster has a postmaster pid");
     assert_ne!(first_pid, second_pid, "the restart runs a new postmaster");
     runtime.block_on(async {
-        let mut connection = PgConnection::connect(&cluster.url()).await.unwrap();
+        let mut connection = PgConnection::connect(&cluster.connect_url().unwrap()).await.unwrap();
         let rows = sqlx::query("SELECT id, item FROM orders").fetch_all(&mut connection).await.unwrap();
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].get::<i64, _>("id"), 1);
         assert_eq!(rows[0].get::<String, _>("item"), "flat white");
+        connection.close().await.unwrap();
+    });
+
+    // Another database for the apps' role (the benchmark's): its own schema, the same password.
+    let second = cluster.add_database("second").unwrap();
+    runtime.block_on(async {
+        let url = rananeeti::postgres::connect_url(&second, Some(&cluster.password_file())).unwrap();
+        let mut connection = PgConnection::connect(&url).await.unwrap();
+        sqlx::query("CREATE TABLE kept_apart (id BIGINT)").execute(&mut connection).await.unwrap();
         connection.close().await.unwrap();
     });
 
@@ -46,7 +55,7 @@ fn committed_row_survives_an_immediate_stop_and_restart_of_a_local_cluster() {
     let port = free_loopback_port().unwrap();
     let cluster = PgCluster::init_and_start(&directory.path().join("pg"), port).unwrap();
     runtime.block_on(async {
-        let mut connection = PgConnection::connect(&cluster.url()).await.unwrap();
+        let mut connection = PgConnection::connect(&cluster.connect_url().unwrap()).await.unwrap();
         let count: i64 = sqlx::query_scalar("SELECT count(*) FROM orders").fetch_one(&mut connection).await.unwrap();
         assert_eq!(count, 1);
         connection.close().await.unwrap();

@@ -118,12 +118,16 @@ pub(crate) async fn queue_of(url: &str, token: &str) -> Value {
     client.get(format!("{url}/admin/queue")).bearer_auth(token).send().await.unwrap().json().await.unwrap()
 }
 
-async fn command_status(url: &str, id: &CommandId) -> Value {
-    reqwest::get(format!("{url}/api/commands/{id}")).await.unwrap().json().await.unwrap_or(Value::Null)
+/// A command's status as the admin sees it.
+async fn command_status(url: &str, token: &str, id: &CommandId) -> Value {
+    let client = reqwest::Client::new();
+    let response = client.get(format!("{url}/api/commands/{id}")).bearer_auth(token).send().await.unwrap();
+    response.json().await.unwrap_or(Value::Null)
 }
 
 async fn closures_in(up: &Up, region: usize) -> Vec<String> {
-    let mut connection = sqlx::AnyConnection::connect(&up.topology.regions[region].database.url).await.unwrap();
+    let mut connection =
+        sqlx::AnyConnection::connect(&up.topology.regions[region].database.connect_url().unwrap()).await.unwrap();
     let rows = sqlx::query("SELECT day FROM cafe_closures ORDER BY day").fetch_all(&mut connection).await.unwrap();
     rows.iter().map(|row| row.get::<String, _>("day")).collect()
 }
@@ -148,7 +152,7 @@ async fn a_forwarded_write_its_owner_refuses_for_good_is_rejected_and_the_owners
         (queue_of(&r2, &up.token).await["depth"] == 0).then_some(())
     })
     .await;
-    let status = command_status(&r2, &refused.id).await;
+    let status = command_status(&r2, &up.token, &refused.id).await;
     assert_eq!(status["status"], "rejected", "{status}");
     assert!(status["reason"].as_str().unwrap().contains("refused by region r1"), "{status}");
     assert_eq!(closures_in(&up, 0).await, vec![format!("{year}-03-04")], "the write behind it reached its owner");
@@ -174,7 +178,7 @@ async fn writes_held_for_an_unreachable_owner_do_not_starve_the_local_writes_beh
 
     let r2 = node_url_after_restart(&up, 1).await;
     let status = eventually("the local write behind the held ones to be applied", DRAIN_TIMEOUT, || async {
-        let status = command_status(&r2, &local.id).await;
+        let status = command_status(&r2, &up.token, &local.id).await;
         (status["status"] == "committed").then_some(status)
     })
     .await;
@@ -218,7 +222,7 @@ async fn one_corrupt_queue_entry_is_skipped_reported_and_kept_while_the_rest_dra
     let r2 = node_url_after_restart(&up, 1).await;
     for booking in [&bookings[0], &bookings[2]] {
         eventually("the readable entries to drain", DRAIN_TIMEOUT, || async {
-            (command_status(&r2, &booking.id).await["status"] == "committed").then_some(())
+            (command_status(&r2, &up.token, &booking.id).await["status"] == "committed").then_some(())
         })
         .await;
     }

@@ -47,12 +47,17 @@ pub(crate) async fn start_up(regions: u32, nodes: u32, store: &str) -> Up {
 
 /// `start_up` with environment variables for `up` and its nodes (`RANANEETI_<SECTION>__<FIELD>`).
 pub(crate) async fn start_up_with(regions: u32, nodes: u32, store: &str, environment: &[(&str, &str)]) -> Up {
-    start_up_full(regions, nodes, store, environment, &[]).await
+    start_up_full(regions, nodes, store, environment, &[], None).await
 }
 
 /// `start_up` with more flags for `up` (which may name files outside its data directory).
 pub(crate) async fn start_up_with_args(regions: u32, nodes: u32, store: &str, extra_args: &[String]) -> Up {
-    start_up_full(regions, nodes, store, &[], extra_args).await
+    start_up_full(regions, nodes, store, &[], extra_args, None).await
+}
+
+/// `start_up` with a configuration file of this TOML for every node.
+pub(crate) async fn start_up_with_config(regions: u32, nodes: u32, store: &str, config: Option<&str>) -> Up {
+    start_up_full(regions, nodes, store, &[], &[], config).await
 }
 
 async fn start_up_full(
@@ -61,10 +66,16 @@ async fn start_up_full(
     store: &str,
     environment: &[(&str, &str)],
     extra_args: &[String],
+    config: Option<&str>,
 ) -> Up {
     sqlx::any::install_default_drivers();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
+    let config_file = config.map(|config| {
+        let path = dir.path().join("rananeeti.toml");
+        std::fs::write(&path, config).unwrap();
+        path
+    });
     let expected_nodes = (regions * nodes) as usize;
     // The nodes take the deployment's port and the ones after it; another test may take one of
     // those meanwhile, which `up` refuses clearly. Then try other ports.
@@ -75,8 +86,14 @@ async fn start_up_full(
         }
         let log_path = dir.path().join("up.log");
         let log = std::fs::File::create(&log_path).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_rananeeti"))
-            .args(["up", "--store", store, "--regions"])
+        let mut command = Command::new(env!("CARGO_BIN_EXE_rananeeti"));
+        if let Some(config) = &config_file {
+            command.arg("up").arg("--config").arg(config);
+        } else {
+            command.arg("up");
+        }
+        let mut child = command
+            .args(["--store", store, "--regions"])
             .arg(regions.to_string())
             .arg("--nodes-per-region")
             .arg(nodes.to_string())
@@ -150,7 +167,8 @@ impl Up {
 
     /// Reservation ids in one region's database, with how many rows each has.
     async fn ids_in_region(&self, region: usize) -> (HashMap<String, usize>, HashMap<String, usize>) {
-        let mut connection = sqlx::AnyConnection::connect(&self.topology.regions[region].database.url).await.unwrap();
+        let mut connection =
+            sqlx::AnyConnection::connect(&self.topology.regions[region].database.connect_url().unwrap()).await.unwrap();
         let count = |rows: Vec<sqlx::any::AnyRow>| {
             let mut counts = HashMap::new();
             for row in rows {
@@ -319,9 +337,10 @@ async fn random_kills_during_replication_lose_and_double_nothing_postgres() {
     random_kills_during_replication_lose_and_double_nothing("postgres").await;
 }
 
-async fn set_special(url: &str, day: &str, dish: &str) -> Value {
+async fn set_special(token: &str, url: &str, day: &str, dish: &str) -> Value {
     let response = reqwest::Client::new()
         .put(format!("{url}/api/cafe/specials/{day}"))
+        .bearer_auth(token)
         .json(&json!({ "dish": dish, "price_cents": 950 }))
         .send()
         .await
@@ -357,8 +376,8 @@ async fn concurrent_writes_resolve_by_last_writer_wins_with_the_loser_logged(sto
     let day = format!("{}-06-01", crate::support::booking_year());
     up.set_replication("cut").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let first = set_special(&r1, &day, "Lentil soup").await;
-    let second = set_special(&r2, &day, "Mushroom risotto").await;
+    let first = set_special(&up.token, &r1, &day, "Lentil soup").await;
+    let second = set_special(&up.token, &r2, &day, "Mushroom risotto").await;
     up.set_replication("ok").await;
 
     let (winner_r1, winner_r2) = eventually("both regions to agree on the special", CONVERGE_TIMEOUT, || async {
@@ -384,10 +403,10 @@ async fn concurrent_writes_resolve_by_last_writer_wins_with_the_loser_logged(sto
     let other_day = format!("{}-06-02", crate::support::booking_year());
     up.set_replication("cut").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    set_special(&r1, &other_day, "Soup").await;
-    set_special(&r1, &other_day, "Pasta").await;
+    set_special(&up.token, &r1, &other_day, "Soup").await;
+    set_special(&up.token, &r1, &other_day, "Pasta").await;
     tokio::time::sleep(Duration::from_millis(5)).await;
-    set_special(&r2, &other_day, "Soup").await;
+    set_special(&up.token, &r2, &other_day, "Soup").await;
     up.set_replication("ok").await;
     let agreed = eventually("both regions to agree on the twice-made special", CONVERGE_TIMEOUT, || async {
         let (a, b) = (special(&r1, &other_day).await?, special(&r2, &other_day).await?);
@@ -408,7 +427,7 @@ async fn concurrent_writes_resolve_by_last_writer_wins_with_the_loser_logged(sto
     }
 
     // An update made after seeing the winner overwrites it without a conflict.
-    let update = set_special(&r1, &day, "Pea and mint soup").await;
+    let update = set_special(&up.token, &r1, &day, "Pea and mint soup").await;
     eventually("both regions to show the update", CONVERGE_TIMEOUT, || async {
         let (a, b) = (special(&r1, &day).await?, special(&r2, &day).await?);
         (a["id"] == update["id"] && b["id"] == update["id"]).then_some(())

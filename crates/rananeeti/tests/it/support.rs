@@ -40,7 +40,10 @@ pub enum StoreKind {
 /// A throwaway store: a SQLite file, or a PostgreSQL cluster started from the local binaries.
 pub struct TestStore {
     pub kind: StoreKind,
+    /// Without a password (that is in `password_file`).
     pub url: String,
+    /// PostgreSQL: the file holding the apps' role's password (what a node gets).
+    pub password_file: Option<PathBuf>,
     /// Where the SQLite database file lives (`None` for PostgreSQL).
     pub sqlite_path: Option<PathBuf>,
     pub pg: Option<PgCluster>,
@@ -56,6 +59,7 @@ impl TestStore {
                 TestStore {
                     kind,
                     url: format!("sqlite://{}?mode=rwc", path.display()),
+                    password_file: None,
                     sqlite_path: Some(path),
                     pg: None,
                 }
@@ -64,7 +68,13 @@ impl TestStore {
                 let port = free_loopback_port().expect("a free loopback port for PostgreSQL");
                 let pg = tokio::task::block_in_place(|| PgCluster::init_and_start(&dir.join("pg"), port))
                     .unwrap_or_else(|error| panic!("starting a throwaway PostgreSQL cluster: {error:#}"));
-                TestStore { kind, url: pg.url(), sqlite_path: None, pg: Some(pg) }
+                TestStore {
+                    kind,
+                    url: pg.url(),
+                    password_file: Some(pg.password_file()),
+                    sqlite_path: None,
+                    pg: Some(pg),
+                }
             }
         }
     }
@@ -84,9 +94,15 @@ impl TestStore {
             .unwrap_or_else(|error| panic!("restarting PostgreSQL: {error:#}"));
     }
 
+    /// The store's URL with its password (PostgreSQL), to open it directly from the test.
+    pub fn connect_url(&self) -> String {
+        rananeeti::postgres::connect_url(&self.url, self.password_file.as_deref())
+            .unwrap_or_else(|error| panic!("the store's connect URL: {error:#}"))
+    }
+
     pub async fn connect(&self) -> sqlx::AnyConnection {
         sqlx::any::install_default_drivers();
-        sqlx::AnyConnection::connect(&self.url)
+        sqlx::AnyConnection::connect(&self.connect_url())
             .await
             .unwrap_or_else(|error| panic!("opening the store {} directly: {error}", self.url))
     }
@@ -154,6 +170,9 @@ impl TestStore {
 pub struct Node {
     data_dir: PathBuf,
     store_url: String,
+    store_password_file: Option<PathBuf>,
+    /// `--demo`: the demo switches (`X-Rananeeti-Fault`) are honoured.
+    demo: bool,
     token_file: PathBuf,
     addr_file: PathBuf,
     log_file: PathBuf,
@@ -166,9 +185,14 @@ pub struct Node {
 }
 
 impl Node {
-    /// Spawns a node with its files under `dir` over the store at `store_url`, and waits until it
-    /// answers `/healthz`.
-    pub async fn start(dir: &Path, store_url: &str) -> Node {
+    /// Spawns a node with its files under `dir` over the store at `store_url` (its password in
+    /// `store_password_file`), with the demo switches on, and waits until it answers `/healthz`.
+    pub async fn start(dir: &Path, store_url: &str, store_password_file: Option<&Path>) -> Node {
+        Node::start_with(dir, store_url, store_password_file, true).await
+    }
+
+    /// `start`, with the demo switches on or off (`rananeeti node`'s default: off).
+    pub async fn start_with(dir: &Path, store_url: &str, store_password_file: Option<&Path>, demo: bool) -> Node {
         let admin_token = format!("test-admin-{}", std::process::id());
         let token_file = dir.join("admin-token");
         std::fs::write(&token_file, format!("{admin_token}\n")).unwrap();
@@ -181,6 +205,8 @@ impl Node {
         let mut node = Node {
             data_dir: dir.join("node"),
             store_url: store_url.to_string(),
+            store_password_file: store_password_file.map(Path::to_path_buf),
+            demo,
             token_file,
             addr_file: dir.join("node.addr"),
             log_file: dir.join("node.log"),
@@ -202,8 +228,17 @@ impl Node {
             Err(error) => panic!("removing {}: {error}", self.addr_file.display()),
         }
         let log = OpenOptions::new().create(true).append(true).open(&self.log_file).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_rananeeti"))
-            .arg("node")
+        let mut command = Command::new(env!("CARGO_BIN_EXE_rananeeti"));
+        if let Some(file) = &self.store_password_file {
+            command.arg("node").arg("--store-password-file").arg(file);
+        } else {
+            command.arg("node");
+        }
+        if self.demo {
+            // The tests use the demo's per-request fault (X-Rananeeti-Fault).
+            command.arg("--demo");
+        }
+        let child = command
             .arg("--listen")
             .arg("127.0.0.1:0")
             .arg("--data-dir")
@@ -373,7 +408,7 @@ impl Deployment {
     pub async fn start(kind: StoreKind) -> Deployment {
         let dir = tempfile::tempdir().unwrap();
         let store = TestStore::create(kind, dir.path());
-        let node = Node::start(dir.path(), &store.url).await;
+        let node = Node::start(dir.path(), &store.url, store.password_file.as_deref()).await;
         Deployment { node, store, _dir: dir }
     }
 }
