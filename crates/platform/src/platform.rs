@@ -867,10 +867,18 @@ impl Platform {
     }
 
     async fn status_unredacted(&self, id: &CommandId) -> Result<Option<CommandStatus>, StoreUnavailable> {
-        let from_store = match tokio::time::timeout(STATUS_READ_TIMEOUT, self.status_in_store(id)).await {
-            Ok(result) => result,
-            Err(_elapsed) => Err(StoreUnavailable::Timeout),
+        let read_store = || async {
+            match tokio::time::timeout(STATUS_READ_TIMEOUT, self.status_in_store(id)).await {
+                Ok(result) => result,
+                Err(_elapsed) => Err(StoreUnavailable::Timeout),
+            }
         };
+        let mut from_store = read_store().await;
+        if matches!(from_store, Ok(None)) && self.queued_somewhere(id).is_none() {
+            // Drained between the two reads (the drainer commits, then removes from the queue):
+            // the store has it now. Without this second read it was "no such command".
+            from_store = read_store().await;
+        }
         if let Ok(Some(mut status)) = from_store {
             // Region-sync: committed here is *pending* until another region holds it.
             if self.config.durability == Durability::RegionSync

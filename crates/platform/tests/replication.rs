@@ -115,3 +115,38 @@ async fn a_peer_page_out_of_seq_order_is_refused_and_the_next_good_one_applies()
     let applied = platform.apply_replicated("r1", &[entry(1), entry(2)], None).await.unwrap();
     assert_eq!((applied.applied, applied.checkpoint), (2, 2));
 }
+
+/// Regression: a queued command's status read the store (not there yet), then the queue (already
+/// drained into the store meanwhile) and answered "no such command": the cafe's page of a booking
+/// drained as it loaded was a 404. Commands queued on a working store are drained at once; their
+/// status is read the whole time and must always be found.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_command_drained_while_its_status_is_read_is_always_found() {
+    use rananeeti_platform::{CommandState, NewCommand, SubmitOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let platform = platform(dir.path()).await;
+    let mut readers = Vec::new();
+    for n in 0u64..200 {
+        let id = CommandId::digest("test.count", &(1000 + n).to_be_bytes());
+        let new = NewCommand { kind: "test.count", id, payload: serde_json::json!({ "n": n }) };
+        platform.submit(new, SubmitOptions { simulate_store_failure: true }).await.unwrap();
+        let platform = Arc::clone(&platform);
+        readers.push(tokio::spawn(async move {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            loop {
+                match platform.status(&id).await {
+                    Ok(Some(status)) if status.state == CommandState::Committed => return Ok(()),
+                    Ok(Some(_)) | Err(_) => {}
+                    Ok(None) => return Err(format!("command {n} not found while it was being drained")),
+                }
+                if std::time::Instant::now() > deadline {
+                    return Err(format!("command {n} not committed within 20 s"));
+                }
+                tokio::task::yield_now().await;
+            }
+        }));
+    }
+    for reader in readers {
+        reader.await.unwrap().unwrap();
+    }
+}

@@ -552,7 +552,7 @@ async fn booking_in_a_browser_survives_a_database_outage() {
 
     let outcome = AssertUnwindSafe(booking_scenario(&client, &deployment.node)).catch_unwind().await;
     if outcome.is_err() {
-        eprintln!("{}", driver.log_tail());
+        eprintln!("{}\nthe node's log:\n{}", driver.log_tail(), deployment.node.log_tail());
     }
     let _ = client.close().await;
     drop(driver);

@@ -103,6 +103,7 @@ async fn the_console_shows_an_outage_a_drain_a_conflict_the_backups_and_the_dril
     for (url, dish) in [(&r1[0], "Lentil soup"), (&r2[0], "Mushroom risotto")] {
         let response = client
             .put(format!("{url}/api/cafe/specials/{day}"))
+            .bearer_auth(&up.token)
             .json(&json!({ "dish": dish, "price_cents": 950 }))
             .send()
             .await

@@ -288,7 +288,8 @@ async fn every_metric_a_running_deployment_serves_passes_promtool_check_metrics(
             assert!(text.contains("rananeeti_witness_exchanges_total{voter=\"r1\"}"), "{text}");
         }
         // What Prometheus asks for first: OpenMetrics, with the same samples.
-        let (content_type, openmetrics) = get_text(url, Some("application/openmetrics-text;version=1.0.0"), None).await;
+        let (content_type, openmetrics) =
+            get_text(url, Some("application/openmetrics-text;version=1.0.0"), Some(&up.token)).await;
         assert!(content_type.starts_with("application/openmetrics-text"), "{name}: {content_type}");
         assert!(openmetrics.ends_with("# EOF\n"), "{name}: OpenMetrics ends with # EOF");
     }

@@ -22,7 +22,8 @@ const CONVERGE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Reservation ids in `region`'s database, with how many rows each has.
 async fn reservations_in(up: &Up, region: usize) -> HashMap<String, usize> {
-    let mut connection = sqlx::AnyConnection::connect(&up.topology.regions[region].database.url).await.unwrap();
+    let mut connection =
+        sqlx::AnyConnection::connect(&up.topology.regions[region].database.connect_url().unwrap()).await.unwrap();
     let mut counts = HashMap::new();
     for row in sqlx::query("SELECT id FROM cafe_reservations").fetch_all(&mut connection).await.unwrap() {
         *counts.entry(row.get::<String, _>("id")).or_insert(0) += 1;
@@ -169,7 +170,8 @@ async fn with_three_regions_a_write_reaches_the_third_through_the_second_after_i
     })
     .await;
     // Recorded as r1 decided them, though r2 relayed them.
-    let mut connection = sqlx::AnyConnection::connect(&up.topology.regions[2].database.url).await.unwrap();
+    let mut connection =
+        sqlx::AnyConnection::connect(&up.topology.regions[2].database.connect_url().unwrap()).await.unwrap();
     for id in &ids {
         let row = sqlx::query("SELECT applied_region FROM rn_commands WHERE id = $1")
             .bind(id)
