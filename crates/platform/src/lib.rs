@@ -8,6 +8,8 @@ pub mod breaker;
 pub mod command;
 pub mod conflicts;
 pub mod copies;
+#[cfg(feature = "drill-faults")]
+mod drill_faults;
 pub mod faults;
 pub mod hlc;
 pub mod id;
