@@ -3,6 +3,7 @@
 
 pub mod backup_cmd;
 pub mod config;
+pub mod drill_cmd;
 pub mod gateway_cmd;
 pub mod node_cmd;
 pub mod postgres;

@@ -21,6 +21,8 @@ enum Command {
     Backup(rananeeti::backup_cmd::BackupArgs),
     /// Run a witness: the third voter on ownership for a two-region deployment.
     Witness(rananeeti::witness_cmd::WitnessArgs),
+    /// Drills: a workload, a fault, then every acknowledged write checked; RTO, RPO, lost, duplicated.
+    Drill(rananeeti::drill_cmd::DrillArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -31,5 +33,6 @@ fn main() -> anyhow::Result<()> {
         Command::Gateway(args) => rananeeti::gateway_cmd::run(args),
         Command::Backup(args) => rananeeti::backup_cmd::run(args),
         Command::Witness(args) => rananeeti::witness_cmd::run(args),
+        Command::Drill(args) => rananeeti::drill_cmd::run(args),
     }
 }
