@@ -120,6 +120,26 @@ pub(crate) fn answers(samples: &[Sample]) -> BTreeMap<String, u64> {
     counts
 }
 
+/// The same, per kind of request (`reserve`, `checkout`, `read_books`, ...).
+pub(crate) fn answers_by_request(samples: &[Sample]) -> BTreeMap<String, BTreeMap<String, u64>> {
+    let mut counts: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+    for sample in samples {
+        *counts.entry(sample.op.name().to_string()).or_default().entry(sample.answer.label()).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// Latency per kind of request, over the whole load.
+pub(crate) fn latency_by_request(samples: &[Sample]) -> BTreeMap<String, Latency> {
+    let mut names: Vec<&'static str> = samples.iter().map(|sample| sample.op.name()).collect();
+    names.sort_unstable();
+    names.dedup();
+    names
+        .into_iter()
+        .map(|name| (name.to_string(), latency(samples.iter().filter(|sample| sample.op.name() == name))))
+        .collect()
+}
+
 /// Writes answered after more than `budget_ms` (or never answered).
 pub(crate) fn writes_over_budget(samples: &[Sample], budget_ms: u32) -> u64 {
     samples

@@ -10,7 +10,8 @@ const CHART_WIDTH: f64 = 720.0;
 const CHART_HEIGHT: f64 = 220.0;
 const MARGIN_LEFT: f64 = 56.0;
 const MARGIN_RIGHT: f64 = 56.0;
-const MARGIN_TOP: f64 = 14.0;
+/// Room above the plot for the axes' names.
+const MARGIN_TOP: f64 = 28.0;
 const MARGIN_BOTTOM: f64 = 34.0;
 /// X-axis ticks at most.
 const X_TICKS_MAX: f64 = 10.0;

@@ -147,8 +147,12 @@ pub async fn run(
             .ok_or_else(|| DrillError::UnknownScenario(name.clone()))?;
         chosen.push(scenario);
     }
-    let started_at =
-        time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+    let now = time::OffsetDateTime::now_utc();
+    let started_at = now
+        .replace_nanosecond(0)
+        .unwrap_or(now)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
     let deployment = deployment::Deployment::load(&config.data)?;
     let summary = DeploymentSummary {
         regions: deployment.regions.len(),

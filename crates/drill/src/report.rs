@@ -101,6 +101,9 @@ pub struct Load {
     pub shed_by_client: u64,
     /// Requests by answer: HTTP status, `timeout` or `connection`.
     pub answers: BTreeMap<String, u64>,
+    /// The same per kind of request: `reserve`, `cart_add`, `checkout`, `signup`,
+    /// `read_reservation`, `read_books`, `read_bestsellers`.
+    pub answers_by_request: BTreeMap<String, BTreeMap<String, u64>>,
     /// Attempts the gateways retried on another node, by reason (their counters' increase).
     pub gateway_retries: BTreeMap<String, u64>,
 }
@@ -164,6 +167,8 @@ pub struct ScenarioReport {
     pub rpo: Vec<RegionRpo>,
     pub writes: Option<Checked>,
     pub latency_ms: Option<Phases<Latency>>,
+    /// Latency over the whole load per kind of request (the names of `answers_by_request`).
+    pub latency_ms_by_request: BTreeMap<String, Latency>,
     /// Writes answered after more than the budget, or never.
     pub writes_over_budget: Option<u64>,
     pub settle: Option<Settle>,
@@ -185,6 +190,7 @@ impl ScenarioReport {
             rpo: Vec::new(),
             writes: None,
             latency_ms: None,
+            latency_ms_by_request: BTreeMap::new(),
             writes_over_budget: None,
             settle: None,
             restore: None,

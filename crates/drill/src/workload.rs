@@ -31,8 +31,7 @@ const EMPTY_CART_ATTEMPTS_MAX: u32 = 3;
 const SHOPPER_PASSWORD: &str = "drill-shopper-password";
 
 /// What one request was.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Op {
     Reserve,
     CartAdd,
@@ -44,6 +43,18 @@ pub(crate) enum Op {
 }
 
 impl Op {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Op::Reserve => "reserve",
+            Op::CartAdd => "cart_add",
+            Op::Checkout => "checkout",
+            Op::Signup => "signup",
+            Op::ReadReservation => "read_reservation",
+            Op::ReadBooks => "read_books",
+            Op::ReadBestsellers => "read_bestsellers",
+        }
+    }
+
     pub(crate) fn is_write(self) -> bool {
         matches!(self, Op::Reserve | Op::CartAdd | Op::Checkout | Op::Signup)
     }

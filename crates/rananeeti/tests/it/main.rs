@@ -9,6 +9,7 @@ mod bookstore_browser;
 mod browser;
 mod cafe_api;
 mod crash;
+mod drill;
 mod gateway;
 mod health;
 mod node_loss;
