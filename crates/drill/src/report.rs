@@ -204,6 +204,11 @@ impl ScenarioReport {
     }
 }
 
+/// Whether an answer label (`201`, `503`, `timeout`) counts as answered, as the workload counts it.
+fn answer_succeeded(label: &str) -> bool {
+    label.parse::<u16>().is_ok_and(|status| status < 500 && status != 408 && status != 429)
+}
+
 pub(crate) fn seconds(value: Option<f64>) -> String {
     value.map_or_else(|| "never".to_string(), |value| format!("{value:.2} s"))
 }
@@ -242,6 +247,21 @@ impl Report {
                     load.failed,
                     answers.join(", ")
                 );
+            }
+            if let Some(load) = scenario.load.as_ref().filter(|load| load.failed > 0) {
+                let failed: Vec<String> = load
+                    .answers_by_request
+                    .iter()
+                    .filter_map(|(request, answers)| {
+                        let failures: Vec<String> = answers
+                            .iter()
+                            .filter(|(answer, _)| !answer_succeeded(answer))
+                            .map(|(answer, count)| format!("{answer} {count}"))
+                            .collect();
+                        (!failures.is_empty()).then(|| format!("{request}: {}", failures.join(", ")))
+                    })
+                    .collect();
+                let _ = writeln!(text, "   failed by request: {}", failed.join("; "));
             }
             if let Some(rto) = &scenario.rto {
                 let run = &rto.longest_failed_run;

@@ -137,8 +137,8 @@ async fn start_restored(run: &FaultRun<'_>, into: &Path) -> Result<(RestoredUp, 
             if let Ok(Some(status)) = child.try_wait() {
                 restored.child = None;
                 return Err(DrillError::Fault(format!(
-                    "the restored deployment's up exited with {status} (its log: {})",
-                    into.with_extension("up.log").display()
+                    "the restored deployment's up exited with {status}; the end of its log:\n{}",
+                    log_tail(&into.with_extension("up.log"))
                 )));
             }
         }
@@ -150,6 +150,14 @@ async fn start_restored(run: &FaultRun<'_>, into: &Path) -> Result<(RestoredUp, 
         }
         run.hold(Duration::from_millis(100)).await?;
     }
+}
+
+/// The last lines of a log, for an error message (the scratch directory goes with the drill).
+fn log_tail(path: &Path) -> String {
+    const LINES_MAX: usize = 20;
+    let log = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(LINES_MAX)..].join("\n")
 }
 
 /// Asks the restored deployment for each id until each is committed or rejected there, bounded;

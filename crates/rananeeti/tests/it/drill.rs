@@ -415,3 +415,42 @@ async fn drill_report_reads_in_a_browser() {
         std::panic::resume_unwind(panic);
     }
 }
+
+/// The state letter of a process in /proc (`T`: stopped by a signal).
+fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.split_whitespace().next()?.chars().next()
+}
+
+/// Ctrl-C while a region is frozen: the drill continues the frozen nodes before it exits.
+#[tokio::test(flavor = "multi_thread")]
+async fn ctrl_c_during_a_drill_heals_the_fault_it_set() {
+    let up = start(2, 1, "sqlite", &[], &[]).await;
+    let data = data_dir(&up);
+    let mut running = Command::new(env!("CARGO_BIN_EXE_rananeeti"))
+        .args(["drill", "--scenario", "region-freeze", "--duration", "120", "--rate", "20", "--data"])
+        .arg(&data)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let node = up.topology.regions[0].nodes[0].pid.unwrap();
+    crate::support::eventually("the drill to freeze region r1", START_TIMEOUT, || async {
+        (process_state(node) == Some('T')).then_some(())
+    })
+    .await;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(running.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = running.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the drill did not exit within 60 s of Ctrl-C");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(status.code(), Some(130), "{status:?}");
+    assert_ne!(process_state(node), Some('T'), "the frozen node was continued");
+    let healthz = reqwest::get(format!("{}/healthz", up.topology.regions[0].nodes[0].url)).await.unwrap();
+    assert_eq!(healthz.status(), 200);
+}
