@@ -147,7 +147,7 @@ pub struct Duplicate {
     pub region: String,
     /// `id`: two rows with one id; `content`: two reservations with one drill note (the same
     /// write under two ids); `effect`: a counter that is not its recount (seats, stock, best
-    /// sellers) or an order line with more copies than the shopper added.
+    /// sellers) or a cart or order line with more copies than the shopper added.
     pub found_by: &'static str,
     pub what: String,
 }
@@ -391,7 +391,7 @@ fn holds(view: &RegionView, id: &str, effect: &Effect) -> bool {
         Effect::Checkout => view.orders.get(id).is_some_and(|count| *count > 0),
         Effect::Signup { user_id } => view.users.get(user_id).is_some_and(|count| *count > 0),
         // A cart line is consumed by the checkout after it: its record is what stays.
-        Effect::CartAdd => true,
+        Effect::CartLine => true,
     }
 }
 
@@ -482,7 +482,29 @@ async fn find_effect_duplicates(
         }
     }
 
-    // A shopper adds one copy per round: an order line with more was added twice.
+    // A shopper adds one copy of a book once per run: a cart line with more was added twice.
+    for chunk in shopper_ids.chunks(IN_LIST_MAX) {
+        let sql = format!(
+            "SELECT user_id, book_id, quantity FROM bs_cart_lines WHERE user_id IN ({}) AND quantity > 1",
+            placeholders(chunk.len())
+        );
+        let mut query = sqlx::query(&sql);
+        for id in chunk {
+            query = query.bind(id);
+        }
+        for row in query.fetch_all(&mut *connection).await.map_err(sql_error(region, "cart lines"))? {
+            let user: String = row.try_get(0).map_err(sql_error(region, "user id"))?;
+            let book: String = row.try_get(1).map_err(sql_error(region, "book id"))?;
+            let quantity: i64 = row.try_get(2).map_err(sql_error(region, "quantity"))?;
+            duplicates.push(Duplicate {
+                region: region.into(),
+                found_by: "effect",
+                what: format!("cart of {user}: {quantity} copies of {book}, the shopper added one"),
+            });
+        }
+    }
+
+    // ...and an order line with more.
     for chunk in shopper_ids.chunks(IN_LIST_MAX) {
         let sql = format!(
             "SELECT o.id, l.book_id, l.quantity FROM bs_orders o JOIN bs_order_lines l ON l.order_id = o.id \

@@ -79,6 +79,10 @@ pub struct Target {
     /// The figure, as a person reads it.
     pub value: String,
     pub met: bool,
+    /// A target on time (RTO, the write budget, drain and restore times), which a busy machine
+    /// can miss; the others are about the data (lost, duplicated, stuck, RPO), which nothing
+    /// excuses.
+    pub timing: bool,
 }
 
 #[derive(Clone, Debug, Serialize)]

@@ -21,8 +21,13 @@ const IN_FLIGHT_MAX: usize = 512;
 const GATEWAY_DOWN_FOR: Duration = Duration::from_secs(1);
 /// Recent reservation ids kept to read back.
 const RECENT_RESERVATIONS_MAX: usize = 256;
-/// Books the shoppers choose from.
+/// Books the shoppers choose from: the ones with the most stock. A shopper buys each at most once
+/// per run, so an order line with two copies was added twice.
 const BOOKS_MAX: usize = 100;
+/// A book with less stock than this is not chosen (it would be sold out within the run).
+const BOOK_STOCK_MIN: i64 = 10;
+/// Pages of the catalog read to choose the books.
+const CATALOG_PAGES_MAX: usize = 100;
 /// How long setup may take to sign the shoppers up and in.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
 /// Checkouts that found the cart empty before a shopper gives up on the round.
@@ -35,8 +40,10 @@ const SHOPPER_PASSWORD: &str = "drill-shopper-password";
 pub(crate) enum Op {
     Reserve,
     CartAdd,
+    CartRemove,
     Checkout,
     Signup,
+    ReadCart,
     ReadReservation,
     ReadBooks,
     ReadBestsellers,
@@ -47,8 +54,10 @@ impl Op {
         match self {
             Op::Reserve => "reserve",
             Op::CartAdd => "cart_add",
+            Op::CartRemove => "cart_remove",
             Op::Checkout => "checkout",
             Op::Signup => "signup",
+            Op::ReadCart => "read_cart",
             Op::ReadReservation => "read_reservation",
             Op::ReadBooks => "read_books",
             Op::ReadBestsellers => "read_bestsellers",
@@ -56,7 +65,7 @@ impl Op {
     }
 
     pub(crate) fn is_write(self) -> bool {
-        matches!(self, Op::Reserve | Op::CartAdd | Op::Checkout | Op::Signup)
+        matches!(self, Op::Reserve | Op::CartAdd | Op::CartRemove | Op::Checkout | Op::Signup)
     }
 }
 
@@ -104,8 +113,11 @@ impl Sample {
 #[derive(Clone, Debug)]
 pub(crate) enum Effect {
     Reservation,
-    Signup { user_id: String },
-    CartAdd,
+    Signup {
+        user_id: String,
+    },
+    /// A cart line set (added or removed): its command record is what stays.
+    CartLine,
     Checkout,
 }
 
@@ -120,12 +132,27 @@ pub(crate) struct Ack {
     pub(crate) effect: Effect,
 }
 
+/// What a shopper does next.
+enum Stage {
+    /// Add the round's book to the cart.
+    Add,
+    CheckOut,
+    /// A checkout was refused (a book sold out): list the cart, then remove each line, as a
+    /// person would before trying again.
+    Clear {
+        listed: bool,
+        remove: Vec<String>,
+    },
+}
+
 /// A user of the bookstore the drill signed up and in.
 struct Shopper {
     user_id: String,
     token: String,
-    round: u64,
-    wants_checkout: bool,
+    /// Where in the books this shopper starts; round `r` adds book `offset + r`.
+    offset: usize,
+    round: usize,
+    stage: Stage,
     empty_checkouts: u32,
 }
 
@@ -308,9 +335,10 @@ async fn one_request(shared: &Shared, seq: u64) {
         20..=27 => {
             let index = (seq as usize / 40 * 8 + (seq % 40 - 20) as usize) % shared.shoppers.len();
             match shared.shoppers[index].try_lock() {
-                Ok(mut shopper) => shop(shared, &mut shopper, seq).await,
-                // Still busy with its last step: a shopper does one thing at a time.
-                Err(_) => read(shared, seq).await,
+                Ok(mut shopper) if shopper.round < shared.books.len() => shop(shared, &mut shopper).await,
+                // Still busy with its last step (a shopper does one thing at a time), or every
+                // book bought once: a read instead.
+                _ => read(shared, seq).await,
             }
         }
         28 => signup(shared, seq).await,
@@ -457,57 +485,100 @@ async fn signup(shared: &Shared, seq: u64) {
     }
 }
 
-/// One step of a shopper: add the round's book to the cart, or check the cart out. A step that
-/// got no answer is tried again with the same idempotency key, as a careful client would.
-async fn shop(shared: &Shared, shopper: &mut Shopper, seq: u64) {
+/// One step of a shopper: add the round's book to the cart, check the cart out, or clear it
+/// after a refused checkout. A step that got no answer is sent again with the same
+/// idempotency key, as a careful client would.
+async fn shop(shared: &Shared, shopper: &mut Shopper) {
     let token = shopper.token.clone();
-    if !shopper.wants_checkout {
-        let book = &shared.books[(hash(&shopper.user_id) as usize + shopper.round as usize) % shared.books.len()];
-        let key = format!("drill-{}-{}-r{}-add", shared.tag, shopper.user_id, shopper.round);
-        let body = json!({ "book_id": book, "quantity": 1 });
-        let answered = send(shared, Op::CartAdd, |client, base| {
-            client.post(format!("{base}/api/cart")).bearer_auth(&token).header("Idempotency-Key", &key).json(&body)
-        })
-        .await;
-        if let Some((id, status)) = acknowledged(&answered) {
-            record_ack(shared, id, "bookstore.cart_set", status, Effect::CartAdd);
-            shopper.wants_checkout = true;
-        } else if matches!(answered.answer, Answer::Status(400..=499)) {
-            // Refused (no such book any more): the next round picks another.
-            shopper.round += 1;
-        }
-        return;
-    }
-    let key =
-        format!("drill-{}-{}-r{}-checkout-{}", shared.tag, shopper.user_id, shopper.round, shopper.empty_checkouts);
-    let answered = send(shared, Op::Checkout, |client, base| {
-        client.post(format!("{base}/api/orders")).bearer_auth(&token).header("Idempotency-Key", &key)
-    })
-    .await;
+    let round_key = format!("drill-{}-{}-r{}", shared.tag, shopper.user_id, shopper.round);
     let next_round = |shopper: &mut Shopper| {
         shopper.round += 1;
-        shopper.wants_checkout = false;
+        shopper.stage = Stage::Add;
         shopper.empty_checkouts = 0;
     };
-    if let Some((id, status)) = acknowledged(&answered) {
-        record_ack(shared, id, "bookstore.checkout", status, Effect::Checkout);
-        next_round(shopper);
-    } else if let Answer::Status(status) = answered.answer {
-        match status {
-            // Rejected (stock): the round is over.
-            409 => next_round(shopper),
-            // The cart is empty here (its line still queued, or read from a region that has not
-            // got it yet): try again later, then move on.
-            422 => {
-                shopper.empty_checkouts += 1;
-                if shopper.empty_checkouts >= EMPTY_CART_ATTEMPTS_MAX {
-                    next_round(shopper);
+    match &mut shopper.stage {
+        Stage::Add => {
+            let book = &shared.books[(shopper.offset + shopper.round) % shared.books.len()];
+            let key = format!("{round_key}-add");
+            let body = json!({ "book_id": book, "quantity": 1 });
+            let answered = send(shared, Op::CartAdd, |client, base| {
+                client.post(format!("{base}/api/cart")).bearer_auth(&token).header("Idempotency-Key", &key).json(&body)
+            })
+            .await;
+            if let Some((id, status)) = acknowledged(&answered) {
+                record_ack(shared, id, "bookstore.cart_set", status, Effect::CartLine);
+                shopper.stage = Stage::CheckOut;
+            } else if matches!(answered.answer, Answer::Status(400..=499)) {
+                // Refused (no such book any more): the next round takes another.
+                next_round(shopper);
+            }
+        }
+        Stage::CheckOut => {
+            let key = format!("{round_key}-checkout-{}", shopper.empty_checkouts);
+            let answered = send(shared, Op::Checkout, |client, base| {
+                client.post(format!("{base}/api/orders")).bearer_auth(&token).header("Idempotency-Key", &key)
+            })
+            .await;
+            if let Some((id, status)) = acknowledged(&answered) {
+                record_ack(shared, id, "bookstore.checkout", status, Effect::Checkout);
+                next_round(shopper);
+            } else if let Answer::Status(status) = answered.answer {
+                match status {
+                    409 => shopper.stage = Stage::Clear { listed: false, remove: Vec::new() },
+                    // The cart is empty here (its line still queued, or read from a region that
+                    // has not got it yet): try again later, then move on.
+                    422 => {
+                        shopper.empty_checkouts += 1;
+                        if shopper.empty_checkouts >= EMPTY_CART_ATTEMPTS_MAX {
+                            next_round(shopper);
+                        }
+                    }
+                    _ => {}
                 }
             }
-            _ => {}
+        }
+        Stage::Clear { listed: false, remove } => {
+            let answered =
+                send(shared, Op::ReadCart, |client, base| client.get(format!("{base}/api/cart")).bearer_auth(&token))
+                    .await;
+            if answered.answer == Answer::Status(200) {
+                *remove = answered.body["items"]
+                    .as_array()
+                    .map(|items| items.iter().filter_map(|line| line["book_id"].as_str().map(str::to_string)).collect())
+                    .unwrap_or_default();
+                if remove.is_empty() {
+                    next_round(shopper);
+                } else {
+                    shopper.stage = Stage::Clear { listed: true, remove: std::mem::take(remove) };
+                }
+            }
+        }
+        Stage::Clear { listed: true, remove } => {
+            let Some(book) = remove.last().cloned() else {
+                next_round(shopper);
+                return;
+            };
+            let key = format!("{round_key}-remove-{book}");
+            let body = json!({ "book_id": book });
+            let answered = send(shared, Op::CartRemove, |client, base| {
+                client
+                    .delete(format!("{base}/api/cart"))
+                    .bearer_auth(&token)
+                    .header("Idempotency-Key", &key)
+                    .json(&body)
+            })
+            .await;
+            if let Some((id, status)) = acknowledged(&answered) {
+                record_ack(shared, id, "bookstore.cart_set", status, Effect::CartLine);
+                remove.pop();
+            } else if matches!(answered.answer, Answer::Status(400..=499)) {
+                remove.pop();
+            }
+            if remove.is_empty() {
+                next_round(shopper);
+            }
         }
     }
-    let _ = seq;
 }
 
 async fn read(shared: &Shared, seq: u64) {
@@ -532,29 +603,43 @@ async fn read(shared: &Shared, seq: u64) {
     }
 }
 
-fn hash(text: &str) -> u64 {
-    text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3))
-}
-
+/// The books with the most stock (at least `BOOK_STOCK_MIN`), read page by page.
 async fn list_books(client: &reqwest::Client, gateway: &str) -> Result<Vec<String>, DrillError> {
-    let url = format!("{gateway}/api/books?limit={BOOKS_MAX}");
-    let body: Value = client
-        .get(&url)
-        .send()
-        .await
-        .and_then(reqwest::Response::error_for_status)
-        .map_err(|error| DrillError::Deployment(format!("GET {url}: {error}")))?
-        .json()
-        .await
-        .map_err(|error| DrillError::Deployment(format!("GET {url}: {error}")))?;
-    let books: Vec<String> = body["items"]
-        .as_array()
-        .map(|items| items.iter().filter_map(|book| book["id"].as_str().map(str::to_string)).collect())
-        .unwrap_or_default();
-    if books.is_empty() {
-        return Err(DrillError::Deployment(format!("GET {url} lists no books to buy")));
+    let mut books: Vec<(i64, String)> = Vec::new();
+    let mut after = String::new();
+    for _ in 0..CATALOG_PAGES_MAX {
+        let url = format!("{gateway}/api/books?limit=100&after={after}");
+        let body: Value = client
+            .get(&url)
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(|error| DrillError::Deployment(format!("GET {url}: {error}")))?
+            .json()
+            .await
+            .map_err(|error| DrillError::Deployment(format!("GET {url}: {error}")))?;
+        for book in body["items"].as_array().into_iter().flatten() {
+            if let (Some(id), Some(stock)) = (book["id"].as_str(), book["stock"].as_i64()) {
+                books.push((stock, id.to_string()));
+            }
+        }
+        match body["next"].as_str() {
+            Some(next) if !next.is_empty() => after = next.to_string(),
+            _ => break,
+        }
     }
-    Ok(books)
+    books.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+    let plenty: Vec<String> =
+        books.iter().filter(|(stock, _)| *stock >= BOOK_STOCK_MIN).take(BOOKS_MAX).map(|(_, id)| id.clone()).collect();
+    if !plenty.is_empty() {
+        return Ok(plenty);
+    }
+    // Sold out everywhere: checkouts will be refused (answers all the same), carts cleared.
+    let any: Vec<String> = books.into_iter().take(BOOKS_MAX).map(|(_, id)| id).collect();
+    if any.is_empty() {
+        return Err(DrillError::Deployment(format!("{gateway}/api/books lists no books to buy")));
+    }
+    Ok(any)
 }
 
 /// Signs up and signs in the shoppers (their sign-ups are acknowledged writes too), bounded.
@@ -605,7 +690,8 @@ async fn sign_up_shoppers(shared: &Shared, total: usize) -> Result<Vec<Shopper>,
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         };
-        shoppers.push(Shopper { user_id, token, round: 0, wants_checkout: false, empty_checkouts: 0 });
+        let offset = number * BOOKS_MAX / total;
+        shoppers.push(Shopper { user_id, token, offset, round: 0, stage: Stage::Add, empty_checkouts: 0 });
     }
     Ok(shoppers)
 }

@@ -116,6 +116,10 @@ pub fn run(args: DrillArgs) -> anyhow::Result<()> {
         }
     }
     let data = args.data.clone().context("--data DIR is required")?;
+    // Absolute, so what the report names (and node-disk-loss deletes) is unambiguous.
+    let data = std::fs::canonicalize(&data).with_context(|| {
+        format!("{} (the directory `rananeeti up --data DIR` runs from, with its topology.json)", data.display())
+    })?;
     let config = DrillConfig {
         data,
         duration: Duration::from_secs_f64(args.duration),

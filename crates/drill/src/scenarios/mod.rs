@@ -534,18 +534,26 @@ fn build_report(
         .collect();
 
     let mut targets = vec![
-        Target { name: "lost".into(), target: "0".into(), value: checked.lost.to_string(), met: checked.lost == 0 },
+        Target {
+            name: "lost".into(),
+            target: "0".into(),
+            value: checked.lost.to_string(),
+            met: checked.lost == 0,
+            timing: false,
+        },
         Target {
             name: "duplicated".into(),
             target: "0".into(),
             value: checked.duplicated.to_string(),
             met: checked.duplicated == 0,
+            timing: false,
         },
         Target {
             name: "stuck after settling".into(),
             target: "0".into(),
             value: checked.stuck.to_string(),
             met: checked.stuck == 0,
+            timing: false,
         },
     ];
     let missing_total: usize = rpo.iter().map(|region| region.missing).sum();
@@ -554,6 +562,7 @@ fn build_report(
         target: "0".into(),
         value: rpo.iter().map(|region| format!("{} {}", region.region, region.missing)).collect::<Vec<_>>().join(", "),
         met: missing_total == 0,
+        timing: false,
     });
     if scenario.rto_target {
         targets.push(Target {
@@ -561,6 +570,7 @@ fn build_report(
             target: format!("≤ {} s", RTO_TARGET.as_secs()),
             value: report::seconds(rto.seconds),
             met: rto_ms.is_some_and(|ms| Duration::from_millis(u64::from(ms)) <= RTO_TARGET),
+            timing: true,
         });
     }
     if scenario.budget_target {
@@ -569,6 +579,7 @@ fn build_report(
             target: "all".into(),
             value: format!("{over_budget} over"),
             met: over_budget == 0,
+            timing: true,
         });
         let drained = figures.settle.queue_drained_after_heal_seconds;
         targets.push(Target {
@@ -576,6 +587,7 @@ fn build_report(
             target: format!("≤ {} s", QUEUE_DRAINED_TARGET.as_secs()),
             value: report::seconds(drained),
             met: drained.is_some_and(|seconds| seconds <= QUEUE_DRAINED_TARGET.as_secs_f64()),
+            timing: true,
         });
     }
     if let Some(restore) = &figures.injected.restore {
@@ -584,12 +596,14 @@ fn build_report(
             target: "0 missing".into(),
             value: format!("{} of {} missing", restore.missing, restore.writes_checked),
             met: restore.missing == 0 && restore.writes_checked > 0,
+            timing: false,
         });
         targets.push(Target {
             name: "time until the restored deployment serves them (the seed's RTO)".into(),
             target: format!("≤ {} s", restore::SERVING_TARGET.as_secs()),
             value: report::seconds(restore.serving_seconds),
             met: restore.serving_seconds.is_some_and(|seconds| seconds <= restore::SERVING_TARGET.as_secs_f64()),
+            timing: true,
         });
     }
     let outcome = if targets.iter().all(|target| target.met) { Outcome::Passed } else { Outcome::Failed };
