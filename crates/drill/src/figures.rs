@@ -1,7 +1,7 @@
 //! Figures from the recorded requests: RTO, the longest run of failures, latency percentiles by
 //! phase, answers by status, and the timeline the chart draws. Pure functions, no I/O.
 
-use crate::workload::{Answer, Sample};
+use crate::workload::Sample;
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -13,24 +13,34 @@ const RTO_STEP_MS: u32 = 50;
 /// Width of one bar of the timeline.
 pub(crate) const TIMELINE_BUCKET_MS: u32 = 500;
 
-/// From the fault to the first moment after which the requests sent over the next 2 s succeed
-/// at 99% or more. `None`: the load ended before that happened.
+/// From the fault to the first moment after which the workload is back for good: every 2 s
+/// window from then until the load ends holds 99% or more successful requests (so a dip that
+/// starts late, or a second one at the heal, counts). Windows are the requests sent in them,
+/// searched in 50 ms steps. `None`: the load ended before that.
 pub(crate) fn rto_ms(samples: &[Sample], fault_ms: u32, load_end_ms: u32) -> Option<u32> {
     debug_assert!(samples.windows(2).all(|pair| pair[0].start_ms <= pair[1].start_ms), "samples sorted by start");
-    let mut at = fault_ms;
-    while at + RECOVERED_FOR_MS <= load_end_ms {
+    let good = |at: u32| {
         let from = samples.partition_point(|sample| sample.start_ms < at);
         let to = samples.partition_point(|sample| sample.start_ms < at + RECOVERED_FOR_MS);
         let window = &samples[from..to];
-        if !window.is_empty() {
-            let succeeded = window.iter().filter(|sample| sample.answer.succeeded()).count();
-            if succeeded as f64 >= RECOVERED_SUCCESS_RATE * window.len() as f64 {
-                return Some(at - fault_ms);
-            }
-        }
-        at += RTO_STEP_MS;
+        let succeeded = window.iter().filter(|sample| sample.answer.succeeded()).count();
+        succeeded as f64 >= RECOVERED_SUCCESS_RATE * window.len() as f64
+    };
+    let last_start = load_end_ms.checked_sub(RECOVERED_FOR_MS)?;
+    if last_start < fault_ms {
+        return None;
     }
-    None
+    // Walk back from the last window: the recovery is the step after the last bad window.
+    let steps = (last_start - fault_ms) / RTO_STEP_MS;
+    let mut recovered = None;
+    for step in (0..=steps).rev() {
+        let at = fault_ms + step * RTO_STEP_MS;
+        if !good(at) {
+            break;
+        }
+        recovered = Some(at - fault_ms);
+    }
+    recovered
 }
 
 /// The longest run of consecutive failed requests (in the order they were sent).
@@ -140,12 +150,14 @@ pub(crate) fn latency_by_request(samples: &[Sample]) -> BTreeMap<String, Latency
         .collect()
 }
 
-/// Writes answered after more than `budget_ms` (or never answered).
-pub(crate) fn writes_over_budget(samples: &[Sample], budget_ms: u32) -> u64 {
+/// Writes without one of the promised answers within `budget_ms` (DESIGN.md promise 2:
+/// committed, duplicate, pending, or refused with a reason): answered late, answered with a
+/// server error, 408 or 429, or not answered at all.
+pub(crate) fn writes_unanswered_within_budget(samples: &[Sample], budget_ms: u32) -> u64 {
     samples
         .iter()
         .filter(|sample| sample.op.is_write())
-        .filter(|sample| sample.latency_ms > budget_ms || matches!(sample.answer, Answer::Timeout | Answer::Connection))
+        .filter(|sample| sample.latency_ms > budget_ms || !sample.answer.succeeded())
         .count() as u64
 }
 
@@ -188,7 +200,7 @@ pub(crate) fn timeline(samples: &[Sample], load_end_ms: u32, queue: &[(u32, u64)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::workload::Op;
+    use crate::workload::{Answer, Op};
 
     fn sample(start_ms: u32, ok: bool) -> Sample {
         Sample {
@@ -210,6 +222,18 @@ mod tests {
         // Failures from 3.2 s to 4.1 s: the first 2 s window at 99% starts at 4.1 s (a window
         // may hold one failure in a hundred: 4.1 s - 20 ms is not enough at 50 ms steps).
         assert_eq!(rto_ms(&load(10_000, 3200, 4100), 3000, 10_000), Some(1100));
+    }
+
+    #[test]
+    fn rto_counts_a_dip_that_starts_late_and_one_at_the_heal() {
+        // Failures begin 5 s after the fault: not recovered before they end.
+        assert_eq!(rto_ms(&load(20_000, 8000, 9000), 3000, 20_000), Some(6000));
+        // A short blip right after the fault, and a longer dip later: the later one decides.
+        let mut samples = load(20_000, 3000, 3050);
+        for sample in samples.iter_mut().filter(|sample| (12_000..12_500).contains(&sample.start_ms)) {
+            sample.answer = Answer::Status(503);
+        }
+        assert_eq!(rto_ms(&samples, 3000, 20_000), Some(9500));
     }
 
     #[test]

@@ -382,8 +382,8 @@ fn rows(scenario: &ScenarioReport) -> Vec<(String, String)> {
             load.gateway_retries.iter().map(|(reason, count)| format!("{reason}: {count}")).collect();
         rows.push(("Gateway retries".into(), if retries.is_empty() { "none".into() } else { retries.join(", ") }));
     }
-    if let Some(over) = scenario.writes_over_budget {
-        rows.push(("Writes over the budget".into(), over.to_string()));
+    if let Some(over) = scenario.writes_unanswered_within_budget {
+        rows.push(("Writes not answered within the budget".into(), over.to_string()));
     }
     if let Some(settle) = &scenario.settle {
         rows.push((

@@ -173,8 +173,9 @@ pub struct ScenarioReport {
     pub latency_ms: Option<Phases<Latency>>,
     /// Latency over the whole load per kind of request (the names of `answers_by_request`).
     pub latency_ms_by_request: BTreeMap<String, Latency>,
-    /// Writes answered after more than the budget, or never.
-    pub writes_over_budget: Option<u64>,
+    /// Writes without a promised answer (committed, duplicate, pending, refused with a reason)
+    /// within the budget: late, a server error, 408, 429, or none.
+    pub writes_unanswered_within_budget: Option<u64>,
     pub settle: Option<Settle>,
     pub restore: Option<Restore>,
     pub targets: Vec<Target>,
@@ -195,7 +196,7 @@ impl ScenarioReport {
             writes: None,
             latency_ms: None,
             latency_ms_by_request: BTreeMap::new(),
-            writes_over_budget: None,
+            writes_unanswered_within_budget: None,
             settle: None,
             restore: None,
             targets: Vec::new(),

@@ -167,7 +167,7 @@ fn assert_report_fields(report: &Value) {
                 has(scenario, &format!("/latency_ms/{phase}/{percentile}"), number_or_null);
             }
         }
-        has(scenario, "/writes_over_budget", number);
+        has(scenario, "/writes_unanswered_within_budget", number);
         has(scenario, "/settle/settled", |value| value.is_boolean());
         has(scenario, "/settle/seconds", number);
         has(scenario, "/settle/queue_drained_after_heal_seconds", number_or_null);
