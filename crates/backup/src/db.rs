@@ -8,7 +8,6 @@ use crate::repo::SealedWriter;
 use futures::TryStreamExt;
 use rananeeti_platform::sqlx::{self, AnyConnection, AnyPool, Row};
 use rananeeti_platform::StoreKind;
-use serde_json::Value;
 use std::collections::BTreeMap;
 use std::io::BufRead;
 use std::path::PathBuf;
@@ -121,12 +120,15 @@ pub async fn begin_snapshot(
 /// snapshot, then the end mark. Answers each table's sum.
 pub async fn export(
     database: &Database,
-    queued: &[Value],
+    queued: crate::spool::QueueSpool,
     out: &mut SealedWriter,
     progress: &dyn Fn(u64),
 ) -> anyhow::Result<BTreeMap<String, TableSum>> {
-    let queue_line = serde_json::to_string(&Line::Queue { queue: queued.to_vec() })? + "\n";
-    out.write(queue_line.as_bytes()).await?;
+    // In bounded lines, read back from the scratch file a line at a time.
+    let mut queued = queued.commands()?;
+    while let Some(line) = queued.next_queue_line()? {
+        out.write(&line).await?;
+    }
     let sums = match database {
         Database::Sqlite(path) => {
             // The reader steps SQLite on its own thread while this task compresses, encrypts and
@@ -224,12 +226,12 @@ pub async fn sums(database: &Database, only: &[String]) -> anyhow::Result<BTreeM
 
 /// Imports an export (its decrypted, decompressed lines) into a new store the binary's
 /// migrations created, in one transaction: each table's rows replace what the migrations put
-/// there. Answers the queued commands it carried.
+/// there. Answers the queued commands it carried, spooled to a scratch file.
 pub async fn import(
     database: &Database,
     lines: Box<dyn BufRead + Send>,
     progress: impl Fn(u64) + Send + Sync + 'static,
-) -> anyhow::Result<(Vec<Value>, EndMark)> {
+) -> anyhow::Result<(crate::spool::QueueSpool, EndMark)> {
     match database {
         Database::Sqlite(path) => {
             let path = path.clone();
@@ -243,7 +245,7 @@ async fn import_postgres(
     url: &str,
     mut lines: Box<dyn BufRead + Send>,
     progress: &(dyn Fn(u64) + Sync),
-) -> anyhow::Result<(Vec<Value>, EndMark)> {
+) -> anyhow::Result<(crate::spool::QueueSpool, EndMark)> {
     use sqlx::Connection;
     let mut connection = sqlx::postgres::PgConnection::connect(url).await?;
     let mut tx = connection.begin().await?;
@@ -254,7 +256,7 @@ async fn import_postgres(
         None,
     )
     .await?;
-    let mut queued = Vec::new();
+    let mut queued = crate::spool::QueueSpool::new()?;
     let mut rows_done = 0u64;
     let mut end = None;
     let mut line = Vec::with_capacity(64 * 1024);
@@ -270,7 +272,11 @@ async fn import_postgres(
         let parsed: Line = serde_json::from_slice(&line)
             .map_err(|error| anyhow::anyhow!("a line of the export does not parse: {error}"))?;
         match parsed {
-            Line::Queue { queue } => queued.extend(queue),
+            Line::Queue { queue } => {
+                for command in &queue {
+                    queued.push(command)?;
+                }
+            }
             Line::End { end: mark } => end = Some(mark),
             Line::Table { table, columns } => {
                 anyhow::ensure!(

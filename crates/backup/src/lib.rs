@@ -12,4 +12,5 @@ pub mod keys;
 pub mod read_ahead;
 pub mod repo;
 pub mod retention;
+pub mod spool;
 pub mod sqlite;

@@ -34,6 +34,27 @@ const COMPRESSION_JOB_BYTES: u32 = 2 << 20;
 /// Parts of a multipart upload in flight at once (object_store's default is 8 of 10 MB each).
 const UPLOAD_PARTS_IN_FLIGHT_MAX: usize = 2;
 
+/// `AWS_<KEY>_FILE` names a file holding that key (a Kubernetes Secret mounted as files), so the
+/// secret itself is in no process's environment. It wins over `AWS_<KEY>`.
+const S3_KEYS_FROM_FILES: [(&str, object_store::aws::AmazonS3ConfigKey); 3] = [
+    ("AWS_ACCESS_KEY_ID_FILE", object_store::aws::AmazonS3ConfigKey::AccessKeyId),
+    ("AWS_SECRET_ACCESS_KEY_FILE", object_store::aws::AmazonS3ConfigKey::SecretAccessKey),
+    ("AWS_SESSION_TOKEN_FILE", object_store::aws::AmazonS3ConfigKey::Token),
+];
+
+/// The trimmed content of the file `variable` names, if it is set. Errors name the variable and
+/// the file, never what the file holds.
+fn secret_from_file(variable: &str) -> anyhow::Result<Option<String>> {
+    let Some(path) = std::env::var_os(variable) else {
+        return Ok(None);
+    };
+    let path = std::path::PathBuf::from(path);
+    let value = std::fs::read_to_string(&path).with_context(|| format!("{variable}: reading {}", path.display()))?;
+    let value = value.trim();
+    anyhow::ensure!(!value.is_empty(), "{variable}: {} is empty", path.display());
+    Ok(Some(value.to_string()))
+}
+
 pub struct Repo {
     store: Arc<dyn ObjectStore>,
     prefix: ObjectPath,
@@ -82,6 +103,11 @@ impl Repo {
                     retry_timeout: Duration::from_millis(RETRY_BUDGET_MS),
                 };
                 let mut builder = object_store::aws::AmazonS3Builder::from_env();
+                for (variable, key) in S3_KEYS_FROM_FILES {
+                    if let Some(value) = secret_from_file(variable)? {
+                        builder = builder.with_config(key, value);
+                    }
+                }
                 // Timeouts unless the environment sets them (AWS_CONNECT_TIMEOUT, AWS_TIMEOUT);
                 // set key by key, as `with_client_options` would drop AWS_ALLOW_HTTP and the like.
                 for (key, value) in [

@@ -178,7 +178,7 @@ pub fn copy_migrated(migrated: &Path, target: &Path) -> anyhow::Result<()> {
 
 /// Imports an export into a brand-new SQLite store at `path` (created and migrated by the
 /// caller, nobody else connected): each table's rows replace what the migrations put there, in
-/// one transaction. Runs on a blocking thread. Answers the queued commands the export carried.
+/// one transaction. Runs on a blocking thread. Answers the queued commands the export carried, spooled to a scratch file.
 ///
 /// The store is new, so while importing it runs without a journal and without fsyncs (a crash
 /// leaves a broken file in a restore that never said it succeeded); afterwards the normal
@@ -187,7 +187,7 @@ pub fn import_into_new(
     path: &Path,
     mut lines: impl BufRead,
     progress: &(dyn Fn(u64) + Sync),
-) -> anyhow::Result<(Vec<serde_json::Value>, EndMark)> {
+) -> anyhow::Result<(crate::spool::QueueSpool, EndMark)> {
     let mut connection =
         Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)
             .with_context(|| format!("opening {}", path.display()))?;
@@ -201,7 +201,7 @@ pub fn import_into_new(
         // could not upgrade if anything had touched the file in between).
         let tx = connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let target_tables = tables(&tx)?;
-        let mut queued = Vec::new();
+        let mut queued = crate::spool::QueueSpool::new()?;
         let mut end = None;
         let mut rows_done = 0u64;
         let mut progress_next = IMPORT_PROGRESS_ROWS;
@@ -248,7 +248,11 @@ pub fn import_into_new(
             let parsed: Line = serde_json::from_slice(&line)
                 .map_err(|error| anyhow::anyhow!("a line of the export does not parse: {error}"))?;
             match parsed {
-                Line::Queue { queue } => queued.extend(queue),
+                Line::Queue { queue } => {
+                    for command in &queue {
+                        queued.push(command)?;
+                    }
+                }
                 Line::End { end: mark } => end = Some(mark),
                 Line::Table { table, columns } => {
                     anyhow::ensure!(

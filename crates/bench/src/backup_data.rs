@@ -418,6 +418,7 @@ impl Generator {
                 origin_region: REGION.to_string(),
                 origin_node: NODE.to_string(),
                 hlc,
+                request: None,
             };
             let text = serde_json::to_string(&command).expect("a command serializes");
             self.outbox.push(vec![Value::Text(id.to_hex()), Value::Text(text)]);

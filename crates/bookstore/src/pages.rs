@@ -757,6 +757,8 @@ pub struct Notice {
 
 pub struct Layout {
     pub csrf: String,
+    /// This rendering's key for its write forms (each form appends its own name).
+    pub form_key: String,
     pub signed_in: bool,
     pub admin: bool,
     /// Books in the cart; `None` hides the badge.
@@ -773,6 +775,7 @@ impl Layout {
     fn new(visit: &Visit, nav: Nav, cart_count: Option<i64>) -> Layout {
         Layout {
             csrf: visit.csrf_token(),
+            form_key: rananeeti_node::pages::form_key(),
             signed_in: visit.session.is_some(),
             admin: visit.admin,
             cart_count,
@@ -1190,7 +1193,7 @@ impl Pages {
                 Err(error) => tracing::warn!(%error, "the queue could not be listed for a cart"),
             }
         }
-        match platform.held_copies(QUEUE_SCAN_ENTRIES_MAX) {
+        match platform.held_copies(None, QUEUE_SCAN_ENTRIES_MAX) {
             Ok(copies) => {
                 for (_, copy) in copies {
                     let command = copy.command;

@@ -5,8 +5,25 @@
   var POLL_INTERVAL_MS = 1000;
   var POLL_FAILURES_MAX = 5; // then reload the page, which always works
 
+  // A write form's idempotency key names one submission: sent twice (a double click, a resend
+  // after a network error) it is one write; changed, it is a new one and gets a new key.
+  function renewKeyOnChange(form) {
+    var key = form.querySelector('input[name="idempotency_key"]');
+    if (!key || !window.crypto || !window.crypto.getRandomValues) return;
+    var renew = function () {
+      var bytes = new Uint8Array(16);
+      window.crypto.getRandomValues(bytes);
+      var fresh = Array.prototype.map.call(bytes, function (b) { return ("0" + b.toString(16)).slice(-2); }).join("");
+      var dash = key.value.indexOf("-");
+      key.value = dash < 0 ? fresh : fresh + key.value.slice(dash);
+    };
+    form.addEventListener("input", renew);
+    form.addEventListener("change", renew);
+  }
+
   // Every form: a second click does not send it again, and the button says what is happening.
   function guardForm(form) {
+    renewKeyOnChange(form);
     form.addEventListener("submit", function (event) {
       var question = form.getAttribute("data-confirm");
       if (question && !window.confirm(question)) {

@@ -16,11 +16,19 @@ use std::sync::Arc;
 
 pub fn router(platform: Arc<Platform>) -> Router {
     Router::new()
+        .route("/api/cafe/openapi.json", get(openapi))
         .route("/api/cafe/reservations", get(list).post(create))
         .route("/api/cafe/reservations/{id}", get(show))
         .route("/api/cafe/specials/{day}", get(show_special).put(set_special))
         .route("/api/cafe/closures/{day}", get(show_closure).put(set_closure))
         .with_state(platform)
+}
+
+/// The API's OpenAPI 3 document.
+const OPENAPI: &str = include_str!("openapi.json");
+
+async fn openapi() -> Response {
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }
 
 #[derive(serde::Deserialize)]

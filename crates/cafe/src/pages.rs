@@ -318,6 +318,8 @@ struct BookingPage {
     date_max: String,
     name_chars_max: usize,
     notes_chars_max: usize,
+    /// This rendering's idempotency key: the form sent twice is one booking.
+    form_key: String,
 }
 
 impl BookingPage {
@@ -343,6 +345,7 @@ impl BookingPage {
             date_max: last_day.format(date_format).unwrap_or_default(),
             name_chars_max: NAME_CHARS_MAX,
             notes_chars_max: NOTES_CHARS_MAX,
+            form_key: rananeeti_node::pages::form_key(),
         }
     }
 

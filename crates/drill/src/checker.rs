@@ -139,6 +139,8 @@ pub struct WriteRef {
     pub answered: String,
     /// The regions whose database does not hold it.
     pub missing_in: Vec<String>,
+    /// What each of those lacks: its command record, or the app's row.
+    pub why: Vec<String>,
 }
 
 /// Something applied twice, found by id, by content or by effect.
@@ -219,10 +221,10 @@ pub(crate) async fn check(
     let ids: Vec<String> = acks.keys().map(|id| id.to_string()).collect();
     let reservation_ids = ids_of(&acks, |effect| matches!(effect, Effect::Reservation));
     let order_ids = ids_of(&acks, |effect| matches!(effect, Effect::Checkout));
-    let user_ids: Vec<String> = acks
+    let emails: Vec<String> = acks
         .values()
         .filter_map(|ack| match &ack.effect {
-            Effect::Signup { user_id } => Some(user_id.clone()),
+            Effect::Signup { email } => Some(email.clone()),
             _ => None,
         })
         .collect::<BTreeSet<_>>()
@@ -272,8 +274,8 @@ pub(crate) async fn check(
         view.users = counts_in(
             connection,
             name,
-            "SELECT id, COUNT(*) AS n FROM bs_users WHERE id IN ({in}) GROUP BY id",
-            &user_ids,
+            "SELECT email, COUNT(*) AS n FROM bs_users WHERE email IN ({in}) GROUP BY email",
+            &emails,
         )
         .await?;
         for (table, counts) in
@@ -315,6 +317,7 @@ pub(crate) async fn check(
             kind: ack.kind.to_string(),
             acknowledged_at_seconds: at_ms(ack) as f64 / 1000.0,
             answered: ack.answered.clone(),
+            why: missing_in.iter().map(|region| why_missing(region, &views[region], id, &ack.effect)).collect(),
             missing_in,
         };
         if committed_somewhere {
@@ -381,6 +384,23 @@ fn ids_of(acks: &BTreeMap<&str, &Ack>, wanted: impl Fn(&Effect) -> bool) -> Vec<
     acks.values().filter(|ack| wanted(&ack.effect)).map(|ack| ack.id.clone()).collect()
 }
 
+/// What the region lacks of a write it does not hold.
+fn why_missing(region: &str, view: &RegionView, id: &str, effect: &Effect) -> String {
+    match view.statuses.get(id) {
+        None => format!("{region}: no record in rn_commands"),
+        Some(status) if status != "committed" => format!("{region}: recorded {status} in rn_commands"),
+        Some(_) => {
+            let table = match effect {
+                Effect::Reservation => "cafe_reservations",
+                Effect::Checkout => "bs_orders",
+                Effect::Signup { .. } => "bs_users",
+                Effect::CartLine => "the cart",
+            };
+            format!("{region}: committed in rn_commands, but no row in {table}")
+        }
+    }
+}
+
 /// The region holds the write: its command record says committed and the app's row is there.
 fn holds(view: &RegionView, id: &str, effect: &Effect) -> bool {
     if view.statuses.get(id).is_none_or(|status| status != "committed") {
@@ -389,7 +409,7 @@ fn holds(view: &RegionView, id: &str, effect: &Effect) -> bool {
     match effect {
         Effect::Reservation => view.reservations.get(id).is_some_and(|count| *count > 0),
         Effect::Checkout => view.orders.get(id).is_some_and(|count| *count > 0),
-        Effect::Signup { user_id } => view.users.get(user_id).is_some_and(|count| *count > 0),
+        Effect::Signup { email } => view.users.get(email).is_some_and(|count| *count > 0),
         // A cart line is consumed by the checkout after it: its record is what stays.
         Effect::CartLine => true,
     }

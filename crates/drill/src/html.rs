@@ -335,12 +335,12 @@ fn rows(scenario: &ScenarioReport) -> Vec<(String, String)> {
             rows.push((
                 "Lost".into(),
                 format!(
-                    "{} {} answered {} at {:.2} s, missing in {}",
+                    "{} {} answered {} at {:.2} s: {}",
                     lost.kind,
                     lost.id,
                     lost.answered,
                     lost.acknowledged_at_seconds,
-                    lost.missing_in.join(", ")
+                    lost.why.join("; ")
                 ),
             ));
         }

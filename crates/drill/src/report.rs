@@ -301,12 +301,12 @@ impl Report {
                 for lost in writes.lost_writes.iter().take(5) {
                     let _ = writeln!(
                         text,
-                        "     lost {} {} (acknowledged {} at {:.2} s), missing in {}",
+                        "     lost {} {} (acknowledged {} at {:.2} s): {}",
                         lost.kind,
                         lost.id,
                         lost.answered,
                         lost.acknowledged_at_seconds,
-                        lost.missing_in.join(", ")
+                        lost.why.join("; ")
                     );
                 }
                 for duplicate in writes.duplicates.iter().take(5) {

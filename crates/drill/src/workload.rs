@@ -113,8 +113,9 @@ impl Sample {
 #[derive(Clone, Debug)]
 pub(crate) enum Effect {
     Reservation,
+    /// Found by email: a replayed answer (`Idempotency-Key`) carries no `user_id`.
     Signup {
-        user_id: String,
+        email: String,
     },
     /// A cart line set (added or removed): its command record is what stays.
     CartLine,
@@ -480,8 +481,7 @@ async fn signup(shared: &Shared, seq: u64) {
     })
     .await;
     if let Some((id, status)) = acknowledged(&answered) {
-        let user_id = answered.body["user_id"].as_str().unwrap_or_default().to_string();
-        record_ack(shared, id, "bookstore.signup", status, Effect::Signup { user_id });
+        record_ack(shared, id, "bookstore.signup", status, Effect::Signup { email });
     }
 }
 
@@ -651,7 +651,7 @@ async fn sign_up_shoppers(shared: &Shared, total: usize) -> Result<Vec<Shopper>,
         let email = format!("drill-{}-shopper{number}@example.com", shared.tag);
         let credentials = json!({ "email": email, "password": SHOPPER_PASSWORD });
         let key = format!("drill-{}-shopper{number}", shared.tag);
-        let user_id = loop {
+        loop {
             let response = shared
                 .client
                 .post(format!("{gateway}/api/auth/signup"))
@@ -664,24 +664,22 @@ async fn sign_up_shoppers(shared: &Shared, total: usize) -> Result<Vec<Shopper>,
                 let body: Value = response.json().await.unwrap_or(Value::Null);
                 let answered = Answered { answer: Answer::Status(status), body };
                 if let Some((id, status)) = acknowledged(&answered) {
-                    let user_id = answered.body["user_id"].as_str().unwrap_or_default().to_string();
-                    record_ack(shared, id, "bookstore.signup", status, Effect::Signup { user_id: user_id.clone() });
-                    break user_id;
+                    record_ack(shared, id, "bookstore.signup", status, Effect::Signup { email: email.clone() });
+                    break;
                 }
             }
             if Instant::now() > deadline {
                 return Err(DrillError::Deployment(format!("signing up {email} through {gateway} failed")));
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
-        };
-        let token = loop {
+        }
+        let (token, user_id) = loop {
             let response = shared.client.post(format!("{gateway}/api/auth/signin")).json(&credentials).send().await;
             if let Ok(response) = response {
                 if response.status().is_success() {
-                    if let Some(token) =
-                        response.json::<Value>().await.ok().and_then(|body| body["token"].as_str().map(str::to_string))
-                    {
-                        break token;
+                    let body = response.json::<Value>().await.unwrap_or(Value::Null);
+                    if let (Some(token), Some(user_id)) = (body["token"].as_str(), body["user_id"].as_str()) {
+                        break (token.to_string(), user_id.to_string());
                     }
                 }
             }

@@ -112,6 +112,11 @@ impl Node {
         NodeLabels { region: self.region.clone(), node: self.name.clone() }
     }
 
+    #[cfg(test)]
+    pub(crate) fn set_health_for_test(&self, healthy: bool, metrics: &GatewayMetrics) {
+        self.set_health(healthy, "test", metrics);
+    }
+
     fn set_health(&self, healthy: bool, why: &str, metrics: &GatewayMetrics) {
         if self.healthy.swap(healthy, Ordering::AcqRel) != healthy {
             metrics.node_healthy.get_or_create(&self.labels()).set(healthy as i64);

@@ -95,6 +95,7 @@ pub struct Gateway {
 }
 
 /// Why an attempt did not produce a response to pass on.
+#[derive(Debug)]
 enum AttemptFailure {
     /// The request never reached the node: always safe to retry.
     Connect(String),
@@ -223,11 +224,12 @@ impl Gateway {
         self.forward(parts, body, peer, request_id).await
     }
 
-    fn retryable_when_sent(&self, parts: &hyper::http::request::Parts) -> bool {
+    fn retryable_when_sent(&self, parts: &hyper::http::request::Parts, body: &Bytes) -> bool {
         match parts.method {
             Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE => true,
             Method::POST => {
                 parts.headers.contains_key(IDEMPOTENCY_KEY)
+                    || form_carries_key(&parts.headers, body)
                     || self
                         .config
                         .digest_post_prefixes
@@ -250,7 +252,7 @@ impl Gateway {
         let regions = self.backends.snapshot();
         let route = routing::route_for(&self.config.routes, parts.uri.path(), &self.default_route);
         let order = routing::region_order(route, &regions, &parts.headers);
-        let idempotent = self.retryable_when_sent(&parts);
+        let idempotent = self.retryable_when_sent(&parts, &body);
         let path_and_query =
             parts.uri.path_and_query().cloned().unwrap_or_else(|| hyper::http::uri::PathAndQuery::from_static("/"));
         let mut parts = parts;
@@ -349,6 +351,12 @@ impl Gateway {
     ) -> Result<Response<Incoming>, AttemptFailure> {
         let mut down = node.down_watch();
         down.borrow_and_update();
+        // Down between its pick and this subscription: the watch's bump was before it and will
+        // not wake this attempt, which would wait out its whole timeout on a frozen node. Not
+        // sent, so another node takes it whatever its method.
+        if !node.healthy() {
+            return Err(AttemptFailure::Connect("the node went down before the request was sent".to_string()));
+        }
         node.in_flight.fetch_add(1, Ordering::AcqRel);
         let started = Instant::now();
         let timeout = Duration::from_millis(self.config.upstream.attempt_timeout_ms);
@@ -414,6 +422,16 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// A page form that carries its idempotency key as the hidden field `idempotency_key`: the
+/// nodes apply it once however often it is sent (the same rule as the `Idempotency-Key` header).
+fn form_carries_key(headers: &hyper::HeaderMap, body: &Bytes) -> bool {
+    let form = headers
+        .get(hyper::header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.trim_start().to_ascii_lowercase().starts_with("application/x-www-form-urlencoded"));
+    form && body.split(|byte| *byte == b'&').any(|pair| pair.starts_with(b"idempotency_key=") && pair.len() > 16)
+}
+
 fn upstream_headers(incoming: HeaderMap, peer: SocketAddr, request_id: &str) -> HeaderMap {
     let mut headers = incoming;
     strip_hop_by_hop(&mut headers);
@@ -465,6 +483,29 @@ mod tests {
         assert_eq!(out["x-kept"], "1");
         assert_eq!(out["x-forwarded-for"], "127.0.0.9");
         assert_eq!(out["x-request-id"], "abc");
+    }
+
+    /// Regression: a node marked down after it was picked but before the attempt subscribed to
+    /// its down watch was sent the request anyway, and the attempt waited its whole timeout on
+    /// the frozen node (a 5 s request in a region-freeze test) instead of moving on.
+    #[tokio::test]
+    async fn a_node_down_before_the_attempt_subscribes_is_not_sent_the_request() {
+        // A node that accepts connections and never answers: a frozen process.
+        let frozen = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", frozen.local_addr().unwrap());
+        let config = GatewayConfig {
+            regions: vec![crate::config::RegionConfig {
+                name: "r1".into(),
+                nodes: vec![crate::config::NodeConfig { name: "n1".into(), url: url.clone() }],
+            }],
+            ..GatewayConfig::default()
+        };
+        let gateway = Gateway::new(config, None);
+        let node = gateway.backends.find("n1").expect("the node");
+        node.set_health_for_test(false, &gateway.metrics);
+        let request = Request::builder().uri(format!("{url}/x")).body(Full::new(Bytes::new())).unwrap();
+        let result = gateway.attempt(&node, request, true).await;
+        assert!(matches!(result, Err(AttemptFailure::Connect(_))), "not sent: {:?}", result.as_ref().err());
     }
 
     #[test]

@@ -5,10 +5,11 @@ use crate::json::ApiJson;
 use axum::extract::{Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use rananeeti_platform::{Command, DbFault, Platform};
+use futures::StreamExt;
+use rananeeti_platform::{Command, DbFault, Partition, Platform};
 use serde_json::{json, Value};
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
@@ -76,8 +77,16 @@ pub fn router(platform: Arc<Platform>, token: AdminToken) -> Router {
 struct FaultsRequest {
     db: Option<DbFaultRequest>,
     replication: Option<ReplicationFault>,
-    /// `cut`: this node is cut off from the other regions and the witness, both ways.
-    partition: Option<ReplicationFault>,
+    /// `cut`: this node is cut off from the other regions and the witness, both ways;
+    /// `{"cut": ["r2", "witness"]}`: from those voters only (ownership and forwarding); `ok`.
+    partition: Option<PartitionRequest>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum PartitionRequest {
+    Word(ReplicationFault),
+    From { cut: Vec<String> },
 }
 
 #[derive(serde::Deserialize)]
@@ -117,10 +126,18 @@ fn faults_json(platform: &Platform) -> Value {
     json!({
         "db": db_fault_json(platform.faults().db()),
         "replication": if platform.faults().replication_cut() { "cut" } else { "ok" },
-        "partition": if platform.faults().partitioned() { "cut" } else { "ok" },
+        "partition": partition_json(platform),
         "node": platform.node(),
         "region": platform.region(),
     })
+}
+
+fn partition_json(platform: &Platform) -> Value {
+    match platform.faults().partition() {
+        Partition::None => json!("ok"),
+        Partition::All => json!("cut"),
+        Partition::From(cut) => json!({ "cut": cut }),
+    }
 }
 
 async fn get_faults(State(platform): State<Arc<Platform>>) -> Json<Value> {
@@ -156,34 +173,78 @@ async fn set_faults(
         tracing::warn!(cut = matches!(replication, ReplicationFault::Cut), "replication fault set");
     }
     if let Some(partition) = request.partition {
-        platform.faults().set_partitioned(matches!(partition, ReplicationFault::Cut));
-        tracing::warn!(cut = matches!(partition, ReplicationFault::Cut), "partition fault set");
+        let partition = match partition {
+            PartitionRequest::Word(ReplicationFault::Cut) => Partition::All,
+            PartitionRequest::Word(ReplicationFault::Ok) => Partition::None,
+            PartitionRequest::From { cut } if cut.is_empty() => Partition::None,
+            PartitionRequest::From { cut } => Partition::From(cut.into_iter().collect()),
+        };
+        platform.faults().set_partition(partition);
+        tracing::warn!(partition = %partition_json(&platform), "partition fault set");
     }
     Ok(Json(faults_json(&platform)))
 }
 
 const QUEUE_LISTED_MAX: usize = 20;
-const QUEUE_EXPORT_PAGE: usize = 1000;
+/// Queue entries read per piece of the export's stream: its memory, whatever the queue's length.
+const QUEUE_EXPORT_PAGE: usize = 256;
 
-/// Every command waiting in this node's queue, oldest first (for backups).
-async fn export_queue(State(platform): State<Arc<Platform>>) -> Result<Json<Value>, ApiError> {
-    let queue = platform.queue();
-    let mut commands = Vec::new();
-    let mut after = None;
-    loop {
-        let page = queue.peek(after, QUEUE_EXPORT_PAGE).map_err(|error| ApiError::Internal(error.to_string()))?;
-        let Some(last) = page.last() else { break };
-        after = Some(last.seq);
-        for entry in &page {
-            match serde_json::from_slice::<Value>(&entry.body) {
-                Ok(command) => commands.push(command),
-                Err(error) => {
-                    tracing::error!(seq = entry.seq, %error, "queued entry does not decode; left out of the export")
-                }
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExportQuery {
+    /// `ndjson`: one command per line; otherwise `{"node","region","commands":[...]}`.
+    format: Option<String>,
+}
+
+/// Every command waiting in this node's queue, oldest first (for backups), streamed a page at a
+/// time: a queue that an outage grew to a million entries is never held in memory whole.
+async fn export_queue(
+    State(platform): State<Arc<Platform>>,
+    query: Result<axum::extract::Query<ExportQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let axum::extract::Query(query) =
+        query.map_err(|rejection| ApiError::BadRequest { field: None, message: rejection.body_text() })?;
+    let lines = match query.format.as_deref() {
+        None | Some("json") => false,
+        Some("ndjson") => true,
+        Some(_) => return Err(ApiError::invalid("format", "json or ndjson")),
+    };
+    let (open, separator, close, content_type) = if lines {
+        (String::new(), "\n", "\n".to_string(), "application/x-ndjson")
+    } else {
+        let head = json!({ "node": platform.node(), "region": platform.region() }).to_string();
+        (format!("{},\"commands\":[", &head[..head.len() - 1]), ",", "]}".to_string(), "application/json")
+    };
+    let pages = futures::stream::unfold((platform, Some(None), true), move |(platform, after, first)| async move {
+        let after = after?;
+        let page = match platform.queue().peek(after, QUEUE_EXPORT_PAGE) {
+            Ok(page) => page,
+            Err(error) => {
+                tracing::error!(%error, "queue export stopped: the queue could not be read");
+                return Some((Err(std::io::Error::other(error.to_string())), (platform, None, first)));
             }
+        };
+        let last = page.last().map(|entry| entry.seq)?;
+        let mut piece = Vec::new();
+        let mut first = first;
+        for entry in &page {
+            // Stored as serde_json wrote it: one JSON value, no newline.
+            if serde_json::from_slice::<serde::de::IgnoredAny>(&entry.body).is_err() {
+                tracing::error!(seq = entry.seq, "queued entry does not decode; left out of the export");
+                continue;
+            }
+            if !first {
+                piece.extend_from_slice(separator.as_bytes());
+            }
+            first = false;
+            piece.extend_from_slice(&entry.body);
         }
-    }
-    Ok(Json(json!({ "node": platform.node(), "region": platform.region(), "commands": commands })))
+        Some((Ok(axum::body::Bytes::from(piece)), (platform, Some(Some(last)), first)))
+    });
+    let body = futures::stream::once(async move { Ok(axum::body::Bytes::from(open)) })
+        .chain(pages)
+        .chain(futures::stream::once(async move { Ok(axum::body::Bytes::from(close)) }));
+    Ok(([(axum::http::header::CONTENT_TYPE, content_type)], axum::body::Body::from_stream(body)).into_response())
 }
 
 async fn get_queue(State(platform): State<Arc<Platform>>) -> Result<Json<Value>, ApiError> {
@@ -205,8 +266,11 @@ async fn get_queue(State(platform): State<Arc<Platform>>) -> Result<Json<Value>,
             })
         })
         .collect::<Vec<_>>();
+    let corrupt: Vec<Value> =
+        queue.corrupt_entries().into_iter().map(|(seq, reason)| json!({ "seq": seq, "reason": reason })).collect();
     Ok(Json(json!({
         "depth": queue.depth(),
+        "corrupt": corrupt,
         "oldest_age_seconds": oldest_age_seconds,
         "fsyncs_total": queue.fsyncs_total(),
         "copies_held_for_peers": platform.copies_depth(),

@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod app;
 pub mod error;
+pub mod idempotency;
 pub mod json;
 pub mod ownership;
 pub mod pages;

@@ -12,7 +12,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::future::BoxFuture;
 use rananeeti_platform::ownership::WITNESS_VOTER;
-use rananeeti_platform::{Command, Forwarder, Outcome, OwnerRow, Platform, SubmitError};
+use rananeeti_platform::{Command, ForwardError, Forwarded, Forwarder, OwnerRow, Platform, SubmitError};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -77,14 +77,18 @@ impl OwnershipService {
     pub fn start(self: &Arc<Self>) {
         self.platform.set_forwarder(Arc::new(HttpForwarder { service: Arc::clone(self) }));
         let service = Arc::clone(self);
-        tokio::spawn(async move {
-            let period = Duration::from_millis(service.config.renew_ms.max(10));
-            loop {
-                service.exchange_round().await;
-                if let Err(reason) = service.maybe_fail_over().await {
-                    tracing::warn!(reason, "automatic failover not done");
+        let tasks = Arc::clone(self.platform.tasks());
+        tasks.supervise("ownership exchange", move || {
+            let service = Arc::clone(&service);
+            async move {
+                let period = Duration::from_millis(service.config.renew_ms.max(10));
+                loop {
+                    service.exchange_round().await;
+                    if let Err(reason) = service.maybe_fail_over().await {
+                        tracing::warn!(reason, "automatic failover not done");
+                    }
+                    tokio::time::sleep(period).await;
                 }
-                tokio::time::sleep(period).await;
             }
         });
     }
@@ -105,9 +109,7 @@ impl OwnershipService {
     /// Sends this node's table to every peer region and the witness, takes theirs, and renews
     /// the lease with each that answered.
     pub async fn exchange_round(&self) -> Vec<String> {
-        if self.platform.faults().partitioned() {
-            return Vec::new();
-        }
+        let faults = self.platform.faults();
         if let Err(error) = self.platform.sync_owners().await {
             tracing::debug!(%error, "ownership table not read from the store; exchanging the view");
         }
@@ -116,14 +118,19 @@ impl OwnershipService {
         if let Some(witness) = &self.config.witness_url {
             targets.push((WITNESS_VOTER.to_string(), vec![witness.clone()]));
         }
+        targets.retain(|(voter, _)| !faults.cut_from(voter));
         let exchanges = targets.into_iter().map(|(voter, urls)| async move {
             let sent_at = Instant::now();
             for url in &urls {
                 if let Ok(answer) = self.exchange_with(url).await {
+                    // No lease from an answer whose epochs this node could not store: it would
+                    // not know what it was granted under.
                     if let Err(error) = self.platform.learn_owners(&answer.rows).await {
-                        tracing::warn!(%error, "could not store a newer ownership table");
+                        tracing::warn!(%error, voter = answer.voter, "could not store a newer ownership table; no renewal");
+                        continue;
                     }
-                    self.platform.ownership().renewed_by(&answer.voter, sent_at);
+                    let own = self.platform.region().to_string();
+                    self.platform.ownership().renewed_by(&answer.voter, sent_at, &answer.rows, &own);
                     self.mark_heard(&answer.voter);
                     self.reports
                         .lock()
@@ -232,14 +239,18 @@ struct HttpForwarder {
 }
 
 impl Forwarder for HttpForwarder {
-    fn forward<'a>(&'a self, region: &'a str, command: &'a Command) -> BoxFuture<'a, Result<Outcome, String>> {
+    fn forward<'a>(&'a self, region: &'a str, command: &'a Command) -> BoxFuture<'a, Result<Forwarded, ForwardError>> {
         Box::pin(async move {
             let service = &self.service;
-            if service.platform.faults().partitioned() {
-                return Err("this node is cut off from the other regions (injected partition)".to_string());
+            if service.platform.faults().cut_from(region) {
+                return Err(ForwardError::Unreachable(
+                    "this node is cut off from the other regions (injected partition)".to_string(),
+                ));
             }
-            let urls = service.urls_of(region).ok_or_else(|| format!("region {region} is not a configured peer"))?;
-            let mut last_error = String::from("no node");
+            let urls = service
+                .urls_of(region)
+                .ok_or_else(|| ForwardError::Unreachable(format!("region {region} is not a configured peer")))?;
+            let mut last_error = ForwardError::Unreachable(String::from("no node"));
             for url in urls {
                 let sent = service
                     .client
@@ -250,17 +261,38 @@ impl Forwarder for HttpForwarder {
                     .await;
                 match sent {
                     Ok(response) if response.status().is_success() => {
-                        return response
-                            .json::<Outcome>()
-                            .await
-                            .map_err(|error| format!("bad answer: {}", error.without_url()));
+                        return response.json::<Forwarded>().await.map_err(|error| {
+                            ForwardError::Unreachable(format!("bad answer: {}", error.without_url()))
+                        });
                     }
-                    Ok(response) => last_error = format!("answered {}", response.status()),
-                    Err(error) => last_error = format!("no answer: {}", error.without_url()),
+                    Ok(response) => {
+                        let status = response.status();
+                        let body: Value = response.json().await.unwrap_or(Value::Null);
+                        last_error = classify_refusal(status, &body);
+                        // A refusal of the command itself is the same from every node of the region.
+                        if !matches!(last_error, ForwardError::Unreachable(_)) {
+                            return Err(last_error);
+                        }
+                    }
+                    Err(error) => last_error = ForwardError::Unreachable(format!("no answer: {}", error.without_url())),
                 }
             }
             Err(last_error)
         })
+    }
+}
+
+/// What an owner's non-2xx answer to a forwarded command means. Only an answer about the command
+/// itself is final: 400 (it does not parse), 413 (too large), 422 (a field refused; a `kind` the
+/// owner does not know is held for it instead). Anything else may change: the owner overloaded,
+/// starting, shutting down, cut off, or configured with another token.
+fn classify_refusal(status: reqwest::StatusCode, body: &Value) -> ForwardError {
+    let message = body["error"]["message"].as_str().unwrap_or("").to_string();
+    let detail = format!("answered {status}: {message}");
+    match status.as_u16() {
+        422 if body["error"]["field"] == "kind" => ForwardError::UnknownKind(detail),
+        400 | 413 | 422 => ForwardError::Refused(detail),
+        _ => ForwardError::Unreachable(detail),
     }
 }
 
@@ -280,13 +312,17 @@ pub fn router(service: Arc<OwnershipService>, cluster_token: AdminToken, admin_t
 async fn take_forwarded(
     State(service): State<Arc<OwnershipService>>,
     ApiJson(command): ApiJson<Command>,
-) -> Result<Json<Outcome>, ApiError> {
-    if service.platform.faults().partitioned() {
+) -> Result<Json<Forwarded>, ApiError> {
+    if service.platform.faults().cut_from(&command.origin_region) {
         return Err(ApiError::Unavailable("cut off from the other regions (injected partition)".into()));
     }
     match service.platform.submit_forwarded(command).await {
-        Ok(submitted) => Ok(Json(submitted.outcome)),
+        Ok(submitted) => Ok(Json(Forwarded { outcome: submitted.outcome, id: Some(submitted.id) })),
         Err(SubmitError::UnknownKind(kind)) => Err(ApiError::invalid("kind", format!("no handler for kind {kind}"))),
+        // The store refused the command itself (its data, or the SQL it makes): final.
+        Err(SubmitError::Store(error)) => {
+            Err(ApiError::invalid("command", format!("the owner's store refused it: {error}")))
+        }
         Err(error) => Err(ApiError::Unavailable(error.to_string())),
     }
 }
@@ -295,7 +331,7 @@ async fn exchange(
     State(service): State<Arc<OwnershipService>>,
     ApiJson(theirs): ApiJson<Exchange>,
 ) -> Result<Json<Exchange>, ApiError> {
-    if service.platform.faults().partitioned() {
+    if service.platform.faults().cut_from(&theirs.voter) {
         return Err(ApiError::Unavailable("cut off from the other regions (injected partition)".into()));
     }
     // Only a view this node could store counts as a vote: an answer must mean "I know this".

@@ -47,6 +47,12 @@ pub fn asset_response(asset: &Asset) -> Response {
         .into_response()
 }
 
+/// A new key for one rendering of a write form (its hidden `idempotency_key` field): sending the
+/// form twice is one write (`crate::idempotency`). Random, so no other caller can guess it.
+pub fn form_key() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
 /// Only this origin's scripts, styles, forms and fetches; never framed.
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; img-src 'self' data:; style-src 'self'; \
      script-src 'self'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";

@@ -12,7 +12,7 @@ use axum::{Json, Router};
 use futures::future::BoxFuture;
 use rananeeti_platform::{Adoption, Command, CommandId, HeldCopy, Platform, QueueCopier};
 use serde_json::{json, Value};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -142,63 +142,91 @@ pub fn start_adopter(platform: Arc<Platform>, config: QueueCopiesConfig, token: 
         .timeout(HOLDS_REQUEST_TIMEOUT)
         .build()
         .expect("an HTTP client without TLS builds");
-    tokio::spawn(async move {
-        let mut unreachable_since: HashMap<String, Instant> = HashMap::new();
-        loop {
-            tokio::time::sleep(Duration::from_millis(config.adopt_check_ms)).await;
-            if platform.copies_depth() == 0 {
-                unreachable_since.clear();
-                continue;
+    let tasks = Arc::clone(platform.tasks());
+    tasks.supervise("queue copy adopter", move || {
+        let (platform, client, token, config) = (Arc::clone(&platform), client.clone(), token.clone(), config.clone());
+        async move {
+            let mut adopter = Adopter { unreachable_since: HashMap::new(), after: None };
+            loop {
+                tokio::time::sleep(Duration::from_millis(config.adopt_check_ms)).await;
+                if platform.copies_depth() == 0 {
+                    adopter = Adopter { unreachable_since: HashMap::new(), after: None };
+                    continue;
+                }
+                adopter.round(&platform, &client, &token, &config).await;
             }
-            adopt_round(&platform, &client, &token, &config, &mut unreachable_since).await;
         }
     });
 }
 
-async fn adopt_round(
-    platform: &Platform,
-    client: &reqwest::Client,
-    token: &AdminToken,
-    config: &QueueCopiesConfig,
-    unreachable_since: &mut HashMap<String, Instant>,
-) {
-    let copies = match platform.held_copies(ADOPT_BATCH_MAX) {
-        Ok(copies) => copies,
-        Err(error) => {
-            tracing::error!(%error, "could not read held copies");
-            return;
-        }
-    };
-    let mut by_origin: HashMap<String, Vec<_>> = HashMap::new();
-    for (entry, copy) in copies {
-        by_origin.entry(copy.origin_url.clone()).or_default().push((entry, copy));
-    }
-    for (origin_url, copies) in by_origin {
-        let ids: Vec<CommandId> = copies.iter().map(|(_, copy)| copy.command.id).collect();
-        let still_held = ask_holds(client, token, &origin_url, &ids).await;
-        let adopt: Vec<_> = match still_held {
-            Some(held) => {
-                unreachable_since.remove(&origin_url);
-                copies.into_iter().filter(|(_, copy)| !held.contains(&copy.command.id)).collect()
-            }
-            None => {
-                let since = *unreachable_since.entry(origin_url.clone()).or_insert_with(Instant::now);
-                if since.elapsed() < Duration::from_millis(config.adopt_after_ms) {
-                    continue;
-                }
-                copies
+/// The adopter's state between rounds: like the drainer, it walks the copies a page per round
+/// and goes on where it stopped, so copies that cannot be adopted yet (their origin still holds
+/// them, or their owner cannot be reached) never starve the ones behind them.
+struct Adopter {
+    /// Per origin, since when it has not answered.
+    unreachable_since: HashMap<String, Instant>,
+    /// The last seq of the copies looked at; `None`: start at the oldest.
+    after: Option<u64>,
+}
+
+impl Adopter {
+    async fn round(
+        &mut self,
+        platform: &Platform,
+        client: &reqwest::Client,
+        token: &AdminToken,
+        config: &QueueCopiesConfig,
+    ) {
+        let copies = match platform.held_copies(self.after, ADOPT_BATCH_MAX) {
+            Ok(copies) => copies,
+            Err(error) => {
+                tracing::error!(%error, "could not read held copies");
+                return;
             }
         };
-        // In the origin's order (its clock), not the order the copies arrived in.
-        let mut adopt = adopt;
-        adopt.sort_by_key(|(_, copy)| copy.command.hlc);
-        for (entry, copy) in adopt {
-            match platform.adopt_copy(&entry, &copy).await {
-                Ok(Adoption::Adopted | Adoption::Stuck) => {}
-                Ok(Adoption::StoreUnavailable) => return, // next round
-                Err(error) => {
-                    tracing::error!(%error, "could not drop an adopted copy");
-                    return;
+        // The next round looks at the next page, or starts again at the oldest.
+        self.after = if copies.len() < ADOPT_BATCH_MAX { None } else { copies.last().map(|(entry, _)| entry.seq) };
+        let mut by_origin: HashMap<String, Vec<_>> = HashMap::new();
+        for (entry, copy) in copies {
+            by_origin.entry(copy.origin_url.clone()).or_default().push((entry, copy));
+        }
+        // Owners that cannot take a write this round (their later copies wait, in order), and
+        // whether this region's store can take local applies.
+        let mut held: HashSet<String> = HashSet::new();
+        let mut store_available = true;
+        for (origin_url, copies) in by_origin {
+            let ids: Vec<CommandId> = copies.iter().map(|(_, copy)| copy.command.id).collect();
+            let still_held = ask_holds(client, token, &origin_url, &ids).await;
+            let mut adopt: Vec<_> = match still_held {
+                Some(still_held) => {
+                    self.unreachable_since.remove(&origin_url);
+                    copies.into_iter().filter(|(_, copy)| !still_held.contains(&copy.command.id)).collect()
+                }
+                None => {
+                    let since = *self.unreachable_since.entry(origin_url.clone()).or_insert_with(Instant::now);
+                    if since.elapsed() < Duration::from_millis(config.adopt_after_ms) {
+                        continue;
+                    }
+                    copies
+                }
+            };
+            // In the origin's order (its clock), not the order the copies arrived in.
+            adopt.sort_by_key(|(_, copy)| copy.command.hlc);
+            for (entry, copy) in adopt {
+                let owner = platform.owner_of(&copy.command);
+                if owner.as_ref().is_some_and(|owner| held.contains(owner)) || (owner.is_none() && !store_available) {
+                    continue;
+                }
+                match platform.adopt_copy(&entry, &copy).await {
+                    Ok(Adoption::Adopted | Adoption::Stuck) => {}
+                    Ok(Adoption::OwnerUnavailable(region)) => {
+                        held.insert(region);
+                    }
+                    Ok(Adoption::StoreUnavailable) => store_available = false,
+                    Err(error) => {
+                        tracing::error!(%error, "could not drop an adopted copy");
+                        return;
+                    }
                 }
             }
         }

@@ -143,7 +143,7 @@ pub fn start(
     for peer in config.peers.clone() {
         assert!(!peer.urls.is_empty(), "peer region {} has no node URLs", peer.region);
         assert!(peer.region != platform.region(), "a region does not pull from itself");
-        let puller = Puller {
+        let puller = Arc::new(Puller {
             platform: Arc::clone(&platform),
             client: client.clone(),
             config: config.clone(),
@@ -151,8 +151,12 @@ pub fn start(
             labels: PeerLabels { peer: peer.region.clone() },
             metrics: metrics.clone(),
             peer,
-        };
-        tokio::spawn(puller.run());
+        });
+        let name = format!("replication puller from {}", puller.peer.region);
+        platform.tasks().supervise(name, move || {
+            let puller = Arc::clone(&puller);
+            async move { puller.run().await }
+        });
     }
 }
 
@@ -167,7 +171,7 @@ struct Puller {
 }
 
 impl Puller {
-    async fn run(self) {
+    async fn run(&self) {
         let retry = Duration::from_millis(self.config.retry_ms);
         let mut url_index = 0usize;
         // When this region last had everything the peer had. Lag is measured from it whenever

@@ -94,24 +94,32 @@ pub fn build_router(
         .route("/metrics", get(metrics))
         .with_state(health)
         .merge(Router::new().route("/api/commands/{id}", get(command_status)).with_state(Arc::clone(&platform)))
+        .route("/api/platform/openapi.json", get(platform_openapi))
         .merge(admin::router(Arc::clone(&platform), config.admin_token.clone()));
     if let Some(cluster_token) = &config.cluster_token {
-        router = router.merge(crate::replication::router(Arc::clone(&platform), cluster_token.clone()));
-        router = router.merge(crate::queue_copies::router(Arc::clone(&platform), cluster_token.clone()));
+        // What nodes send each other wraps what clients sent (a command around a request's
+        // content, a copy around a queued command): the limit fits every one the public limit
+        // and the queue let in.
+        let internal_limit = DefaultBodyLimit::max(internal_body_bytes_max(config.body_bytes_max));
+        let mut internal = crate::replication::router(Arc::clone(&platform), cluster_token.clone())
+            .merge(crate::queue_copies::router(Arc::clone(&platform), cluster_token.clone()));
         if let Some(ownership) = &config.ownership {
-            router = router.merge(crate::ownership::router(
+            internal = internal.merge(crate::ownership::router(
                 Arc::clone(ownership),
                 cluster_token.clone(),
                 config.admin_token.clone(),
             ));
         }
+        router = router.merge(internal.layer(internal_limit));
     }
     for app in apps {
         router = router.merge(app.router(Arc::clone(&platform)));
     }
     let x_request_id = HeaderName::from_static("x-request-id");
+    let idempotency = crate::idempotency::Idempotency { platform, body_bytes_max: config.body_bytes_max };
     router
         .fallback(|| async { ApiError::NotFound })
+        .layer(axum::middleware::from_fn_with_state(idempotency, crate::idempotency::honour_keys))
         .layer(axum::middleware::from_fn_with_state(http_metrics, record_request))
         .layer(
             ServiceBuilder::new()
@@ -143,6 +151,20 @@ pub fn build_router(
         )
 }
 
+/// The body limit of the routes between nodes: a queued command at its largest, or a public body
+/// wrapped as a command (with room for every character escaped once more), whichever is larger.
+pub fn internal_body_bytes_max(public_body_bytes_max: usize) -> usize {
+    const ENVELOPE_BYTES_MAX: usize = 64 * 1024;
+    rananeeti_platform::queue_entry_bytes_max().max(public_body_bytes_max.saturating_mul(2)) + ENVELOPE_BYTES_MAX
+}
+
+/// The OpenAPI 3 document of what every node serves besides its apps (health, command status, admin).
+const PLATFORM_OPENAPI: &str = include_str!("openapi.json");
+
+async fn platform_openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], PLATFORM_OPENAPI).into_response()
+}
+
 async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "alive" }))
 }
@@ -159,11 +181,11 @@ async fn readyz(State(health): State<Arc<Health>>) -> Response {
         "queue_depth": platform.queue().depth(),
     });
     let unready = if health.shutting_down.load(Ordering::SeqCst) {
-        Some("shutting down")
+        Some("shutting down".to_string())
     } else if !platform.queue().writer_alive() {
-        Some("the fallback queue's writer has stopped; writes cannot be queued")
+        Some("the fallback queue's writer has stopped; writes cannot be queued".to_string())
     } else {
-        None
+        platform.tasks().failing().map(|task| format!("the background task \"{task}\" keeps failing (see the log)"))
     };
     if let Some(reason) = unready {
         let mut body = body;

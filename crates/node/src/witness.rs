@@ -53,16 +53,24 @@ impl Witness {
     }
 
     async fn take(&self, theirs: Exchange) -> Result<Exchange, ApiError> {
-        if self.view.learn(&theirs.rows) {
+        if !self.view.newer_of(&theirs.rows).is_empty() {
             let _writing = self.writing.lock().await;
-            let rows = self.view.table();
+            // What the table becomes, stored before the view takes it (and before it is ever
+            // answered with): an answer means "I know this", after a restart too.
+            let newer = self.view.newer_of(&theirs.rows);
+            let mut rows: BTreeMap<String, OwnerRow> =
+                self.view.table().into_iter().map(|row| (row.region.clone(), row)).collect();
+            for row in &newer {
+                rows.insert(row.region.clone(), row.clone());
+            }
+            let rows: Vec<OwnerRow> = rows.into_values().collect();
             let bytes = serde_json::to_vec_pretty(&rows).expect("rows always serialize");
             let path = self.state_file.clone();
-            // Stored before it is acknowledged: an answer means "I know this".
             tokio::task::spawn_blocking(move || crate::server::write_atomically(&path, &bytes))
                 .await
                 .map_err(|error| ApiError::Internal(error.to_string()))?
                 .map_err(|error| ApiError::Unavailable(format!("witness state not written: {error}")))?;
+            self.view.learn(&newer);
         }
         let heard_ms_ago: BTreeMap<String, u64> = {
             let mut heard = self.heard.lock().unwrap_or_else(|poisoned| poisoned.into_inner());

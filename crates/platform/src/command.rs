@@ -2,6 +2,7 @@
 
 use crate::hlc::Hlc;
 use crate::id::CommandId;
+use crate::requests::RequestId;
 use futures::future::BoxFuture;
 use sqlx::AnyConnection;
 use std::collections::HashMap;
@@ -16,6 +17,10 @@ pub struct Command {
     pub origin_region: String,
     pub origin_node: String,
     pub hlc: Hlc,
+    /// The keyed request that submitted it (`requests`): unique in the store, so the same request
+    /// is applied once whatever id the app gave each try. Absent for requests without a key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<RequestId>,
 }
 
 /// What an app hands to `Platform::submit`: the platform adds origin and clock.

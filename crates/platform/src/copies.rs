@@ -5,6 +5,7 @@
 
 use crate::command::Command;
 use crate::id::CommandId;
+use crate::ownership::ForwardError;
 use crate::platform::{AttemptError, Platform};
 use futures::future::BoxFuture;
 use rananeeti_queue::{Entry, Queue, QueueError};
@@ -38,13 +39,16 @@ pub struct HeldCopy {
 const ADOPT_APPLY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What adopting one copy did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Adoption {
-    /// Applied (or found applied) and dropped.
+    /// Applied, forwarded, or recorded as rejected (or found applied), and dropped.
     Adopted,
-    /// The store cannot take it now: try again later, and stop this round.
+    /// This region's store cannot take it now: no more local applies this round.
     StoreUnavailable,
-    /// This copy cannot be applied (unknown kind, refused): kept for an operator; go on.
+    /// Its owner cannot be reached, or this region owns it but holds no lease: this owner's later
+    /// copies wait too (in order), the others go on.
+    OwnerUnavailable(String),
+    /// This copy cannot be applied (unknown kind, here or at its owner): kept for an operator.
     Stuck,
 }
 
@@ -82,17 +86,29 @@ impl Platform {
         Ok(held)
     }
 
-    /// Copies held for other nodes, oldest first.
-    pub fn held_copies(&self, limit: usize) -> Result<Vec<(Entry, HeldCopy)>, QueueError> {
+    /// Copies held for other nodes with a seq past `after` (from the oldest when `None`).
+    pub fn held_copies(&self, after: Option<u64>, limit: usize) -> Result<Vec<(Entry, HeldCopy)>, QueueError> {
         let Some(copies) = self.copies.get() else { return Ok(Vec::new()) };
         Ok(copies
-            .peek(None, limit)?
+            .peek(after, limit)?
             .into_iter()
             .filter_map(|entry| {
                 let copy = serde_json::from_slice::<HeldCopy>(&entry.body).ok()?;
                 Some((entry, copy))
             })
             .collect())
+    }
+
+    /// Which owner an adopted copy waits for: `None` when it is applied here (a `local` kind, or
+    /// an owned one this region may apply now), else the region acting for its owner (this
+    /// region itself while it holds no lease).
+    pub fn owner_of(&self, command: &Command) -> Option<String> {
+        let handler = self.registry.get(&command.kind)?;
+        match self.route(handler.as_ref(), command) {
+            crate::ownership::Route::Apply => None,
+            crate::ownership::Route::Hold(_) => Some(self.region().to_string()),
+            crate::ownership::Route::Forward(region) => Some(region),
+        }
     }
 
     pub fn copies_depth(&self) -> u64 {
@@ -108,20 +124,28 @@ impl Platform {
         };
         match self.route(handler.as_ref(), command) {
             crate::ownership::Route::Apply => {}
-            crate::ownership::Route::Hold(_) => return Ok(Adoption::StoreUnavailable),
+            crate::ownership::Route::Hold(_) => return Ok(Adoption::OwnerUnavailable(self.region().to_string())),
             crate::ownership::Route::Forward(region) => {
                 return match self.forward_adopted(&region, command, ADOPT_APPLY_TIMEOUT).await {
-                    Ok(()) => {
-                        self.copies.get().ok_or(QueueError::Closed)?.remove(std::slice::from_ref(entry))?;
-                        Ok(Adoption::Adopted)
+                    Ok(()) => self.drop_copy(entry),
+                    Err(ForwardError::Unreachable(_)) => Ok(Adoption::OwnerUnavailable(region)),
+                    Err(ForwardError::Refused(reason)) => {
+                        let reason = format!("refused by region {region}: {reason}");
+                        match self.record_rejection(command, &reason).await {
+                            Ok(()) => self.drop_copy(entry),
+                            Err(_) => Ok(Adoption::StoreUnavailable),
+                        }
                     }
-                    Err(_) => Ok(Adoption::StoreUnavailable),
+                    Err(ForwardError::UnknownKind(reason)) => {
+                        tracing::error!(id = %command.id, region, reason, "adopted copy of a kind its owner does not know yet; kept");
+                        Ok(Adoption::Stuck)
+                    }
                 };
             }
         }
         match tokio::time::timeout(ADOPT_APPLY_TIMEOUT, self.apply(handler.as_ref(), command, true)).await {
-            Ok(Ok(outcome)) => {
-                tracing::info!(id = %command.id, origin = copy.origin_node, outcome = outcome.as_str(), "adopted a queued command");
+            Ok(Ok(answer)) => {
+                tracing::info!(id = %command.id, origin = copy.origin_node, outcome = answer.outcome.as_str(), "adopted a queued command");
             }
             Ok(Err(AttemptError::Permanent(error))) => {
                 tracing::error!(%error, id = %command.id, "adopted copy refused by the store; kept");
@@ -129,6 +153,10 @@ impl Platform {
             }
             Ok(Err(AttemptError::Transient(_))) | Err(_) => return Ok(Adoption::StoreUnavailable),
         }
+        self.drop_copy(entry)
+    }
+
+    fn drop_copy(&self, entry: &Entry) -> Result<Adoption, QueueError> {
         self.copies.get().ok_or(QueueError::Closed)?.remove(std::slice::from_ref(entry))?;
         Ok(Adoption::Adopted)
     }

@@ -22,9 +22,22 @@ pub struct Faults {
     /// Replication between regions is cut: this node serves no outbox page and its pullers
     /// pause (see the node crate's replication module).
     replication_cut: AtomicBool,
-    /// This node is cut off from the other regions and the witness (a network partition): no
-    /// replication, no ownership exchange, no forwarding, in either direction.
-    partitioned: AtomicBool,
+    /// This node is cut off from the other regions and the witness (a network partition), or
+    /// from some of them.
+    partition: RwLock<Partition>,
+}
+
+/// A network partition injected on one node.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Partition {
+    #[default]
+    None,
+    /// Cut off from every other region and the witness: no replication, no ownership exchange,
+    /// no forwarding, in either direction.
+    All,
+    /// Cut off from these voters only (region names, or `witness`): no ownership exchange and no
+    /// forwarding with them, either way. Replication is not cut.
+    From(std::collections::BTreeSet<String>),
 }
 
 impl Default for Faults {
@@ -32,7 +45,7 @@ impl Default for Faults {
         Faults {
             db: RwLock::new(DbFault::Up),
             replication_cut: AtomicBool::new(false),
-            partitioned: AtomicBool::new(false),
+            partition: RwLock::new(Partition::None),
         }
     }
 }
@@ -58,12 +71,26 @@ impl Faults {
         self.replication_cut.load(Ordering::Relaxed) || self.partitioned()
     }
 
+    /// Cut off from everyone.
     pub fn partitioned(&self) -> bool {
-        self.partitioned.load(Ordering::Relaxed)
+        self.partition() == Partition::All
     }
 
-    pub fn set_partitioned(&self, partitioned: bool) {
-        self.partitioned.store(partitioned, Ordering::Relaxed);
+    /// Cut off from `voter` (a region, or the witness).
+    pub fn cut_from(&self, voter: &str) -> bool {
+        match &*self.partition.read().unwrap_or_else(|poisoned| poisoned.into_inner()) {
+            Partition::None => false,
+            Partition::All => true,
+            Partition::From(cut) => cut.contains(voter),
+        }
+    }
+
+    pub fn partition(&self) -> Partition {
+        self.partition.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+
+    pub fn set_partition(&self, partition: Partition) {
+        *self.partition.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = partition;
     }
 
     pub fn set_replication_cut(&self, cut: bool) {

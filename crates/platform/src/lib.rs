@@ -8,6 +8,7 @@ pub mod breaker;
 pub mod command;
 pub mod conflicts;
 pub mod copies;
+mod drain;
 #[cfg(feature = "drill-faults")]
 mod drill_faults;
 pub mod faults;
@@ -17,24 +18,32 @@ pub mod metrics;
 pub mod ownership;
 mod platform;
 pub mod replication;
+pub mod requests;
 pub mod schema;
 pub mod store;
+pub mod tasks;
 pub mod write_gate;
 
 pub use breaker::{BreakerConfig, BreakerState};
 pub use command::{ApplyError, Command, CommandHandler, NewCommand, Registry, WritePattern};
 pub use copies::{Adoption, CopyDurability, HeldCopy, QueueCopier};
-pub use faults::{DbFault, Faults};
+pub use faults::{DbFault, Faults, Partition};
 pub use hlc::{Hlc, HlcClock};
 pub use id::{CommandId, InvalidCommandId};
 pub use metrics::PlatformMetrics;
-pub use ownership::{Forwarder, OwnerRow, Ownership, OwnershipConfig, Route};
+pub use ownership::{ForwardError, Forwarded, Forwarder, OwnerRow, Ownership, OwnershipConfig, Route};
 pub use platform::{
     CommandState, CommandStatus, DrainConfig, Outcome, Platform, PlatformConfig, ReadPool, StoreUnavailable,
     SubmitConfig, SubmitError, SubmitOptions, Submitted,
 };
 pub use replication::{Applied, OutboxEntry, OutboxPage, ReplicationError};
+pub use requests::{RecordedAnswer, RequestId, RequestKey};
 pub use store::{Migration, Store, StoreConfig, StoreError, StoreKind};
+
+/// The largest command body the fallback queue takes.
+pub fn queue_entry_bytes_max() -> usize {
+    rananeeti_queue::ENTRY_BODY_BYTES_MAX
+}
 
 /// Re-exported so apps write their SQL against the platform's own sqlx.
 pub use sqlx;

@@ -27,11 +27,13 @@ pub struct PlatformMetrics {
     pub store_up: Gauge,
     pub breaker_state: Gauge,
     pub queue_depth: Gauge,
+    pub queue_corrupt_entries: Gauge,
     pub queue_oldest_age: Gauge<f64, AtomicU64>,
     pub queue_drained: Counter,
     pub queue_fsyncs: Counter,
     pub pool_rebuilds: Counter,
     pub queue_copy_failures: Counter,
+    pub task_restarts: Family<crate::tasks::TaskLabels, Counter>,
 }
 
 impl PlatformMetrics {
@@ -43,11 +45,13 @@ impl PlatformMetrics {
             store_up: Gauge::default(),
             breaker_state: Gauge::default(),
             queue_depth: Gauge::default(),
+            queue_corrupt_entries: Gauge::default(),
             queue_oldest_age: Gauge::default(),
             queue_drained: Counter::default(),
             queue_fsyncs: Counter::default(),
             pool_rebuilds: Counter::default(),
             queue_copy_failures: Counter::default(),
+            task_restarts: Family::default(),
         };
         let platform = registry.sub_registry_with_prefix("rananeeti");
         platform.register("submit_outcomes", "Submitted commands by outcome", metrics.submit_outcomes.clone());
@@ -59,6 +63,11 @@ impl PlatformMetrics {
             metrics.breaker_state.clone(),
         );
         platform.register("queue_depth", "Entries in the fallback queue", metrics.queue_depth.clone());
+        platform.register(
+            "queue_corrupt_entries",
+            "Fallback queue entries whose stored value fails its checksum: skipped, kept on disk for an operator",
+            metrics.queue_corrupt_entries.clone(),
+        );
         platform.register(
             "queue_oldest_age_seconds",
             "Age of the oldest fallback queue entry",
@@ -75,6 +84,11 @@ impl PlatformMetrics {
             "forwards",
             "Owned writes sent to the region acting for their owner, by outcome",
             metrics.forwards.clone(),
+        );
+        platform.register(
+            "task_restarts",
+            "Background tasks (drainer, pullers, adopter, ownership) restarted after a panic",
+            metrics.task_restarts.clone(),
         );
         platform.register("store_pool_rebuilds", "Store pools rebuilt after an outage", metrics.pool_rebuilds.clone());
         metrics

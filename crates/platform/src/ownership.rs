@@ -5,9 +5,16 @@
 //! The rule (also in ARCHITECTURE.md): a node applies a write homed in region H only when
 //! 1. its region is H's acting owner in its view (the highest epoch it has seen; on a tie the
 //!    greater region name),
-//! 2. that row is in effect (`effective_at_ms`, a lease after the change that made it), and
+//! 2. that row is in effect (`effective_at_ms`, a lease after the change that made it),
 //! 3. it holds a lease: within the last `lease_ms` it exchanged ownership tables with a majority
-//!    of the voters in its view (the regions that act for themselves, plus the witness).
+//!    of the voters in its view (the regions that act for themselves, plus the witness), and
+//! 4. for a row a failover made (epoch > 0), `lease_ms` have passed since this node first heard a
+//!    majority of its voters answer with that epoch: any lease the previous owner still holds
+//!    was granted by a majority that includes one of them, before it knew the epoch, so it has
+//!    run out (the argument is in ARCHITECTURE.md, "The fencing rule").
+//!
+//! A view is stored before it is learned (and before it is answered with), so a voter that said
+//! it knows an epoch still knows it after a restart.
 //!
 //! Otherwise the write goes to the acting owner (forwarded) or waits in the queue (*pending*).
 
@@ -57,7 +64,34 @@ impl OwnerRow {
 
 /// Carries a command to a node of its owner region, which submits it there.
 pub trait Forwarder: Send + Sync + 'static {
-    fn forward<'a>(&'a self, region: &'a str, command: &'a Command) -> BoxFuture<'a, Result<Outcome, String>>;
+    fn forward<'a>(&'a self, region: &'a str, command: &'a Command) -> BoxFuture<'a, Result<Forwarded, ForwardError>>;
+}
+
+/// The owner's answer to a forwarded command: what it decided, and on which command (a retry of
+/// a keyed request is answered with the first try's id).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Forwarded {
+    #[serde(flatten)]
+    pub outcome: Outcome,
+    /// Absent in answers of nodes from before it was added: then the forwarded command's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<crate::id::CommandId>,
+}
+
+/// Why the owner did not take a forwarded command, classified as the local path classifies the
+/// store's errors: what may change (retry later) apart from what never will.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ForwardError {
+    /// Not reached, overloaded, shutting down, or cut off: try again later, in order.
+    #[error("owner unreachable: {0}")]
+    Unreachable(String),
+    /// The owner refused the command itself (too large, does not parse): it never will take it.
+    #[error("owner refused the command: {0}")]
+    Refused(String),
+    /// The owner does not know the command's kind (it runs an older version): held for it,
+    /// without holding back the owner's other writes.
+    #[error("owner does not know the kind: {0}")]
+    UnknownKind(String),
 }
 
 /// Where an owned write goes, decided on this node's view.
@@ -75,15 +109,31 @@ pub enum Route {
 pub struct Ownership {
     config: OwnershipConfig,
     rows: RwLock<BTreeMap<String, OwnerRow>>,
-    /// Per voter, when the last exchange that it answered was sent.
-    renewed: Mutex<HashMap<String, Instant>>,
+    /// Per voter, its last answered exchange.
+    renewed: Mutex<HashMap<String, Renewal>>,
+    /// Per region this node's region acts for since a failover: the epoch, and when this node
+    /// first heard a majority of its voters answer with it.
+    armed: Mutex<HashMap<String, (u64, Instant)>>,
+}
+
+/// A voter's answer to an exchange: when the exchange was sent, and the (epoch, acting region)
+/// per region that its answer carried.
+#[derive(Clone, Debug)]
+struct Renewal {
+    sent_at: Instant,
+    known: HashMap<String, (u64, String)>,
 }
 
 pub const WITNESS_VOTER: &str = "witness";
 
 impl Ownership {
     pub fn new(config: OwnershipConfig) -> Ownership {
-        Ownership { config, rows: RwLock::new(BTreeMap::new()), renewed: Mutex::new(HashMap::new()) }
+        Ownership {
+            config,
+            rows: RwLock::new(BTreeMap::new()),
+            renewed: Mutex::new(HashMap::new()),
+            armed: Mutex::new(HashMap::new()),
+        }
     }
 
     pub fn config(&self) -> &OwnershipConfig {
@@ -110,7 +160,25 @@ impl Ownership {
         table.into_values().collect()
     }
 
-    /// Takes the rows that supersede this view's. Answers whether anything changed.
+    /// The rows of `rows` that supersede this view's (what `learn` would change).
+    pub fn newer_of(&self, rows: &[OwnerRow]) -> Vec<OwnerRow> {
+        let view = self.rows.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut newer: BTreeMap<String, OwnerRow> = BTreeMap::new();
+        for row in rows {
+            let current = newer
+                .get(&row.region)
+                .or_else(|| view.get(&row.region))
+                .cloned()
+                .unwrap_or_else(|| OwnerRow::initial(&row.region));
+            if row.supersedes(&current) {
+                newer.insert(row.region.clone(), row.clone());
+            }
+        }
+        newer.into_values().collect()
+    }
+
+    /// Takes the rows that supersede this view's. Answers whether anything changed. A node
+    /// stores rows before it learns them (`Platform::learn_owners`).
     pub fn learn(&self, rows: &[OwnerRow]) -> bool {
         let mut view = self.rows.write().unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut changed = false;
@@ -135,13 +203,60 @@ impl Ownership {
         voters
     }
 
-    /// A voter answered an exchange sent at `sent_at`.
-    pub fn renewed_by(&self, voter: &str, sent_at: Instant) {
-        let mut renewed = self.renewed.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let entry = renewed.entry(voter.to_string()).or_insert(sent_at);
-        if sent_at > *entry {
-            *entry = sent_at;
+    /// A voter answered an exchange sent at `sent_at` with its table `rows` (already learned
+    /// and stored by this node). `own_region` is this node's.
+    pub fn renewed_by(&self, voter: &str, sent_at: Instant, rows: &[OwnerRow], own_region: &str) {
+        {
+            let mut renewed = self.renewed.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let newer = renewed.get(voter).is_none_or(|last| sent_at >= last.sent_at);
+            if newer {
+                let known = rows.iter().map(|row| (row.region.clone(), (row.epoch, row.acting.clone()))).collect();
+                renewed.insert(voter.to_string(), Renewal { sent_at, known });
+            }
         }
+        for row in self.table() {
+            if row.acting == own_region && row.epoch > 0 {
+                self.arm(own_region, &row);
+            }
+        }
+    }
+
+    /// Notes when a majority of the voters first answered knowing `row` (this region acting
+    /// since a failover). Answers since when, if they have.
+    fn arm(&self, own_region: &str, row: &OwnerRow) -> Option<Instant> {
+        let mut armed = self.armed.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some((epoch, at)) = armed.get(&row.region) {
+            if *epoch == row.epoch {
+                return Some(*at);
+            }
+        }
+        let voters = self.voters();
+        let lease = Duration::from_millis(self.config.lease_ms);
+        let renewed = self.renewed.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let knowing = voters
+            .iter()
+            .filter(|voter| {
+                *voter == own_region
+                    || renewed.get(*voter).is_some_and(|renewal| {
+                        renewal.sent_at.elapsed() < lease
+                            && renewal
+                                .known
+                                .get(&row.region)
+                                .is_some_and(|(epoch, acting)| (*epoch, acting) >= (row.epoch, &row.acting))
+                    })
+            })
+            .count();
+        if knowing * 2 <= voters.len() {
+            return None;
+        }
+        let now = Instant::now();
+        tracing::info!(
+            region = row.region,
+            epoch = row.epoch,
+            "a majority knows this region acts: it applies after one lease"
+        );
+        armed.insert(row.region.clone(), (row.epoch, now));
+        Some(now)
     }
 
     /// Whether this node, in `own_region`, holds the lease: a majority of the voters in its view
@@ -153,7 +268,7 @@ impl Ownership {
         let fresh = voters
             .iter()
             .filter(|voter| {
-                *voter == own_region || renewed.get(*voter).is_some_and(|sent_at| sent_at.elapsed() < lease)
+                *voter == own_region || renewed.get(*voter).is_some_and(|renewal| renewal.sent_at.elapsed() < lease)
             })
             .count();
         fresh * 2 > voters.len()
@@ -165,7 +280,7 @@ impl Ownership {
         self.voters()
             .into_iter()
             .map(|voter| {
-                let age = renewed.get(&voter).map(|sent_at| sent_at.elapsed().as_millis() as u64);
+                let age = renewed.get(&voter).map(|renewal| renewal.sent_at.elapsed().as_millis() as u64);
                 (voter, age)
             })
             .collect()
@@ -182,6 +297,13 @@ impl Ownership {
         }
         if !self.lease_held(own_region) {
             return Route::Hold("no ownership lease: a majority of the voters has not answered lately");
+        }
+        if row.epoch > 0 {
+            let lease = Duration::from_millis(self.config.lease_ms);
+            match self.arm(own_region, &row) {
+                Some(armed_at) if armed_at.elapsed() >= lease => {}
+                _ => return Route::Hold("the failover is not fenced yet: the previous owner's lease may still run"),
+            }
         }
         Route::Apply
     }
@@ -220,13 +342,20 @@ impl Platform {
         Ok(view)
     }
 
-    /// Takes rows from a peer or the witness: into the view and the store. Answers the table.
+    /// Takes rows from a peer or the witness: into the store, then into the view (an answer
+    /// that says this node knows an epoch must hold after a restart too). Answers the table.
     pub async fn learn_owners(&self, rows: &[OwnerRow]) -> Result<Vec<OwnerRow>, StoreError> {
-        if self.ownership.learn(rows) {
-            self.sync_owners().await
-        } else {
-            Ok(self.ownership.table())
+        let newer = self.ownership.newer_of(rows);
+        if newer.is_empty() {
+            return Ok(self.ownership.table());
         }
+        self.store.ensure_migrated().await?;
+        let pool = self.store.writer();
+        for row in &newer {
+            store_owner_row(&pool, row).await?;
+        }
+        self.ownership.learn(&newer);
+        self.sync_owners().await
     }
 
     /// Makes `acting` the owner of the writes homed in `region`, with the next epoch, in effect a
@@ -294,19 +423,19 @@ mod tests {
     fn a_lone_region_of_two_holds_no_lease_without_the_witness() {
         let view = ownership(&["r1", "r2"], false);
         assert!(!view.lease_held("r1"), "one of two voters is not a majority");
-        view.renewed_by("r2", Instant::now());
+        view.renewed_by("r2", Instant::now(), &[], "r1");
         assert!(view.lease_held("r1"));
 
         let with_witness = ownership(&["r1", "r2"], true);
         assert!(!with_witness.lease_held("r1"));
-        with_witness.renewed_by(WITNESS_VOTER, Instant::now());
+        with_witness.renewed_by(WITNESS_VOTER, Instant::now(), &[], "r1");
         assert!(with_witness.lease_held("r1"), "itself and the witness are two of three");
     }
 
     #[test]
     fn a_stale_renewal_does_not_count() {
         let view = ownership(&["r1", "r2"], false);
-        view.renewed_by("r2", Instant::now() - Duration::from_millis(1500));
+        view.renewed_by("r2", Instant::now() - Duration::from_millis(1500), &[], "r1");
         assert!(!view.lease_held("r1"));
     }
 
@@ -316,8 +445,43 @@ mod tests {
         view.learn(&[row("r1", "r2", 1)]);
         assert_eq!(view.voters(), vec!["r2".to_string()]);
         assert!(view.lease_held("r2"), "the only voter left is itself");
+        // It knows the epoch (a majority of one); a lease later the old owner's has run out.
+        assert!(matches!(view.route("r2", "r1"), Route::Hold(_)));
+        std::thread::sleep(Duration::from_millis(1050));
         assert_eq!(view.route("r2", "r1"), Route::Apply);
         assert_eq!(view.route("r1", "r1"), Route::Forward("r2".into()));
+    }
+
+    /// Regression (issue 11, defect 5): the new owner applied as soon as the change was in effect
+    /// and it held a lease, while the old owner could still hold one granted by a voter that had
+    /// not heard of the new epoch. It now waits a lease after a majority answered knowing it.
+    #[test]
+    fn a_new_owner_applies_only_a_lease_after_a_majority_answered_knowing_its_epoch() {
+        let view = Ownership::new(OwnershipConfig {
+            primary_region: "r1".into(),
+            regions: vec!["r1".into(), "r2".into()],
+            witness: true,
+            lease_ms: 200,
+        });
+        let failover = row("r1", "r2", 1);
+        view.learn(std::slice::from_ref(&failover));
+        // The witness answers, but from before it heard of epoch 1: a lease, not a fence.
+        view.renewed_by(WITNESS_VOTER, Instant::now(), &[row("r1", "r1", 0)], "r2");
+        assert!(view.lease_held("r2"));
+        assert!(matches!(view.route("r2", "r1"), Route::Hold(_)), "no majority knows epoch 1 yet");
+        // It answers knowing epoch 1: the old owner's lease can last one more lease at most.
+        view.renewed_by(WITNESS_VOTER, Instant::now(), std::slice::from_ref(&failover), "r2");
+        assert!(matches!(view.route("r2", "r1"), Route::Hold(_)), "one lease to wait");
+        std::thread::sleep(Duration::from_millis(250));
+        view.renewed_by(WITNESS_VOTER, Instant::now(), std::slice::from_ref(&failover), "r2");
+        assert_eq!(view.route("r2", "r1"), Route::Apply);
+    }
+
+    #[test]
+    fn newer_rows_are_told_before_they_are_learned() {
+        let view = ownership(&["r1", "r2"], false);
+        assert_eq!(view.newer_of(&[row("r1", "r2", 1), row("r2", "r2", 0)]), vec![row("r1", "r2", 1)]);
+        assert_eq!(view.row("r1").epoch, 0, "telling changes nothing");
     }
 
     #[test]

@@ -8,7 +8,8 @@ use crate::faults::{Faults, StoreAccess};
 use crate::hlc::{wall_clock_ms, HlcClock};
 use crate::id::CommandId;
 use crate::metrics::{OutcomeLabels, PlatformMetrics};
-use crate::ownership::{Forwarder, Ownership, OwnershipConfig, Route};
+use crate::ownership::{ForwardError, Forwarded, Forwarder, Ownership, OwnershipConfig, Route};
+use crate::requests::RequestId;
 use crate::store::{is_transient, Store, StoreError, StoreKind};
 use futures::future::BoxFuture;
 use rananeeti_queue::{Enqueued, Queue, QueueError};
@@ -44,8 +45,11 @@ impl Default for SubmitConfig {
 
 #[derive(Clone, Debug)]
 pub struct DrainConfig {
-    /// Entries read from the queue per drain round.
+    /// Entries applied or forwarded per drain round, at most.
     pub batch_entries_max: usize,
+    /// Entries looked at per drain round, at most (held and skipped ones included); the next
+    /// round goes on where this one stopped.
+    pub scan_entries_max: usize,
     /// Pause between rounds when the queue is empty or the store is unavailable.
     pub idle_ms: u64,
     /// Longest one queued command's apply may take.
@@ -54,7 +58,7 @@ pub struct DrainConfig {
 
 impl Default for DrainConfig {
     fn default() -> Self {
-        DrainConfig { batch_entries_max: 256, idle_ms: 100, apply_timeout_ms: 5000 }
+        DrainConfig { batch_entries_max: 256, scan_entries_max: 4096, idle_ms: 100, apply_timeout_ms: 5000 }
     }
 }
 
@@ -205,6 +209,13 @@ impl From<StoreError> for AttemptError {
     }
 }
 
+/// What one apply decided, and the id of the command it decided on: for a retry of a keyed
+/// request, the first try's (`requests`).
+pub(crate) struct ApplyAnswer {
+    pub(crate) outcome: Outcome,
+    pub(crate) id: CommandId,
+}
+
 /// Per-submit choices made at the edge.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SubmitOptions {
@@ -220,20 +231,21 @@ pub struct Platform {
     pub(crate) faults: Faults,
     breaker: CircuitBreaker,
     pub(crate) clock: HlcClock,
-    metrics: PlatformMetrics,
-    drain_wakeup: Arc<tokio::sync::Notify>,
+    pub(crate) metrics: PlatformMetrics,
+    pub(crate) drain_wakeup: Arc<tokio::sync::Notify>,
+    /// Where the drainer's pass has got to (see `drain`).
+    pub(crate) drain_cursor: std::sync::Mutex<crate::drain::DrainCursor>,
     /// Bumped after each commit that wrote the outbox, so a waiting outbox read wakes at once.
     outbox_commits: tokio::sync::watch::Sender<u64>,
     queue_fsyncs_seen: std::sync::atomic::AtomicU64,
-    copier: std::sync::OnceLock<(Arc<dyn QueueCopier>, CopyDurability)>,
+    pub(crate) copier: std::sync::OnceLock<(Arc<dyn QueueCopier>, CopyDurability)>,
     forwarder: std::sync::OnceLock<Arc<dyn Forwarder>>,
     pub(crate) ownership: Ownership,
+    tasks: Arc<crate::tasks::Tasks>,
     pub(crate) copies: std::sync::OnceLock<Queue>,
     /// Queue entries already reported as impossible to apply, so the log says it once.
-    stuck_reported: std::sync::Mutex<std::collections::HashSet<u64>>,
+    pub(crate) stuck_reported: std::sync::Mutex<std::collections::HashSet<u64>>,
 }
-
-const STUCK_REPORTED_MAX: usize = 10_000;
 
 /// The queue gets at least this long, even when the store attempts used the whole budget.
 const QUEUE_WAIT_MIN: Duration = Duration::from_millis(100);
@@ -247,12 +259,15 @@ impl Platform {
         config: PlatformConfig,
         store: Store,
         queue: Queue,
-        registry: Registry,
+        mut registry: Registry,
         metrics: PlatformMetrics,
     ) -> Arc<Platform> {
+        registry.register(Arc::new(crate::requests::RequestAnswerHandler));
         let breaker = CircuitBreaker::new(config.breaker);
         let ownership = Ownership::new(config.ownership.clone());
+        let tasks = crate::tasks::Tasks::new(metrics.task_restarts.clone());
         let platform = Arc::new(Platform {
+            tasks,
             config,
             store,
             queue,
@@ -262,6 +277,7 @@ impl Platform {
             clock: HlcClock::default(),
             metrics,
             drain_wakeup: Arc::new(tokio::sync::Notify::new()),
+            drain_cursor: std::sync::Mutex::new(crate::drain::DrainCursor::default()),
             outbox_commits: tokio::sync::watch::channel(0).0,
             queue_fsyncs_seen: std::sync::atomic::AtomicU64::new(0),
             stuck_reported: std::sync::Mutex::new(std::collections::HashSet::new()),
@@ -270,7 +286,8 @@ impl Platform {
             ownership,
             copies: std::sync::OnceLock::new(),
         });
-        tokio::spawn(drain_loop(Arc::downgrade(&platform)));
+        let drained = Arc::downgrade(&platform);
+        platform.tasks.supervise("drain", move || crate::drain::drain_loop(drained.clone()));
         platform
     }
 
@@ -288,6 +305,11 @@ impl Platform {
 
     pub fn queue(&self) -> &Queue {
         &self.queue
+    }
+
+    /// The node's supervised background tasks.
+    pub fn tasks(&self) -> &Arc<crate::tasks::Tasks> {
+        &self.tasks
     }
 
     pub fn faults(&self) -> &Faults {
@@ -331,9 +353,10 @@ impl Platform {
     ) -> Result<Submitted, SubmitError> {
         let handler = self.registry.get(new.kind).ok_or_else(|| SubmitError::UnknownKind(new.kind.to_string()))?;
         let id = new.id;
+        let request = crate::requests::next_request_id();
         // Already waiting in this node's queue: the first submit was acknowledged as pending.
-        if self.queue.get(id.as_bytes()).map_err(SubmitError::Queue)?.is_some() {
-            return Ok(Submitted { id, outcome: Outcome::Duplicate { first: CommandState::Pending }, copied: None });
+        if let Some(outcome) = self.queued_duplicate(&id, request)? {
+            return Ok(Submitted { id, outcome, copied: None });
         }
         let command = Command {
             kind: new.kind.to_string(),
@@ -342,6 +365,7 @@ impl Platform {
             origin_region: self.config.region.clone(),
             origin_node: self.config.node.clone(),
             hlc: self.clock.now(),
+            request,
         };
         self.deliver_submitted(handler.as_ref(), command, options, started, true).await
     }
@@ -353,8 +377,8 @@ impl Platform {
         let started = Instant::now();
         let handler = self.registry.get(&command.kind).ok_or_else(|| SubmitError::UnknownKind(command.kind.clone()))?;
         let id = command.id;
-        if self.queue.get(id.as_bytes()).map_err(SubmitError::Queue)?.is_some() {
-            return Ok(Submitted { id, outcome: Outcome::Duplicate { first: CommandState::Pending }, copied: None });
+        if let Some(outcome) = self.queued_duplicate(&id, command.request)? {
+            return Ok(Submitted { id, outcome, copied: None });
         }
         self.clock.observe(command.hlc);
         let result = self.deliver_submitted(handler.as_ref(), command, SubmitOptions::default(), started, false).await;
@@ -362,28 +386,61 @@ impl Platform {
         result
     }
 
+    /// What a submit of `id` answers when this node's queue already holds it: *pending* again for
+    /// a retry of the same keyed request, else *duplicate* of a pending command. `None` when the
+    /// queue does not hold it.
+    fn queued_duplicate(&self, id: &CommandId, request: Option<RequestId>) -> Result<Option<Outcome>, SubmitError> {
+        let Some(entry) = self.queue.get(id.as_bytes()).map_err(SubmitError::Queue)? else { return Ok(None) };
+        let queued_request = serde_json::from_slice::<Command>(&entry.body).ok().and_then(|queued| queued.request);
+        Ok(Some(duplicate_outcome(CommandState::Pending, request.is_some() && queued_request == request)))
+    }
+
     /// Where an owned write goes from this node; `Apply` for `local` kinds.
     pub(crate) fn route(&self, handler: &dyn CommandHandler, command: &Command) -> Route {
+        if handler.write_pattern() == WritePattern::Local {
+            return Route::Apply;
+        }
+        self.ownership.route(&self.config.region, &self.home_of(handler, command))
+    }
+
+    /// The region an owned (`global` or `home`) command is homed in.
+    pub(crate) fn home_of(&self, handler: &dyn CommandHandler, command: &Command) -> String {
         let config = self.ownership.config();
-        let home = match handler.write_pattern() {
-            WritePattern::Local => return Route::Apply,
-            WritePattern::Global => config.primary_region.clone(),
+        match handler.write_pattern() {
+            WritePattern::Local | WritePattern::Global => config.primary_region.clone(),
             WritePattern::Home => handler
                 .home_region(command)
                 .filter(|region| config.regions.contains(region))
                 .unwrap_or_else(|| config.primary_region.clone()),
-        };
-        self.ownership.route(&self.config.region, &home)
+        }
+    }
+
+    /// Whether the breaker lets a store call through now.
+    pub(crate) fn breaker_allows(&self) -> bool {
+        self.breaker.allow()
     }
 
     /// Forwards a command to the region acting for its owner, within `timeout`.
-    async fn forward(&self, region: &str, command: &Command, timeout: Duration) -> Result<Outcome, String> {
+    pub(crate) async fn forward(
+        &self,
+        region: &str,
+        command: &Command,
+        timeout: Duration,
+    ) -> Result<Forwarded, ForwardError> {
         let Some(forwarder) = self.forwarder.get() else {
-            return Err("no forwarder: this node has no peer regions configured".to_string());
+            return Err(ForwardError::Unreachable(
+                "no forwarder: this node has no peer regions configured".to_string(),
+            ));
         };
         let forwarded = tokio::time::timeout(timeout, forwarder.forward(region, command)).await;
-        let result = forwarded.unwrap_or_else(|_| Err(format!("region {region} did not answer in time")));
-        let outcome = if result.is_ok() { "ok" } else { "error" };
+        let result = forwarded
+            .unwrap_or_else(|_| Err(ForwardError::Unreachable(format!("region {region} did not answer in time"))));
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(ForwardError::Unreachable(_)) => "unreachable",
+            Err(ForwardError::Refused(_)) => "refused",
+            Err(ForwardError::UnknownKind(_)) => "unknown_kind",
+        };
         self.metrics
             .forwards
             .get_or_create(&crate::metrics::ForwardLabels { region: region.to_string(), outcome })
@@ -397,9 +454,9 @@ impl Platform {
         region: &str,
         command: &Command,
         timeout: Duration,
-    ) -> Result<(), String> {
-        let outcome = self.forward(region, command, timeout).await?;
-        tracing::info!(id = %command.id, region, outcome = outcome.as_str(), "adopted copy forwarded to its owner");
+    ) -> Result<(), ForwardError> {
+        let forwarded = self.forward(region, command, timeout).await?;
+        tracing::info!(id = %command.id, region, outcome = forwarded.outcome.as_str(), "adopted copy forwarded to its owner");
         Ok(())
     }
 
@@ -429,9 +486,22 @@ impl Platform {
             Route::Forward(region) if may_forward => {
                 let remaining = store_deadline.saturating_duration_since(Instant::now());
                 match self.forward(region, &command, remaining).await {
-                    Ok(outcome) => return Ok(Submitted { id, outcome, copied: None }),
-                    Err(reason) => {
-                        tracing::warn!(region, reason, "could not forward to the owner region; queued for it")
+                    Ok(forwarded) => {
+                        let id = forwarded.id.unwrap_or(id);
+                        return Ok(Submitted { id, outcome: forwarded.outcome, copied: None });
+                    }
+                    Err(ForwardError::Refused(reason)) => {
+                        // The owner will never take it: rejected, with its reason, and recorded
+                        // here so that its status says so.
+                        tracing::warn!(region, reason, "the owner region refused the command");
+                        let reason = format!("refused by region {region}: {reason}");
+                        if let Err(error) = self.record_rejection(&command, &reason).await {
+                            tracing::warn!(%error, "rejection not recorded; the client was told");
+                        }
+                        return Ok(Submitted { id, outcome: Outcome::Rejected { reason }, copied: None });
+                    }
+                    Err(error) => {
+                        tracing::warn!(region, %error, "could not forward to the owner region; queued for it")
                     }
                 }
             }
@@ -453,9 +523,9 @@ impl Platform {
                     break;
                 }
                 match tokio::time::timeout(remaining, self.apply(handler, &command, false)).await {
-                    Ok(Ok(outcome)) => {
+                    Ok(Ok(answer)) => {
                         self.store_succeeded();
-                        return Ok(Submitted { id, outcome, copied: None });
+                        return Ok(Submitted { id: answer.id, outcome: answer.outcome, copied: None });
                     }
                     Ok(Err(AttemptError::Permanent(error))) => {
                         // The store answered: it is up, the command is at fault (a bug).
@@ -557,16 +627,19 @@ impl Platform {
         self.drain_wakeup.notify_one();
         Ok(match enqueued {
             Enqueued::Added { .. } => Outcome::Pending,
-            Enqueued::AlreadyQueued { .. } => Outcome::Duplicate { first: CommandState::Pending },
+            // Queued meanwhile (by a concurrent submit of the same id).
+            Enqueued::AlreadyQueued { .. } => {
+                self.queued_duplicate(&command.id, command.request)?.unwrap_or(Outcome::Pending)
+            }
         })
     }
 
-    fn store_succeeded(&self) {
+    pub(crate) fn store_succeeded(&self) {
         self.breaker.record_success();
         self.metrics.store_up.set(1);
     }
 
-    fn store_failed(&self) {
+    pub(crate) fn store_failed(&self) {
         self.metrics.store_up.set(0);
         if self.breaker.record_failure() == Transition::Opened {
             tracing::warn!("store breaker opened: writes go to the fallback queue");
@@ -583,8 +656,9 @@ impl Platform {
         handler: &'a dyn CommandHandler,
         command: &'a Command,
         via_queue: bool,
-    ) -> BoxFuture<'a, Result<Outcome, AttemptError>> {
+    ) -> BoxFuture<'a, Result<ApplyAnswer, AttemptError>> {
         Box::pin(async move {
+            let answer = |outcome| ApplyAnswer { outcome, id: command.id };
             self.injected_store_fault().await.map_err(|error| AttemptError::Transient(error.to_string()))?;
             self.store.ensure_migrated().await?;
             let _turn = self.store.write_turn().await;
@@ -595,7 +669,7 @@ impl Platform {
             let inserted = insert_record(&mut tx, command, &self.config, "committed", via_queue).await?;
             if !inserted {
                 tx.rollback().await?;
-                return Ok(Outcome::Duplicate { first: self.recorded_state(&pool, &command.id).await? });
+                return self.recorded_duplicate(&pool, command).await;
             }
             match handler.apply(command, &mut tx).await {
                 Ok(()) => {
@@ -603,13 +677,13 @@ impl Platform {
                     #[cfg(feature = "drill-faults")]
                     let Some(mut tx) = crate::drill_faults::before_commit(self.node(), handler, command, tx).await?
                     else {
-                        return Ok(Outcome::Committed);
+                        return Ok(answer(Outcome::Committed));
                     };
                     let ordered = self.config.outbox_commit_ordered && self.store.kind() == StoreKind::Postgres;
                     append_outbox(&mut tx, ordered, command).await?;
                     tx.commit().await?;
                     self.outbox_commits.send_modify(|commits| *commits += 1);
-                    Ok(Outcome::Committed)
+                    Ok(answer(Outcome::Committed))
                 }
                 Err(ApplyError::Store(error)) => Err(error.into()),
                 Err(ApplyError::Rejected(reason)) => {
@@ -618,27 +692,45 @@ impl Platform {
                     let inserted = insert_record(&mut tx, command, &self.config, "rejected", via_queue).await?;
                     if !inserted {
                         tx.rollback().await?;
-                        return Ok(Outcome::Duplicate { first: self.recorded_state(&pool, &command.id).await? });
+                        return self.recorded_duplicate(&pool, command).await;
                     }
                     set_rejection_reason(&mut tx, &command.id, &reason).await?;
                     tx.commit().await?;
-                    Ok(Outcome::Rejected { reason })
+                    Ok(answer(Outcome::Rejected { reason }))
                 }
             }
         })
     }
 
-    fn recorded_state<'a>(
+    /// The answer to a command whose dedup record was already there: the record with its id, or
+    /// with its request (a retry of a keyed request whose app-made id differed). A retry of the
+    /// same request gets the first one's outcome; anything else is a *duplicate*.
+    fn recorded_duplicate<'a>(
         &'a self,
         pool: &'a AnyPool,
-        id: &'a CommandId,
-    ) -> BoxFuture<'a, Result<CommandState, AttemptError>> {
+        command: &'a Command,
+    ) -> BoxFuture<'a, Result<ApplyAnswer, AttemptError>> {
         Box::pin(async move {
-            let row = sqlx::query("SELECT status, reason FROM rn_commands WHERE id = $1")
-                .bind(id.to_hex())
-                .fetch_one(pool)
-                .await?;
-            Ok(state_from_row(row.try_get("status")?, row.try_get("reason")?))
+            let request = command.request.map(|request| request.to_hex());
+            let row = sqlx::query(
+                "SELECT id, status, reason, request_id FROM rn_commands WHERE id = $1 OR request_id = $2 \
+                 ORDER BY CASE WHEN id = $1 THEN 0 ELSE 1 END LIMIT 1",
+            )
+            .bind(command.id.to_hex())
+            .bind(request.as_deref())
+            .fetch_one(pool)
+            .await?;
+            let first = state_from_row(row.try_get("status")?, row.try_get("reason")?);
+            let recorded_request: Option<String> = row.try_get("request_id")?;
+            let same_request = request.is_some() && recorded_request == request;
+            // A retry of the same request answers with the first one's id (the app may have made
+            // another for the retry).
+            let recorded_id: String = row.try_get("id")?;
+            let id = CommandId::parse_hex(&recorded_id).unwrap_or(command.id);
+            Ok(ApplyAnswer {
+                outcome: duplicate_outcome(first, same_request),
+                id: if same_request { id } else { command.id },
+            })
         })
     }
 
@@ -704,24 +796,34 @@ impl Platform {
         if let Ok(Some(status)) = from_store {
             return Ok(Some(status));
         }
-        if let Ok(Some(entry)) = self.queue.get(id.as_bytes()) {
-            if let Ok(command) = serde_json::from_slice::<Command>(&entry.body) {
-                return Ok(Some(self.queued_status(command)));
+        if let Some((command, held_for)) = self.queued_somewhere(id) {
+            let region = command.origin_region.clone();
+            let mut status = self.queued_status(command);
+            // A copy held for the peer node that queued it: pending there.
+            if let Some(origin_node) = held_for {
+                status.region = region;
+                status.node = origin_node;
             }
-        }
-        // A copy held for the peer node that queued it: pending there.
-        if let Some(copies) = self.copies.get() {
-            if let Ok(Some(entry)) = copies.get(id.as_bytes()) {
-                if let Ok(copy) = serde_json::from_slice::<crate::copies::HeldCopy>(&entry.body) {
-                    let region = copy.command.origin_region.clone();
-                    let mut status = self.queued_status(copy.command);
-                    status.node = copy.origin_node;
-                    status.region = region;
-                    return Ok(Some(status));
-                }
-            }
+            return Ok(Some(status));
         }
         from_store
+    }
+
+    /// A command waiting in this node's queue, or in a copy held here for a peer node.
+    pub(crate) fn queued_command(&self, id: &CommandId) -> Option<Command> {
+        self.queued_somewhere(id).map(|(command, _)| command)
+    }
+
+    /// The queued command with `id` and, for a copy held for a peer, the peer's node name.
+    fn queued_somewhere(&self, id: &CommandId) -> Option<(Command, Option<String>)> {
+        if let Ok(Some(entry)) = self.queue.get(id.as_bytes()) {
+            if let Ok(command) = serde_json::from_slice::<Command>(&entry.body) {
+                return Some((command, None));
+            }
+        }
+        let entry = self.copies.get()?.get(id.as_bytes()).ok()??;
+        let copy = serde_json::from_slice::<crate::copies::HeldCopy>(&entry.body).ok()?;
+        Some((copy.command, Some(copy.origin_node)))
     }
 
     async fn status_in_store(&self, id: &CommandId) -> Result<Option<CommandStatus>, StoreUnavailable> {
@@ -787,6 +889,7 @@ impl Platform {
     /// Updates the gauges that are read at scrape time.
     pub fn refresh_metrics(&self) {
         self.metrics.queue_depth.set(self.queue.depth() as i64);
+        self.metrics.queue_corrupt_entries.set(self.queue.corrupt_entries().len() as i64);
         let oldest_age = self
             .queue
             .oldest_enqueued_at_ms()
@@ -799,140 +902,22 @@ impl Platform {
         self.metrics.queue_fsyncs.inc_by(fsyncs.saturating_sub(seen));
     }
 
-    /// One drain round: applies queued commands in order until the queue is empty or the store
-    /// fails. Returns how many entries left the queue.
-    async fn drain_round(&self) -> usize {
-        if self.queue.depth() == 0 || !self.breaker.allow() {
-            return 0;
-        }
-        let entries = match self.queue.peek(None, self.config.drain.batch_entries_max) {
-            Ok(entries) => entries,
-            Err(error) => {
-                tracing::error!(%error, "could not read the fallback queue");
-                return 0;
+    /// Records `command` as *rejected* for `reason` in this region's store (unless it is already
+    /// recorded), so that its status says why it was not applied.
+    pub(crate) fn record_rejection<'a>(
+        &'a self,
+        command: &'a Command,
+        reason: &'a str,
+    ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
+        Box::pin(async move {
+            let _turn = self.store.write_turn().await;
+            let pool = self.store.writer();
+            let mut tx = pool.begin().await?;
+            if insert_record(&mut tx, command, &self.config, "rejected", true).await? {
+                set_rejection_reason(&mut tx, &command.id, reason).await?;
             }
-        };
-        let apply_timeout = Duration::from_millis(self.config.drain.apply_timeout_ms);
-        let mut done = Vec::with_capacity(entries.len());
-        // None: no store call was made this round, so the breaker learns nothing from it.
-        let mut store_reached: Option<bool> = None;
-        // Owner regions that could not take a write this round: later writes for them wait too,
-        // so each owner receives a node's queued writes in queue order.
-        let mut held_for: std::collections::HashSet<String> = std::collections::HashSet::new();
-        for entry in &entries {
-            let Some((command, handler)) = self.decode_queued(entry) else {
-                // Kept in the queue for an operator (visible in /admin/queue and in the oldest-age
-                // metric); it must not hold back the entries behind it.
-                continue;
-            };
-            match self.route(handler.as_ref(), &command) {
-                Route::Apply => {}
-                Route::Hold(_) => {
-                    held_for.insert(self.config.region.clone());
-                    continue;
-                }
-                Route::Forward(region) => {
-                    if held_for.contains(&region) {
-                        continue;
-                    }
-                    match self.forward(&region, &command, apply_timeout).await {
-                        Ok(outcome) => {
-                            tracing::info!(id = %command.id, region, outcome = outcome.as_str(), "queued command forwarded to its owner");
-                            done.push(entry.clone());
-                        }
-                        Err(reason) => {
-                            tracing::debug!(region, reason, "owner region unreachable; its queued writes wait");
-                            held_for.insert(region);
-                        }
-                    }
-                    continue;
-                }
-            }
-            if handler.write_pattern() != WritePattern::Local && held_for.contains(&self.config.region) {
-                continue;
-            }
-            match tokio::time::timeout(apply_timeout, self.apply(handler.as_ref(), &command, true)).await {
-                Ok(Ok(outcome)) => {
-                    tracing::info!(id = %command.id, outcome = outcome.as_str(), "queued command applied");
-                    store_reached = Some(true);
-                    done.push(entry.clone());
-                }
-                Ok(Err(AttemptError::Permanent(error))) => {
-                    // A command the store can never take would block every one behind it.
-                    tracing::error!(%error, id = %command.id, "queued command refused by the store; recorded as rejected");
-                    let recorded = tokio::time::timeout(apply_timeout, self.record_internal_rejection(&command)).await;
-                    if matches!(recorded, Ok(Ok(()))) {
-                        store_reached = Some(true);
-                        done.push(entry.clone());
-                    } else {
-                        store_reached = Some(false);
-                        break;
-                    }
-                }
-                Ok(Err(AttemptError::Transient(reason))) => {
-                    tracing::warn!(reason, "drain paused: store unavailable");
-                    store_reached = Some(false);
-                    break;
-                }
-                Err(_elapsed) => {
-                    tracing::warn!("drain paused: apply timed out");
-                    store_reached = Some(false);
-                    break;
-                }
-            }
-        }
-        match store_reached {
-            Some(true) => self.store_succeeded(),
-            Some(false) => self.store_failed(),
-            None => {}
-        }
-        if done.is_empty() {
-            return 0;
-        }
-        if let Err(error) = self.queue.remove(&done) {
-            // Not removed: the next round applies them again as duplicates. Pause instead of
-            // spinning on them.
-            tracing::error!(%error, "could not remove drained entries; they will be deduplicated");
-            return 0;
-        }
-        self.metrics.queue_drained.inc_by(done.len() as u64);
-        if let Some((copier, _)) = self.copier.get() {
-            let ids = done.iter().map(|entry| CommandId::from_bytes(entry.id)).collect();
-            tokio::spawn(copier.forget(ids));
-        }
-        done.len()
-    }
-
-    /// The command and its handler, or `None` (logged once per entry) when the body no longer
-    /// decodes or names a kind this node does not know.
-    fn decode_queued(&self, entry: &rananeeti_queue::Entry) -> Option<(Command, Arc<dyn CommandHandler>)> {
-        let problem = match serde_json::from_slice::<Command>(&entry.body) {
-            Ok(command) => match self.registry.get(&command.kind) {
-                Some(handler) => return Some((command, Arc::clone(handler))),
-                None => format!("no handler for kind {}", command.kind),
-            },
-            Err(error) => format!("body does not decode: {error}"),
-        };
-        let mut reported = self.stuck_reported.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if reported.len() < STUCK_REPORTED_MAX && reported.insert(entry.seq) {
-            tracing::error!(seq = entry.seq, problem, "queued command cannot be applied; left in the queue");
-        }
-        None
-    }
-
-    fn record_internal_rejection<'a>(&'a self, command: &'a Command) -> BoxFuture<'a, Result<(), sqlx::Error>> {
-        Box::pin(self.record_internal_rejection_inner(command))
-    }
-
-    async fn record_internal_rejection_inner(&self, command: &Command) -> Result<(), sqlx::Error> {
-        let _turn = self.store.write_turn().await;
-        let pool = self.store.writer();
-        let mut tx = pool.begin().await?;
-        if insert_record(&mut tx, command, &self.config, "rejected", true).await? {
-            set_rejection_reason(&mut tx, &command.id, "could not be applied (internal error; see the node log)")
-                .await?;
-        }
-        tx.commit().await
+            tx.commit().await
+        })
     }
 }
 
@@ -954,10 +939,12 @@ pub(crate) async fn insert_record_inner(
     status: &str,
     via_queue: bool,
 ) -> Result<bool, sqlx::Error> {
+    // No conflict target: a record with the same id, or with the same request (`requests`), is
+    // the first one of this command.
     let result = sqlx::query(
         "INSERT INTO rn_commands (id, kind, status, reason, origin_region, origin_node, applied_region, \
-         applied_node, hlc, payload, via_queue, applied_at_ms) \
-         VALUES ($1, $2, $3, NULL, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (id) DO NOTHING",
+         applied_node, hlc, payload, via_queue, applied_at_ms, request_id) \
+         VALUES ($1, $2, $3, NULL, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT DO NOTHING",
     )
     .bind(command.id.to_hex())
     .bind(&command.kind)
@@ -970,6 +957,7 @@ pub(crate) async fn insert_record_inner(
     .bind(command.payload.to_string())
     .bind(via_queue as i64)
     .bind(wall_clock_ms() as i64)
+    .bind(command.request.map(|request| request.to_hex()))
     .execute(&mut *connection)
     .await?;
     Ok(result.rows_affected() == 1)
@@ -1027,23 +1015,22 @@ fn status_from_row(row: sqlx::any::AnyRow) -> Result<CommandStatus, sqlx::Error>
     })
 }
 
+/// A retry of the same keyed request answers what the first one did; another submit of a known
+/// command is a *duplicate* of it.
+fn duplicate_outcome(first: CommandState, same_request: bool) -> Outcome {
+    if !same_request {
+        return Outcome::Duplicate { first };
+    }
+    match first {
+        CommandState::Committed => Outcome::Committed,
+        CommandState::Pending => Outcome::Pending,
+        CommandState::Rejected { reason } => Outcome::Rejected { reason },
+    }
+}
+
 fn state_from_row(status: String, reason: Option<String>) -> CommandState {
     match status.as_str() {
         "rejected" => CommandState::Rejected { reason: reason.unwrap_or_default() },
         _ => CommandState::Committed,
-    }
-}
-
-async fn drain_loop(platform: std::sync::Weak<Platform>) {
-    loop {
-        let Some(platform) = platform.upgrade() else { return };
-        let drained = platform.drain_round().await;
-        if drained == 0 {
-            let idle = Duration::from_millis(platform.config.drain.idle_ms);
-            let wakeup = Arc::clone(&platform.drain_wakeup);
-            // Hold no strong reference while idle, so dropping the platform stops the loop.
-            drop(platform);
-            let _ = tokio::time::timeout(idle, wakeup.notified()).await;
-        }
     }
 }

@@ -33,6 +33,10 @@ pub enum ReplicationError {
     Corrupt { seq: u64, reason: String },
     #[error("store: {0}")]
     Store(#[from] sqlx::Error),
+    /// A peer's page must list its entries in seq order past the checkpoint; this one does not
+    /// (a peer's bug), so nothing of it is applied and the puller asks again.
+    #[error("the peer's page is not in seq order past the checkpoint (seq {seq} after {after})")]
+    OutOfOrder { seq: u64, after: u64 },
 }
 
 /// What applying a pulled batch did.
@@ -95,7 +99,9 @@ impl Platform {
             let Some(last) = entries.last() else {
                 return Ok(Applied { applied: 0, checkpoint: self.checkpoint(peer_region).await? });
             };
-            assert!(entries.windows(2).all(|pair| pair[0].seq < pair[1].seq), "a batch is in seq order");
+            if let Some(pair) = entries.windows(2).find(|pair| pair[0].seq >= pair[1].seq) {
+                return Err(ReplicationError::OutOfOrder { seq: pair[1].seq, after: pair[0].seq });
+            }
             self.reader().await?; // the injected store fault applies to replication too
             self.store.ensure_migrated().await.map_err(StoreUnavailable::from)?;
             let _turn = self.store.write_turn().await;

@@ -85,7 +85,23 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration { component: "platform", version: 2, sqlite: OUTBOX_SQLITE, postgres: OUTBOX_POSTGRES },
     Migration { component: "platform", version: 3, sqlite: CONFLICTS_SQLITE, postgres: CONFLICTS_POSTGRES },
     Migration { component: "platform", version: 4, sqlite: OWNERS, postgres: OWNERS },
+    Migration { component: "platform", version: 5, sqlite: REQUESTS, postgres: REQUESTS },
 ];
+
+/// Version 5: keyed requests (`requests`). A request's commands carry its id, unique, so the same
+/// request is applied once; the first answer to each key, for replays.
+const REQUESTS: &str = "ALTER TABLE rn_commands ADD COLUMN request_id TEXT;
+    CREATE UNIQUE INDEX rn_commands_request ON rn_commands (request_id);
+    CREATE TABLE rn_request_answers (
+        scope TEXT PRIMARY KEY,
+        fingerprint TEXT NOT NULL,
+        status BIGINT NOT NULL,
+        content_type TEXT,
+        location TEXT,
+        body TEXT NOT NULL,
+        recorded_at_ms BIGINT NOT NULL
+    );
+    CREATE INDEX rn_request_answers_recorded ON rn_request_answers (recorded_at_ms)";
 
 /// Who acts for each region's `global` and `home` writes (see `ownership`).
 const OWNERS: &str = "CREATE TABLE rn_owners (

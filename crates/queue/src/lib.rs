@@ -5,7 +5,8 @@
 //!   enqueues share one fsync (group commit) made by one writer thread.
 //! - An id is queued at most once: the same id again answers `AlreadyQueued` with the first seq.
 //! - Seqs only grow, also across reopens, so seq order is arrival order.
-//! - Every stored value carries a checksum, checked on every read.
+//! - Every stored value carries a checksum, checked on every read; a value that fails it is
+//!   skipped by every read and reported (`corrupt_entries`), never fatal to the rest.
 //! - `peek` and `get` never see an entry that is not yet durable.
 
 mod baseline;
@@ -228,6 +229,7 @@ impl Queue {
     }
 
     /// Up to `limit` entries with seq > `after` (or from the start when `None`), in seq order.
+    /// Entries whose value fails its checksum are skipped (see `corrupt_entries`).
     pub fn peek(&self, after: Option<u64>, limit: usize) -> Result<Vec<Entry>, QueueError> {
         self.inner.store.peek(after, limit)
     }
@@ -239,13 +241,19 @@ impl Queue {
         self.inner.store.remove(entries).map(|_| ())
     }
 
+    /// Entries found corrupt (their value fails its checksum), by seq with the reason: every read
+    /// skips them, and they stay on disk for an operator. Counted in `depth`.
+    pub fn corrupt_entries(&self) -> Vec<(u64, String)> {
+        self.inner.store.corrupt_entries()
+    }
+
     /// Entries in the queue.
     pub fn depth(&self) -> u64 {
         self.inner.store.depth.load(Ordering::Acquire)
     }
 
-    /// When the first entry in seq order was enqueued; `None` when empty (or unreadable, which is
-    /// logged: `peek` reports it as an error).
+    /// When the first readable entry in seq order was enqueued; `None` when there is none (or
+    /// the queue cannot be read, which is logged).
     pub fn oldest_enqueued_at_ms(&self) -> Option<i64> {
         match self.inner.store.oldest_enqueued_at_ms() {
             Ok(oldest) => oldest,

@@ -1,5 +1,6 @@
 //! The fjall keyspace behind the queue: the `entries`, `ids` and `meta` partitions and reads of them.
 
+use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,7 +32,13 @@ pub(crate) struct Store {
     /// Makes "is it there? then remove it" one step between concurrent removers, so depth is
     /// subtracted once per entry however often it is removed.
     remove_lock: Mutex<()>,
+    /// Entries whose stored value failed its checksum, by seq: skipped by every read, kept on
+    /// disk for an operator, reported once each.
+    corrupt: Mutex<BTreeMap<u64, String>>,
 }
+
+/// Corrupt entries remembered (and reported) at most; past it they are still skipped.
+const CORRUPT_REPORTED_MAX: usize = 10_000;
 
 impl Store {
     pub(crate) fn open(path: PathBuf, keyspace: Keyspace, entries_max: u64) -> Result<Store, QueueError> {
@@ -49,6 +56,7 @@ impl Store {
             fsyncs_total: AtomicU64::new(0),
             entries_max,
             remove_lock: Mutex::new(()),
+            corrupt: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -87,9 +95,31 @@ impl Store {
             .map_err(|reason| QueueError::CorruptIndex { id: codec::id_hex(id), reason })
     }
 
+    /// The entry at `seq`; `None` when there is none, or when its value is corrupt (reported).
     pub(crate) fn entry_at(&self, seq: u64) -> Result<Option<Entry>, QueueError> {
         let value = self.entries.get(codec::seq_key(seq)).map_err(|error| self.storage(error))?;
-        value.map(|value| codec::decode_entry(seq, &value)).transpose()
+        Ok(value.and_then(|value| self.decoded(seq, &value)))
+    }
+
+    /// A stored value decoded, or `None` (reported once) when it fails its checksum.
+    fn decoded(&self, seq: u64, value: &[u8]) -> Option<Entry> {
+        match codec::decode_entry(seq, value) {
+            Ok(entry) => Some(entry),
+            Err(error) => {
+                let mut corrupt = self.corrupt.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                if corrupt.len() < CORRUPT_REPORTED_MAX && !corrupt.contains_key(&seq) {
+                    tracing::error!(seq, %error, path = %self.path.display(), "queue entry is corrupt: skipped, kept on disk");
+                    corrupt.insert(seq, error.to_string());
+                }
+                None
+            }
+        }
+    }
+
+    /// Entries found corrupt so far (seq and why), oldest first.
+    pub(crate) fn corrupt_entries(&self) -> Vec<(u64, String)> {
+        let corrupt = self.corrupt.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        corrupt.iter().map(|(seq, reason)| (*seq, reason.clone())).collect()
     }
 
     pub(crate) fn get(&self, id: &[u8; 20]) -> Result<Option<Entry>, QueueError> {
@@ -117,20 +147,21 @@ impl Store {
             None => Bound::Unbounded,
         };
         let mut entries = Vec::with_capacity(limit.min(1024));
-        for item in self.entries.range::<[u8; 8], _>((start, Bound::Unbounded)).take(limit) {
+        for item in self.entries.range::<[u8; 8], _>((start, Bound::Unbounded)) {
+            if entries.len() == limit {
+                break;
+            }
             let (key, value) = item.map_err(|error| self.storage(error))?;
             let seq = codec::seq_from_key(&key)?;
-            entries.push(codec::decode_entry(seq, &value)?);
+            // A corrupt entry is skipped: one bad value must not stop the queue behind it.
+            entries.extend(self.decoded(seq, &value));
         }
         Ok(entries)
     }
 
+    /// When the oldest readable entry was enqueued.
     pub(crate) fn oldest_enqueued_at_ms(&self) -> Result<Option<i64>, QueueError> {
-        let Some((key, value)) = self.entries.first_key_value().map_err(|error| self.storage(error))? else {
-            return Ok(None);
-        };
-        let seq = codec::seq_from_key(&key)?;
-        Ok(Some(codec::decode_entry(seq, &value)?.enqueued_at_ms))
+        Ok(self.peek(None, 1)?.first().map(|entry| entry.enqueued_at_ms))
     }
 
     /// Removes the entries that are still there, with their index records, in one batch. An entry
@@ -146,7 +177,8 @@ impl Store {
             }
             let stored = self.entries.get(codec::seq_key(entry.seq)).map_err(|error| self.storage(error))?;
             let Some(stored) = stored else { continue };
-            let stored = codec::decode_entry(entry.seq, &stored)?;
+            // Damaged since it was read: left for an operator, like any corrupt entry.
+            let Some(stored) = self.decoded(entry.seq, &stored) else { continue };
             if stored.id != entry.id {
                 tracing::warn!(
                     seq = entry.seq,

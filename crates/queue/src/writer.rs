@@ -110,15 +110,22 @@ fn commit_group(store: &Store, group: &mut Vec<Request>, mut next_seq: u64) -> R
         // Kept with the entries so that a seq is never handed out twice, even once the queue
         // has been emptied and reopened.
         batch.insert(&store.meta, codec::NEXT_SEQ_KEY, codec::encode_seq_value(codec::NEXT_SEQ_KEY, next_seq));
+        // Counted before the batch becomes visible: a drainer may remove an entry the moment it
+        // can see it, and must never subtract what was not yet added.
+        let before = store.depth.fetch_add(added, Ordering::AcqRel);
+        assert!(before + added <= store.entries_max, "depth over entries_max");
         // With durability SyncAll the journal is fsynced before the batch becomes visible, so
         // peek and get never see an entry that is not yet durable.
         match batch.commit() {
             Ok(()) => {
                 store.fsyncs_total.fetch_add(1, Ordering::Relaxed);
-                let before = store.depth.fetch_add(added, Ordering::AcqRel);
-                assert!(before + added <= store.entries_max, "depth over entries_max");
+                #[cfg(test)]
+                tests::after_visible(store);
             }
-            Err(error) => failure = Some(error),
+            Err(error) => {
+                store.depth.fetch_sub(added, Ordering::AcqRel);
+                failure = Some(error);
+            }
         }
     }
 
@@ -142,6 +149,47 @@ fn commit_group(store: &Store, group: &mut Vec<Request>, mut next_seq: u64) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Runs on the writer's thread right after a group became visible (a drainer's turn).
+    type Hook = Box<dyn Fn(&Store)>;
+
+    thread_local! {
+        static AFTER_VISIBLE: std::cell::RefCell<Option<Hook>> = const { std::cell::RefCell::new(None) };
+    }
+
+    pub(super) fn after_visible(store: &Store) {
+        AFTER_VISIBLE.with(|hook| {
+            if let Some(hook) = hook.borrow().as_ref() {
+                hook(store)
+            }
+        });
+    }
+
+    /// Regression: the writer made a group visible before counting it in `depth`, so a drainer
+    /// that removed the new entries in between subtracted more than was counted, its assertion
+    /// fired, and the drain task died while the node stayed ready.
+    #[test]
+    fn a_drainer_that_removes_a_group_the_moment_it_is_visible_never_takes_depth_below_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        let keyspace = fjall::Config::new(dir.path()).open().unwrap();
+        let store = Store::open(dir.path().to_path_buf(), keyspace, 10).unwrap();
+        AFTER_VISIBLE.with(|hook| {
+            *hook.borrow_mut() = Some(Box::new(|store: &Store| {
+                let visible = store.peek(None, 10).unwrap();
+                assert_eq!(store.remove(&visible).unwrap(), visible.len() as u64);
+            }))
+        });
+        let (first, first_answer) = request(1);
+        let (second, second_answer) = request(2);
+        let mut group = vec![first, second];
+
+        commit_group(&store, &mut group, 1).unwrap();
+        AFTER_VISIBLE.with(|hook| hook.borrow_mut().take());
+
+        assert_eq!(first_answer.blocking_recv().unwrap().unwrap(), Enqueued::Added { seq: 1 });
+        assert_eq!(second_answer.blocking_recv().unwrap().unwrap(), Enqueued::Added { seq: 2 });
+        assert_eq!(store.depth.load(Ordering::Relaxed), 0, "both removed by the drainer");
+    }
 
     fn request(id: u8) -> (Request, oneshot::Receiver<Result<Enqueued, QueueError>>) {
         let (reply, answer) = oneshot::channel();

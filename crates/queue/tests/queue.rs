@@ -259,7 +259,7 @@ async fn torn_tail_is_dropped_and_reported() {
 }
 
 #[tokio::test]
-async fn a_damaged_stored_value_is_reported_as_corrupt_naming_its_seq() {
+async fn one_corrupt_value_is_skipped_and_reported_and_the_rest_of_the_queue_reads() {
     let dir = tempfile::tempdir().unwrap();
     {
         let queue = Queue::open(config(dir.path())).unwrap();
@@ -281,13 +281,21 @@ async fn a_damaged_stored_value_is_reported_as_corrupt_naming_its_seq() {
     }
 
     let queue = Queue::open(config(dir.path())).unwrap();
-    assert!(matches!(queue.get(&id(1)), Err(QueueError::Corrupt { seq: 2, .. })));
-    let error = queue.peek(None, 10).unwrap_err();
-    assert!(matches!(error, QueueError::Corrupt { seq: 2, .. }), "{error}");
-    assert!(error.to_string().contains("checksum mismatch"), "{error}");
-    // The entries around it still read.
+    // Every read goes on past it; it is reported by seq, and kept (still counted).
+    assert_eq!(seqs(&queue.peek(None, 10).unwrap()), [1, 3]);
+    assert_eq!(queue.get(&id(1)).unwrap(), None);
     assert_eq!(queue.get(&id(0)).unwrap().unwrap().body, body(0));
-    assert_eq!(seqs(&queue.peek(Some(2), 10).unwrap()), [3]);
+    let corrupt = queue.corrupt_entries();
+    assert_eq!(corrupt.len(), 1);
+    assert_eq!(corrupt[0].0, 2);
+    assert!(corrupt[0].1.contains("checksum mismatch"), "{corrupt:?}");
+    assert_eq!(queue.depth(), 3);
+    // The good entries drain; the corrupt one stays for an operator.
+    let good = queue.peek(None, 10).unwrap();
+    queue.remove(&good).unwrap();
+    assert_eq!(queue.depth(), 1);
+    assert!(queue.peek(None, 10).unwrap().is_empty());
+    assert_eq!(queue.enqueue(id(7), 0, body(7)).await.unwrap(), Enqueued::Added { seq: 4 });
 }
 
 #[tokio::test]

@@ -7,9 +7,9 @@ use crate::topology::Topology;
 use anyhow::Context;
 use rananeeti_backup::format::{Manifest, RegionEntry, FORMAT_VERSION};
 use rananeeti_backup::repo::{Repo, SealedWriter};
+use rananeeti_backup::spool::QueueSpool;
 use rananeeti_backup::{db, keys, retention};
 use rananeeti_platform::{Store, StoreConfig, StoreKind};
-use serde_json::Value;
 use std::path::{Path, PathBuf};
 
 #[derive(clap::Args, Debug)]
@@ -163,7 +163,8 @@ async fn dispatch(command: BackupCommand) -> anyhow::Result<()> {
 struct Source {
     name: String,
     url: String,
-    queued: Vec<Value>,
+    /// Spooled to a scratch file: memory stays flat however long an outage made the queues.
+    queued: QueueSpool,
     /// A cluster started for the backup (the deployment is stopped), stopped afterwards.
     cluster: Option<PgCluster>,
 }
@@ -191,25 +192,11 @@ async fn sources(data: &Path) -> anyhow::Result<Vec<Source>> {
         // Queues first, then the database snapshot: a command drained in between is in both
         // (and deduplicated on restore); one acknowledged before the backup is in one of them.
         for region in &topology.regions {
-            let mut queued = Vec::new();
+            let mut queued = QueueSpool::new()?;
             for node in &region.nodes {
-                let answer = client
-                    .get(format!("{}/admin/queue/export", node.url))
-                    .bearer_auth(token.trim())
-                    .send()
-                    .await
-                    .and_then(|response| response.error_for_status());
-                match answer {
-                    Ok(response) => {
-                        let body: Value = response.json().await?;
-                        queued.extend(body["commands"].as_array().cloned().unwrap_or_default());
-                    }
-                    Err(error) => anyhow::bail!(
-                        "node {} did not give its queue ({}); a backup must hold every queued write",
-                        node.name,
-                        error.without_url()
-                    ),
-                }
+                spool_node_queue(&client, &node.url, token.trim(), &mut queued).await.with_context(|| {
+                    format!("node {} did not give its queue; a backup must hold every queued write", node.name)
+                })?;
             }
             sources.push(Source { name: region.name.clone(), url: region.database.url.clone(), queued, cluster: None });
         }
@@ -225,11 +212,11 @@ async fn sources(data: &Path) -> anyhow::Result<Vec<Source>> {
     let mut sources = Vec::new();
     for dir in regions {
         let name = dir.file_name().and_then(|name| name.to_str()).unwrap_or_default().to_string();
-        let mut queued = Vec::new();
+        let mut queued = QueueSpool::new()?;
         for entry in std::fs::read_dir(&dir)?.filter_map(Result::ok) {
             let queue_dir = entry.path().join("queue");
             if queue_dir.is_dir() {
-                queued.extend(read_queue(&queue_dir)?);
+                read_queue(&queue_dir, &mut queued)?;
             }
         }
         if dir.join("store.db").is_file() {
@@ -245,8 +232,48 @@ async fn sources(data: &Path) -> anyhow::Result<Vec<Source>> {
     Ok(sources)
 }
 
-/// The commands in a stopped node's queue.
-fn read_queue(dir: &Path) -> anyhow::Result<Vec<Value>> {
+/// Spools a running node's queue from its export, streamed one line per command.
+async fn spool_node_queue(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    queued: &mut QueueSpool,
+) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    let response = client
+        .get(format!("{url}/admin/queue/export?format=ndjson"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .and_then(|response| response.error_for_status())
+        .map_err(|error| anyhow::anyhow!("{}", error.without_url()))?;
+    let mut body = response.bytes_stream();
+    let mut line = Vec::new();
+    while let Some(piece) = body.next().await {
+        let piece = piece.map_err(|error| anyhow::anyhow!("{}", error.without_url()))?;
+        for chunk in piece.split_inclusive(|byte| *byte == b'\n') {
+            line.extend_from_slice(chunk);
+            anyhow::ensure!(
+                line.len() <= QUEUED_COMMAND_BYTES_MAX,
+                "a queued command of over {QUEUED_COMMAND_BYTES_MAX} bytes"
+            );
+            if line.ends_with(b"\n") {
+                if !line.trim_ascii().is_empty() {
+                    queued.push_json(&line)?;
+                }
+                line.clear();
+            }
+        }
+    }
+    anyhow::ensure!(line.trim_ascii().is_empty(), "the queue export ended in the middle of a command");
+    Ok(())
+}
+
+/// A queued command's JSON is at most the queue's entry size.
+const QUEUED_COMMAND_BYTES_MAX: usize = 2 * 1024 * 1024;
+
+/// Spools the commands in a stopped node's queue.
+fn read_queue(dir: &Path, queued: &mut QueueSpool) -> anyhow::Result<()> {
     let queue = rananeeti_queue::Queue::open(rananeeti_queue::QueueConfig {
         dir: dir.to_path_buf(),
         group_commit_entries_max: 64,
@@ -254,17 +281,16 @@ fn read_queue(dir: &Path) -> anyhow::Result<Vec<Value>> {
         entries_max: u64::MAX,
     })
     .with_context(|| format!("opening queue {} (is the deployment still running?)", dir.display()))?;
-    let mut commands = Vec::new();
     let mut after = None;
     loop {
         let page = queue.peek(after, 1000)?;
         let Some(last) = page.last() else { break };
         after = Some(last.seq);
         for entry in page {
-            commands.push(serde_json::from_slice(&entry.body).context("a queued entry does not decode")?);
+            queued.push_json(&entry.body).context("a queued entry does not decode")?;
         }
     }
-    Ok(commands)
+    Ok(())
 }
 
 fn store_config(url: &str) -> StoreConfig {
@@ -324,13 +350,16 @@ pub async fn create(data: &Path, repo_url: &str, recipient_files: &[PathBuf], le
     let sources = sources(data).await?;
     let store_kind = StoreKind::from_url(&sources[0].url)?;
     let mut regions = Vec::new();
+    let mut sources = sources;
     let result: anyhow::Result<()> = async {
-        for source in &sources {
+        for source in &mut sources {
             let database = database(&source.url)?;
+            let queued_count = source.queued.len();
+            let queued = std::mem::replace(&mut source.queued, QueueSpool::new()?);
             let object = format!("{}.export.zst.age", source.name);
             let mut out = SealedWriter::new(&repo, &id, &object, &recipients, level)?;
             let bar = progress_bar(&format!("backing up region {}", source.name));
-            let tables = db::export(&database, &source.queued, &mut out, &|bytes| bar.set_position(bytes))
+            let tables = db::export(&database, queued, &mut out, &|bytes| bar.set_position(bytes))
                 .await
                 .with_context(|| format!("exporting region {}", source.name))?;
             let plain_bytes = out.plain_bytes;
@@ -343,7 +372,7 @@ pub async fn create(data: &Path, repo_url: &str, recipient_files: &[PathBuf], le
                 bytes,
                 plain_bytes,
                 tables,
-                queued: source.queued.len() as u64,
+                queued: queued_count,
             });
         }
         Ok(())
@@ -418,7 +447,7 @@ async fn restore_region(
     identity: &age::x25519::Identity,
     target_url: &str,
     scratch: &Path,
-) -> anyhow::Result<Vec<Value>> {
+) -> anyhow::Result<QueueSpool> {
     anyhow::ensure!(
         manifest.format == FORMAT_VERSION,
         "backup {} is in format {}; this rananeeti ({}) reads format {FORMAT_VERSION}: use the version that made it ({})",
@@ -490,7 +519,7 @@ async fn restore_region(
         );
     }
     anyhow::ensure!(
-        queued.len() as u64 == region.queued,
+        queued.len() == region.queued,
         "region {}: {} queued commands restored, the manifest says {}",
         region.name,
         queued.len(),
@@ -593,7 +622,7 @@ async fn restore_into(
             }
         }
     }
-    let finished = finish_restore(into, &targets).await;
+    let finished = finish_restore(into, targets).await;
     let mut stopped = Ok(());
     for cluster in &clusters {
         stopped = stopped.and(cluster.stop());
@@ -616,9 +645,10 @@ async fn restore_into(
 /// outbox (regions were read at slightly different moments), so nothing the peer writes after
 /// the restore is skipped. Queued commands go back into a node queue, to be applied (or found
 /// applied) when the deployment starts.
-async fn finish_restore(into: &Path, targets: &[(String, String, Vec<Value>)]) -> anyhow::Result<()> {
+async fn finish_restore(into: &Path, targets: Vec<(String, String, QueueSpool)>) -> anyhow::Result<()> {
+    use futures::StreamExt;
     let mut outbox_max = std::collections::HashMap::new();
-    for (name, url, _) in targets {
+    for (name, url, _) in &targets {
         let store = Store::open(store_config(url), Vec::new())?;
         let row = rananeeti_platform::sqlx::query("SELECT COALESCE(MAX(seq), 0) AS seq FROM rn_outbox")
             .fetch_one(&store.writer())
@@ -626,7 +656,7 @@ async fn finish_restore(into: &Path, targets: &[(String, String, Vec<Value>)]) -
         outbox_max.insert(name.clone(), rananeeti_platform::sqlx::Row::try_get::<i64, _>(&row, "seq")?);
     }
     for (name, url, queued) in targets {
-        let store = Store::open(store_config(url), Vec::new())?;
+        let store = Store::open(store_config(&url), Vec::new())?;
         for (peer, max) in &outbox_max {
             rananeeti_platform::sqlx::query("UPDATE rn_checkpoints SET seq = $1 WHERE peer_region = $2 AND seq > $1")
                 .bind(max)
@@ -636,21 +666,42 @@ async fn finish_restore(into: &Path, targets: &[(String, String, Vec<Value>)]) -
         }
         if !queued.is_empty() {
             let queue = rananeeti_queue::Queue::open(rananeeti_queue::QueueConfig {
-                dir: into.join(name).join(format!("{name}-n1")).join("queue"),
+                dir: into.join(&name).join(format!("{name}-n1")).join("queue"),
                 group_commit_entries_max: 1024,
                 waiting_entries_max: 8192,
                 entries_max: u64::MAX,
             })?;
-            for command in queued {
-                let command: rananeeti_platform::Command = serde_json::from_value(command.clone())
-                    .context("a queued command in the backup does not decode")?;
-                let body = serde_json::to_vec(&command)?;
-                queue.enqueue(*command.id.as_bytes(), rananeeti_platform::hlc::wall_clock_ms() as i64, body).await?;
+            // In the backup's order, many at a time so they share fsyncs, a bounded number in
+            // memory: read back from the scratch file a command at a time.
+            let mut commands = queued.commands()?;
+            let mut decoded: Vec<(rananeeti_platform::CommandId, Vec<u8>)> =
+                Vec::with_capacity(RESTORE_ENQUEUE_IN_FLIGHT);
+            loop {
+                decoded.clear();
+                while decoded.len() < RESTORE_ENQUEUE_IN_FLIGHT {
+                    let Some(json) = commands.next_json()? else { break };
+                    // Checked to be a command; queued as the backup holds it (serde_json's text).
+                    let command: rananeeti_platform::Command =
+                        serde_json::from_slice(json).context("a queued command in the backup does not decode")?;
+                    decoded.push((command.id, json.to_vec()));
+                }
+                if decoded.is_empty() {
+                    break;
+                }
+                let now = rananeeti_platform::hlc::wall_clock_ms() as i64;
+                let enqueues = decoded.drain(..).map(|(id, body)| queue.enqueue(*id.as_bytes(), now, body));
+                let mut enqueued = futures::stream::iter(enqueues).buffered(RESTORE_ENQUEUE_IN_FLIGHT);
+                while let Some(result) = enqueued.next().await {
+                    result?;
+                }
             }
         }
     }
     Ok(())
 }
+
+/// Queued commands put back into a restored node's queue at once (they share fsyncs).
+const RESTORE_ENQUEUE_IN_FLIGHT: usize = 1024;
 
 async fn prune(repo_url: &str, policy: &retention::Policy, dry_run: bool) -> anyhow::Result<()> {
     let repo = Repo::open_existing(repo_url)?;

@@ -1,6 +1,7 @@
 //! Node configuration: defaults, then a TOML file, then `RANANEETI_<SECTION>__<FIELD>`
 //! environment variables, then command-line flags. Every field is documented in docs/config.md.
 
+use anyhow::Context;
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
@@ -88,6 +89,10 @@ pub struct NodeSection {
     pub admin_token_file: Option<PathBuf>,
     /// File holding the cluster token nodes present to each other (replication).
     pub cluster_token_file: Option<PathBuf>,
+    /// The URL other nodes reach this one on (queue copies call back on it). Default: the
+    /// listening address, with 127.0.0.1 for an unspecified one (0.0.0.0): right on one machine,
+    /// wrong in a pod, where it is the pod's DNS name.
+    pub advertise_url: Option<String>,
 }
 
 impl Default for NodeSection {
@@ -99,6 +104,7 @@ impl Default for NodeSection {
             data_dir: PathBuf::from("rananeeti-data/r1/r1-n1"),
             admin_token_file: None,
             cluster_token_file: None,
+            advertise_url: None,
         }
     }
 }
@@ -183,6 +189,12 @@ pub struct QueueSection {
     pub entries_max: u64,
     /// The peer node that keeps copies of this node's queued commands (URL).
     pub copy_peer_url: Option<String>,
+    /// For nodes of a Kubernetes StatefulSet, whose names end in an ordinal (`rananeeti-node-3`):
+    /// the peer's URL with `{peer}` standing for the peer's name, the node with the previous
+    /// ordinal (ordinal 0 takes ordinal 1), e.g. `http://{peer}.rananeeti-node:8080`. Pods leave
+    /// a StatefulSet from the highest ordinal down, so every node's peer exists while it does.
+    /// Used when `copy_peer_url` is not set.
+    pub copy_peer_url_template: Option<String>,
     /// `sync`: *pending* is answered once the peer holds the copy; `async`: after the local fsync.
     pub copy_durability: rananeeti_platform::CopyDurability,
     /// How long the origin of held copies must be unreachable before they are adopted.
@@ -198,6 +210,7 @@ impl Default for QueueSection {
             waiting_entries_max: 8192,
             entries_max: 1_000_000,
             copy_peer_url: None,
+            copy_peer_url_template: None,
             copy_durability: rananeeti_platform::CopyDurability::Sync,
             adopt_after_ms: 5000,
             adopt_check_ms: 1000,
@@ -209,6 +222,7 @@ impl Default for QueueSection {
 #[serde(default, deny_unknown_fields)]
 pub struct DrainSection {
     pub batch_entries_max: usize,
+    pub scan_entries_max: usize,
     pub idle_ms: u64,
     pub apply_timeout_ms: u64,
 }
@@ -218,6 +232,7 @@ impl Default for DrainSection {
         let defaults = rananeeti_platform::DrainConfig::default();
         DrainSection {
             batch_entries_max: defaults.batch_entries_max,
+            scan_entries_max: defaults.scan_entries_max,
             idle_ms: defaults.idle_ms,
             apply_timeout_ms: defaults.apply_timeout_ms,
         }
@@ -268,6 +283,7 @@ impl Config {
             },
             drain: rananeeti_platform::DrainConfig {
                 batch_entries_max: self.drain.batch_entries_max,
+                scan_entries_max: self.drain.scan_entries_max,
                 idle_ms: self.drain.idle_ms,
                 apply_timeout_ms: self.drain.apply_timeout_ms,
             },
@@ -311,9 +327,33 @@ impl Config {
         Ok(config)
     }
 
+    /// The queue peer's URL: `queue.copy_peer_url`, else `queue.copy_peer_url_template` filled
+    /// in from this node's name.
+    pub fn copy_peer_url(&self) -> anyhow::Result<Option<String>> {
+        if let Some(url) = &self.queue.copy_peer_url {
+            return Ok(Some(url.clone()));
+        }
+        let Some(template) = &self.queue.copy_peer_url_template else {
+            return Ok(None);
+        };
+        anyhow::ensure!(
+            template.contains("{peer}"),
+            "configuration: queue.copy_peer_url_template must contain {{peer}}"
+        );
+        let name = &self.node.name;
+        let (stem, ordinal) = name
+            .rsplit_once('-')
+            .and_then(|(stem, ordinal)| Some((stem, ordinal.parse::<u32>().ok()?)))
+            .with_context(|| {
+                format!("configuration: queue.copy_peer_url_template needs a node name ending in -ORDINAL, not {name}")
+            })?;
+        let peer_ordinal = if ordinal == 0 { 1 } else { ordinal - 1 };
+        Ok(Some(template.replace("{peer}", &format!("{stem}-{peer_ordinal}"))))
+    }
+
     /// What can only be checked once the command-line flags are applied.
     pub fn check_complete(&self) -> anyhow::Result<()> {
-        if self.queue.copy_peer_url.is_some() && self.node.cluster_token_file.is_none() {
+        if self.copy_peer_url()?.is_some() && self.node.cluster_token_file.is_none() {
             anyhow::bail!("configuration: queue.copy_peer_url needs node.cluster_token_file (or --cluster-token-file)");
         }
         if !self.replication.peers.is_empty() && self.node.cluster_token_file.is_none() {
@@ -345,6 +385,7 @@ impl Config {
             ("queue.waiting_entries_max", self.queue.waiting_entries_max as u64),
             ("queue.entries_max", self.queue.entries_max),
             ("drain.batch_entries_max", self.drain.batch_entries_max as u64),
+            ("drain.scan_entries_max", self.drain.scan_entries_max as u64),
             ("drain.idle_ms", self.drain.idle_ms),
             ("drain.apply_timeout_ms", self.drain.apply_timeout_ms),
             ("breaker.open_ms", self.breaker.open_ms),
@@ -407,5 +448,24 @@ mod tests {
 
         std::fs::write(&path, "[submit]\nbudget_ms = 100\nqueue_reserve_ms = 100\n").unwrap();
         assert!(Config::load(Some(&path)).is_err());
+    }
+
+    #[test]
+    fn a_statefulset_node_copies_to_the_previous_ordinal_and_ordinal_zero_to_one() {
+        let mut config = Config::default();
+        config.queue.copy_peer_url_template = Some("http://{peer}.rananeeti-node:8080".into());
+        for (name, peer) in [
+            ("rananeeti-node-0", "rananeeti-node-1"),
+            ("rananeeti-node-1", "rananeeti-node-0"),
+            ("rananeeti-node-7", "rananeeti-node-6"),
+        ] {
+            config.node.name = name.into();
+            assert_eq!(config.copy_peer_url().unwrap(), Some(format!("http://{peer}.rananeeti-node:8080")));
+        }
+        config.node.name = "r1-n1".into();
+        config.node.name.push('x');
+        assert!(config.copy_peer_url().is_err(), "a name without an ordinal is refused");
+        config.queue.copy_peer_url = Some("http://127.0.0.1:9".into());
+        assert_eq!(config.copy_peer_url().unwrap().as_deref(), Some("http://127.0.0.1:9"), "an explicit URL wins");
     }
 }

@@ -2,7 +2,7 @@
 //! elsewhere; and the handle `up` uses to run one on its own threads.
 
 use anyhow::Context;
-use figment::providers::{Format, Serialized, Toml};
+use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use rananeeti_gateway::{Gateway, GatewayConfig};
 use std::path::PathBuf;
@@ -21,12 +21,18 @@ pub struct GatewayArgs {
     /// Worker threads (default: the machine's cores).
     #[arg(long)]
     pub workers: Option<usize>,
+    /// Check the configuration and exit: 0 and one line when it is valid, else the error.
+    #[arg(long)]
+    pub check_config: bool,
 }
 
 pub fn load(args: &GatewayArgs) -> anyhow::Result<GatewayConfig> {
     anyhow::ensure!(args.config.exists(), "config file {} does not exist", args.config.display());
+    // `RANANEETI_GATEWAY__<FIELD>` variables override the file (`RANANEETI_GATEWAY__REGIONS=[...]`),
+    // so one file serves every region of a deployment.
     let mut config: GatewayConfig = Figment::from(Serialized::defaults(GatewayConfig::default()))
         .merge(Toml::file(&args.config))
+        .merge(Env::prefixed("RANANEETI_GATEWAY__").split("__"))
         .extract()
         .map_err(|error| anyhow::anyhow!("gateway configuration: {error}"))?;
     if let Some(listen) = &args.listen {
@@ -50,6 +56,12 @@ fn read_token(config: &GatewayConfig) -> anyhow::Result<Option<String>> {
 }
 
 pub fn run(args: GatewayArgs) -> anyhow::Result<()> {
+    if args.check_config {
+        let config = load(&args)?;
+        let nodes: usize = config.regions.iter().map(|region| region.nodes.len()).sum();
+        println!("configuration is valid: {} region(s), {nodes} node(s)", config.regions.len());
+        return Ok(());
+    }
     rananeeti_node::telemetry::init_json_logs();
     let config = load(&args)?;
     let token = read_token(&config)?;

@@ -4,6 +4,7 @@
 pub mod backup_cmd;
 pub mod config;
 pub mod drill_cmd;
+pub mod export_lb;
 pub mod gateway_cmd;
 pub mod node_cmd;
 pub mod postgres;

@@ -2,8 +2,11 @@
 
 use clap::{Parser, Subcommand};
 
+/// `rananeeti --version`: the crate's version and the commit it was built from (build.rs).
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("RANANEETI_COMMIT"), ")");
+
 #[derive(Parser)]
-#[command(name = "rananeeti", version, about = "Full-stack resiliency for web applications")]
+#[command(name = "rananeeti", version = VERSION, about = "Full-stack resiliency for web applications")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -23,6 +26,8 @@ enum Command {
     Witness(rananeeti::witness_cmd::WitnessArgs),
     /// Drills: a workload, a fault, then every acknowledged write checked; RTO, RPO, lost, duplicated.
     Drill(rananeeti::drill_cmd::DrillArgs),
+    /// Print an nginx or HAProxy configuration for the nodes of a deployment (topology.json).
+    ExportLb(rananeeti::export_lb::ExportLbArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -34,5 +39,6 @@ fn main() -> anyhow::Result<()> {
         Command::Backup(args) => rananeeti::backup_cmd::run(args),
         Command::Witness(args) => rananeeti::witness_cmd::run(args),
         Command::Drill(args) => rananeeti::drill_cmd::run(args),
+        Command::ExportLb(args) => rananeeti::export_lb::run(args),
     }
 }

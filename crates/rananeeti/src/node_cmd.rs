@@ -65,6 +65,10 @@ pub struct NodeArgs {
     /// After binding, write the listening address (e.g. 127.0.0.1:41234) to this file, atomically.
     #[arg(long)]
     pub addr_file: Option<PathBuf>,
+    /// Check the configuration (defaults, file, environment, flags) and exit: 0 and one line
+    /// when it is valid, else the error. Opens nothing and reads no secret.
+    #[arg(long)]
+    pub check_config: bool,
 }
 
 /// The configuration with the flags applied on top.
@@ -143,6 +147,17 @@ pub fn all_migrations() -> Vec<rananeeti_platform::Migration> {
 }
 
 pub fn run(args: NodeArgs) -> anyhow::Result<()> {
+    if args.check_config {
+        let config = resolve(&args)?;
+        println!(
+            "configuration is valid: node {} of region {}, {} peer region(s), queue peer {}",
+            config.node.name,
+            config.node.region,
+            config.replication.peers.len(),
+            config.copy_peer_url()?.as_deref().unwrap_or("none")
+        );
+        return Ok(());
+    }
     rananeeti_node::telemetry::init_json_logs();
     let config = resolve(&args)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
@@ -231,6 +246,10 @@ async fn serve(config: Config, addr_file: Option<PathBuf>) -> anyhow::Result<()>
     let platform = Platform::start(config.platform_config(), store, queue, registry, metrics);
     tracing::info!(store = store_kind.as_str(), region = platform.region(), node = platform.node(), "platform started");
     let advertised_url = std::sync::Arc::new(std::sync::OnceLock::new());
+    if let Some(url) = &config.node.advertise_url {
+        // Set before the server starts, which then keeps it instead of its listening address.
+        let _ = advertised_url.set(url.trim_end_matches('/').to_string());
+    }
     if let Some(cluster_token) = &cluster_token {
         // Any node may keep copies for a peer, whether or not it sends its own anywhere.
         let copies = Queue::open(QueueConfig {
@@ -249,7 +268,7 @@ async fn serve(config: Config, addr_file: Option<PathBuf>) -> anyhow::Result<()>
             },
             cluster_token.clone(),
         );
-        if let Some(peer_url) = &config.queue.copy_peer_url {
+        if let Some(peer_url) = &config.copy_peer_url()? {
             let copier = HttpCopier::new(
                 peer_url.clone(),
                 cluster_token.clone(),

@@ -367,6 +367,7 @@ async fn a_drill_fails_with_the_right_counts_when_a_write_is_lost_and_another_ap
     assert_eq!(writes["lost_writes"][0]["kind"], "cafe.reserve");
     assert_eq!(writes["lost_writes"][0]["answered"], "committed");
     assert_eq!(writes["lost_writes"][0]["missing_in"], json!(["r1"]));
+    assert_eq!(writes["lost_writes"][0]["why"], json!(["r1: no record in rn_commands"]));
     assert_eq!(writes["duplicated"], 1, "{writes:#}");
     assert_eq!(writes["duplicates"][0]["found_by"], "content");
     assert_eq!(writes["duplicates"][0]["region"], "r1");

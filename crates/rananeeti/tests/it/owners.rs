@@ -227,3 +227,85 @@ async fn the_old_owner_applies_nothing_it_lost_sqlite() {
 async fn the_old_owner_applies_nothing_it_lost_postgres() {
     the_old_owner_applies_nothing_it_lost("postgres").await;
 }
+
+async fn partition_region(up: &Up, region: usize, partition: Value) {
+    let url = &up.topology.regions[region].nodes[0].url;
+    let response = reqwest::Client::new()
+        .post(format!("{url}/admin/faults"))
+        .bearer_auth(&up.token)
+        .json(&json!({ "partition": partition }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "setting {partition} on region {}", region + 1);
+}
+
+/// Regression (issue 11, defect 5): r1 and r2 cut from each other; an explicit failover of r1 to
+/// r2 whose push to the witness fails; later r2 reaches the witness just as r1 loses it. The
+/// witness had renewed r1's lease without knowing the new epoch, so r1 could apply for up to a
+/// lease while r2, whose change was long in effect, applied at once: two owners. Now r2 applies
+/// only a lease after a majority (itself and the witness) answered knowing its epoch, and no
+/// write r1 committed is sent after the first one r2 committed was answered.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failover_pushed_late_to_the_witness_never_lets_two_regions_apply() {
+    // No automatic failover: the test makes the only change.
+    let up = crate::regions::start_up_with(2, 1, "sqlite", &[("RANANEETI_OWNERSHIP__FAILOVER_AFTER_MS", "0")]).await;
+    let (r1, r2) = (up.topology.regions[0].nodes[0].url.clone(), up.topology.regions[1].nodes[0].url.clone());
+    let year = booking_year();
+    eventually("r1 to hold its lease", SETTLE_TIMEOUT, || async {
+        (regions_view(&up, &r1).await["lease_held"] == true).then_some(())
+    })
+    .await;
+
+    partition_region(&up, 0, json!({ "cut": ["r2"] })).await;
+    partition_region(&up, 1, json!({ "cut": ["r1", "witness"] })).await;
+    let failover = reqwest::Client::new()
+        .post(format!("{r2}/admin/regions/r1/failover"))
+        .bearer_auth(&up.token)
+        .json(&json!({ "to": "r2" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(failover.status(), 200);
+    let failover: Value = failover.json().await.unwrap();
+    assert_eq!(failover["acknowledged_by"], json!([]), "nobody heard of it: {failover}");
+    // Long enough for the change to be in effect everywhere it is known.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+
+    // r1 loses the witness (its last lease from it runs on), r2 reaches it.
+    partition_region(&up, 0, json!({ "cut": ["r2", "witness"] })).await;
+    partition_region(&up, 1, json!({ "cut": ["r1"] })).await;
+
+    // Closures for distinct days to both regions for a while; each region answers 201 only for
+    // what it applied itself.
+    let started = Instant::now();
+    let mut committed: Vec<(&str, Instant, Instant)> = Vec::new();
+    let mut day = 0;
+    while started.elapsed() < Duration::from_secs(6) {
+        for (region, url) in [("r1", &r1), ("r2", &r2)] {
+            day += 1;
+            let date = format!("{year}-{:02}-{:02}", 1 + (day / 28) % 12, 1 + day % 28);
+            let sent = Instant::now();
+            let (status, body) = close_day(url, &date, &format!("fence {day}")).await;
+            let answered = Instant::now();
+            assert!(status == 201 || status == 202, "{region}: {status} {body}");
+            if status == 201 {
+                committed.push((region, sent, answered));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    let first_r2_answered =
+        committed.iter().filter(|(region, ..)| *region == "r2").map(|(_, _, answered)| *answered).min();
+    let last_r1_sent = committed.iter().filter(|(region, ..)| *region == "r1").map(|(_, sent, _)| *sent).max();
+    let first_r2_answered = first_r2_answered.expect("r2 applies once fenced");
+    if let Some(last_r1_sent) = last_r1_sent {
+        assert!(
+            last_r1_sent < first_r2_answered,
+            "r1 was still committing {:?} after r2 had committed",
+            last_r1_sent - first_r2_answered
+        );
+    }
+    partition_region(&up, 0, json!("ok")).await;
+    partition_region(&up, 1, json!("ok")).await;
+}

@@ -42,6 +42,11 @@ impl Drop for Up {
 }
 
 pub(crate) async fn start_up(regions: u32, nodes: u32, store: &str) -> Up {
+    start_up_with(regions, nodes, store, &[]).await
+}
+
+/// `start_up` with environment variables for `up` and its nodes (`RANANEETI_<SECTION>__<FIELD>`).
+pub(crate) async fn start_up_with(regions: u32, nodes: u32, store: &str, environment: &[(&str, &str)]) -> Up {
     sqlx::any::install_default_drivers();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
@@ -64,6 +69,7 @@ pub(crate) async fn start_up(regions: u32, nodes: u32, store: &str) -> Up {
             .arg(port.to_string())
             .arg("--data")
             .arg(&data)
+            .envs(environment.iter().copied())
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
             .spawn()
@@ -91,7 +97,18 @@ pub(crate) async fn start_up(regions: u32, nodes: u32, store: &str) -> Up {
     panic!("no free run of {expected_nodes} ports after {PORT_ATTEMPTS_MAX} attempts");
 }
 
+/// The pid of `region`'s first node as `topology.json` says now (a restarted node has a new one).
+pub(crate) fn node_pid(data: &std::path::Path, region: usize) -> u32 {
+    let topology = Topology::read(&data.join("topology.json")).unwrap();
+    topology.regions[region].nodes[0].pid.expect("the node runs")
+}
+
 impl Up {
+    /// The deployment's directory (`--data`).
+    pub(crate) fn data_dir(&self) -> std::path::PathBuf {
+        self._dir.path().join("data")
+    }
+
     pub(crate) fn region_urls(&self, region: usize) -> Vec<String> {
         self.topology.regions[region].nodes.iter().map(|node| node.url.clone()).collect()
     }
