@@ -9,6 +9,8 @@ pub mod command;
 pub mod conflicts;
 pub mod copies;
 mod drain;
+#[cfg(feature = "drill-faults")]
+mod drill_faults;
 pub mod faults;
 pub mod hlc;
 pub mod id;

@@ -736,6 +736,12 @@ impl Platform {
             }
             match handler.apply(command, &mut tx).await {
                 Ok(()) => {
+                    // Test builds only: a drill's checker must catch a lost or doubled write.
+                    #[cfg(feature = "drill-faults")]
+                    let Some(mut tx) = crate::drill_faults::before_commit(self.node(), handler, command, tx).await?
+                    else {
+                        return Ok(answer(Outcome::Committed));
+                    };
                     let ordered = self.config.outbox_commit_ordered && self.store.kind() == StoreKind::Postgres;
                     let seq = append_outbox(&mut tx, ordered, command, &self.config.region, None).await?;
                     tx.commit().await?;

@@ -315,6 +315,7 @@ mod tests {
             topology: Topology {
                 gateway_url: None,
                 witness_url: None,
+                gateways: Vec::new(),
                 regions: vec![region("r1", [8081, 8082]), region("r2", [8083, 8084])],
             },
             listen: "127.0.0.1:9000".into(),

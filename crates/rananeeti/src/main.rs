@@ -23,6 +23,8 @@ enum Command {
     Backup(rananeeti::backup_cmd::BackupArgs),
     /// Run a witness: the third voter on ownership for a two-region deployment.
     Witness(rananeeti::witness_cmd::WitnessArgs),
+    /// Drills: a workload, a fault, then every acknowledged write checked; RTO, RPO, lost, duplicated.
+    Drill(rananeeti::drill_cmd::DrillArgs),
     /// Print an nginx or HAProxy configuration for the nodes of a deployment (topology.json).
     ExportLb(rananeeti::export_lb::ExportLbArgs),
     /// Print a Prometheus configuration that scrapes every process of a deployment (topology.json).
@@ -37,6 +39,7 @@ fn main() -> anyhow::Result<()> {
         Command::Gateway(args) => rananeeti::gateway_cmd::run(args),
         Command::Backup(args) => rananeeti::backup_cmd::run(args),
         Command::Witness(args) => rananeeti::witness_cmd::run(args),
+        Command::Drill(args) => rananeeti::drill_cmd::run(args),
         Command::ExportLb(args) => rananeeti::export_lb::run(args),
         Command::PrometheusConfig(args) => rananeeti::prometheus_config::run(args),
     }

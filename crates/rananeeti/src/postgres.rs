@@ -64,6 +64,9 @@ pub struct PgCluster {
     bin_dir: PathBuf,
     log_file: PathBuf,
     run_as: Option<RunAs>,
+    /// Stop the server when this handle is dropped: true for a cluster this handle started,
+    /// false for one attached to (`attach`), which belongs to whoever started it.
+    stop_on_drop: bool,
 }
 
 impl PgCluster {
@@ -91,7 +94,8 @@ impl PgCluster {
             .with_context(|| format!("data directory {} has no name", data_dir.display()))?
             .to_os_string();
         log_name.push(".log");
-        let cluster = PgCluster { log_file: parent.join(log_name), data_dir, port, bin_dir, run_as };
+        let cluster =
+            PgCluster { log_file: parent.join(log_name), data_dir, port, bin_dir, run_as, stop_on_drop: true };
 
         if !cluster.data_dir.join("PG_VERSION").exists() {
             cluster.initdb()?;
@@ -127,6 +131,28 @@ impl PgCluster {
             "PostgreSQL is up"
         );
         Ok(cluster)
+    }
+
+    /// A handle on a cluster another process runs from `dir` on `port` (a drill stopping and
+    /// restarting `up`'s): nothing is started, and dropping the handle does not stop it.
+    pub fn attach(dir: &Path, port: u16) -> anyhow::Result<PgCluster> {
+        let data_dir = std::path::absolute(dir)
+            .with_context(|| format!("resolving PostgreSQL data directory {}", dir.display()))?;
+        anyhow::ensure!(data_dir.join("PG_VERSION").exists(), "{} holds no PostgreSQL cluster", data_dir.display());
+        let mut log_name = data_dir
+            .file_name()
+            .with_context(|| format!("data directory {} has no name", data_dir.display()))?
+            .to_os_string();
+        log_name.push(".log");
+        let log_file = data_dir.parent().unwrap_or(Path::new("/")).join(log_name);
+        Ok(PgCluster {
+            data_dir,
+            port,
+            bin_dir: find_bin_dir()?,
+            log_file,
+            run_as: run_as_user()?,
+            stop_on_drop: false,
+        })
     }
 
     /// `postgres://rananeeti@127.0.0.1:PORT/rananeeti`: the apps' role, without its password
@@ -487,7 +513,7 @@ impl PgCluster {
 
 impl Drop for PgCluster {
     fn drop(&mut self) {
-        if self.pid().is_some() {
+        if self.stop_on_drop && self.pid().is_some() {
             if let Err(error) = self.stop() {
                 tracing::warn!(%error, "stopping PostgreSQL on drop");
             }

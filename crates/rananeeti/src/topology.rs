@@ -18,7 +18,20 @@ pub struct Topology {
     /// The witness that votes on ownership with the regions (deployments of two or more regions).
     #[serde(default)]
     pub witness_url: Option<String>,
+    /// Every gateway in front of the nodes (`up --gateways N`), the first at `gateway_url`.
+    #[serde(default)]
+    pub gateways: Vec<GatewayTopology>,
     pub regions: Vec<RegionTopology>,
+}
+
+/// One gateway. They hold no state that matters, so clients may use any of them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewayTopology {
+    pub name: String,
+    pub url: String,
+    /// Process id of a gateway running as its own process; `None` for the one inside `up`
+    /// (killing that one would stop the whole deployment) and while one is being restarted.
+    pub pid: Option<u32>,
 }
 
 /// One region: its nodes and the database they share.
@@ -121,6 +134,7 @@ mod tests {
         let topology = Topology {
             gateway_url: None,
             witness_url: Some("http://127.0.0.1:8084".into()),
+            gateways: vec![GatewayTopology { name: "g2".into(), url: "http://127.0.0.1:8085".into(), pid: Some(43) }],
             regions: vec![RegionTopology {
                 name: "r1".into(),
                 nodes: vec![NodeTopology { name: "r1-n1".into(), url: "http://127.0.0.1:8080".into(), pid: Some(42) }],

@@ -26,9 +26,12 @@ use tokio::sync::watch;
 
 mod backup_status;
 
+use self::gateways::{plan_extra_gateways, spawn_gateway_process, supervise_gateway};
 use crate::postgres::{free_loopback_port, PgCluster};
 use crate::topology::{DatabaseKind, DatabaseTopology, NodeTopology, RegionTopology, Topology};
 use backup_status::{Attempt, BackupStatus};
+
+mod gateways;
 
 /// How long a (re)started node gets to answer `/healthz` on first start.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -45,6 +48,8 @@ const RESTART_BACKOFF_RESET_UPTIME: Duration = Duration::from_secs(30);
 const NODE_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Random bytes in a generated admin token (hex-encoded in the file).
 const ADMIN_TOKEN_BYTES: usize = 32;
+/// Gateways one deployment may run (`--gateways`).
+const GATEWAYS_MAX: u32 = 4;
 
 #[derive(clap::Args, Debug)]
 pub struct UpArgs {
@@ -57,6 +62,10 @@ pub struct UpArgs {
     /// Port on 127.0.0.1 where the deployment answers.
     #[arg(long, default_value_t = 8080)]
     pub port: u16,
+    /// Gateways in front of the nodes: the first on --port inside this process, each other one
+    /// as its own process on the ports after the witness's (all listed in topology.json).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=GATEWAYS_MAX as i64))]
+    pub gateways: u32,
     /// Directory for everything the deployment keeps: stores, queues, token, topology.
     #[arg(long, default_value = "./rananeeti-data")]
     pub data: PathBuf,
@@ -185,8 +194,7 @@ struct TopologyFile {
 
 impl TopologyFile {
     fn set_node_pid(&self, node_name: &str, pid: Option<u32>) {
-        let snapshot = {
-            let mut topology = self.topology.lock().expect("topology lock poisoned");
+        self.update(|topology| {
             for region in &mut topology.regions {
                 for node in &mut region.nodes {
                     if node.name == node_name {
@@ -194,6 +202,23 @@ impl TopologyFile {
                     }
                 }
             }
+        });
+    }
+
+    fn set_gateway_pid(&self, gateway_name: &str, pid: Option<u32>) {
+        self.update(|topology| {
+            for gateway in &mut topology.gateways {
+                if gateway.name == gateway_name {
+                    gateway.pid = pid;
+                }
+            }
+        });
+    }
+
+    fn update(&self, change: impl FnOnce(&mut Topology)) {
+        let snapshot = {
+            let mut topology = self.topology.lock().expect("topology lock poisoned");
+            change(&mut topology);
             topology.clone()
         };
         if let Err(error) = snapshot.write_atomically(&self.path) {
@@ -234,6 +259,8 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     let mut topology = Topology::default();
     let mut plans = Vec::new();
     let nodes_total = args.regions * args.nodes_per_region;
+    // The gateway's port, then the nodes', the witness's, and the other gateways'.
+    let ports_total = nodes_total + 1 + args.gateways;
     for region_number in 1..=args.regions {
         let region = format!("r{region_number}");
         let region_dir = data.join(&region);
@@ -267,7 +294,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             let plan = NodePlan {
                 region: region.clone(),
                 // The gateway takes the deployment's port; the nodes the ones after it.
-                listen: SocketAddr::from((Ipv4Addr::LOCALHOST, node_port(args.port, node_index + 1, nodes_total + 2)?)),
+                listen: SocketAddr::from((Ipv4Addr::LOCALHOST, node_port(args.port, node_index + 1, ports_total)?)),
                 addr_file: node_dir.join("addr"),
                 data_dir: node_dir,
                 store_url: database.url.clone(),
@@ -335,7 +362,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     // nodes'. Three or more regions are a majority by themselves (a witness would only add a
     // voter to reach).
     if regions_total == 2 {
-        let port = node_port(args.port, nodes_total + 1, nodes_total + 2)?;
+        let port = node_port(args.port, nodes_total + 1, ports_total)?;
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port))
             .with_context(|| format!("127.0.0.1:{port} is not available for the witness; choose another --port"))?;
         listener.set_nonblocking(true)?;
@@ -394,8 +421,32 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         .with_context(|| format!("reading {}", admin_token_file.display()))?
         .trim()
         .to_string();
+    let extra_gateways =
+        plan_extra_gateways(&args, &data, &gateway_config, &admin_token_file, nodes_total, ports_total)?;
     let gateway = crate::gateway_cmd::spawn_gateway(gateway_listener, gateway_config, Some(gateway_token))?;
     topology.gateway_url = Some(format!("http://127.0.0.1:{}", args.port));
+    topology.gateways.push(crate::topology::GatewayTopology {
+        name: "g1".into(),
+        url: format!("http://127.0.0.1:{}", args.port),
+        pid: None,
+    });
+    let mut gateway_children = Vec::new();
+    for plan in &extra_gateways {
+        match spawn_gateway_process(&executable, plan) {
+            Ok(child) => {
+                topology.gateways.push(crate::topology::GatewayTopology {
+                    name: plan.name.clone(),
+                    url: plan.url(),
+                    pid: child.id(),
+                });
+                gateway_children.push((plan.clone(), child));
+            }
+            Err(error) => {
+                stop_clusters(clusters);
+                return Err(error);
+            }
+        }
+    }
 
     let mut running = Vec::new();
     let started = start_nodes(&executable, &plans, &mut running, &mut shutdown).await;
@@ -439,12 +490,24 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             println!("  region {} node {}: {}/", plan.region, plan.name, plan.url());
         }
     }
+    for plan in &extra_gateways {
+        println!("  gateway {}: {}/", plan.name, plan.url());
+    }
     let _ = std::io::stdout().flush();
 
-    let supervisors: Vec<_> = running
+    let mut supervisors: Vec<_> = running
         .into_iter()
         .map(|node| tokio::spawn(supervise(node, executable.clone(), topology_file.clone(), shutdown.clone())))
         .collect();
+    for (plan, child) in gateway_children {
+        supervisors.push(tokio::spawn(supervise_gateway(
+            plan,
+            child,
+            executable.clone(),
+            topology_file.clone(),
+            shutdown.clone(),
+        )));
+    }
     if let (Some(repo), Some(recipient)) = (&args.backup_repo, &args.backup_recipient) {
         let schedule = BackupSchedule {
             executable: executable.clone(),
@@ -643,20 +706,7 @@ fn spawn_node(executable: &Path, plan: &NodePlan) -> anyhow::Result<Child> {
         .process_group(0)
         // Backstop for paths that forget to stop a node; the orderly path sends SIGTERM first.
         .kill_on_drop(true);
-    let parent_pid = std::process::id();
-    // SAFETY: the closure runs in the forked child before exec and only makes two system calls
-    // (prctl, getppid), both async-signal-safe; it allocates nothing and takes no lock.
-    unsafe {
-        command.pre_exec(move || {
-            // If `up` dies without stopping the node (kill -9), the node gets SIGTERM and shuts
-            // down rather than holding its port for the next `up`.
-            nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(std::io::Error::from)?;
-            if nix::unistd::getppid().as_raw() as u32 != parent_pid {
-                return Err(std::io::Error::other("rananeeti up exited while starting a node"));
-            }
-            Ok(())
-        });
-    }
+    stop_with_up(&mut command);
     let child = command.spawn().with_context(|| format!("starting node {}", plan.name))?;
     tracing::info!(
         event = "node_started",
@@ -666,6 +716,23 @@ fn spawn_node(executable: &Path, plan: &NodePlan) -> anyhow::Result<Child> {
         "started node"
     );
     Ok(child)
+}
+
+/// If `up` dies without stopping the child (kill -9), the child gets SIGTERM and shuts down
+/// rather than holding its port for the next `up`.
+fn stop_with_up(command: &mut Command) {
+    let parent_pid = std::process::id();
+    // SAFETY: the closure runs in the forked child before exec and only makes two system calls
+    // (prctl, getppid), both async-signal-safe; it allocates nothing and takes no lock.
+    unsafe {
+        command.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(std::io::Error::from)?;
+            if nix::unistd::getppid().as_raw() as u32 != parent_pid {
+                return Err(std::io::Error::other("rananeeti up exited while starting a child process"));
+            }
+            Ok(())
+        });
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
