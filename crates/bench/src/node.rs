@@ -57,12 +57,25 @@ impl NodeProcess {
         listen: &str,
         extra_args: &[String],
     ) -> anyhow::Result<NodeProcess> {
+        NodeProcess::start_configured(binary, dir, store_url, rust_log, listen, extra_args, "").await
+    }
+
+    /// `start_with`, with more TOML for the node's configuration file (after its cafe section).
+    pub async fn start_configured(
+        binary: &Path,
+        dir: &Path,
+        store_url: &str,
+        rust_log: Option<&str>,
+        listen: &str,
+        extra_args: &[String],
+        more_config: &str,
+    ) -> anyhow::Result<NodeProcess> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let admin_token = format!("{:032x}", rand::random::<u128>());
         let token_file = dir.join("admin-token");
         std::fs::write(&token_file, &admin_token).with_context(|| format!("writing {}", token_file.display()))?;
         let config_file = dir.join("rananeeti.toml");
-        std::fs::write(&config_file, format!("[cafe]\nseats_per_slot = {SEATS_PER_SLOT}\n"))
+        std::fs::write(&config_file, format!("[cafe]\nseats_per_slot = {SEATS_PER_SLOT}\n{more_config}"))
             .with_context(|| format!("writing {}", config_file.display()))?;
         let addr_file = dir.join("addr");
         let log_file = dir.join("node.log");

@@ -73,9 +73,24 @@ pub struct RegionsCell {
     pub machine_busy: Option<f64>,
 }
 
+/// Clients writing back to back to region r1 in the durability comparison.
+pub const DURABILITY_CLIENTS: [usize; 3] = [1, 8, 32];
+/// The durabilities compared (`replication.durability`).
+pub const DURABILITIES: [&str; 2] = ["async", "region-sync"];
+
+/// One durability at one number of clients: closed-loop writes to r1 for the cell's time.
+pub struct DurabilityCell {
+    pub durability: &'static str,
+    pub clients: usize,
+    /// 201 (committed: under region-sync, held by r2 too) as ok; 202 (pending) as other.
+    pub answers: Tally,
+}
+
 pub struct StoreRun {
     pub store: &'static str,
     pub cells: Vec<RegionsCell>,
+    /// Committed writes/s and latency under `async` and `region-sync`, closed loop.
+    pub durability: Vec<DurabilityCell>,
     /// Reservations in each region's store at the end, and how many were acknowledged in all
     /// (201 or 202, warm-ups included): each region must hold every one.
     pub rows: [i64; 2],
@@ -222,7 +237,13 @@ async fn run_store(
     let servers: Vec<u32> = clusters.iter().filter_map(PgCluster::pid).collect();
     let stores: Vec<RegionStore> =
         store_urls.into_iter().zip(password_files).map(|(url, for_node)| RegionStore { url, for_node }).collect();
-    let result = run_regions(kind, plan, node_binary, dir, &stores, &servers, notes).await;
+    let mut result = run_regions(kind, plan, node_binary, dir, &stores, &servers, notes).await;
+    if let Ok(run) = &mut result {
+        match durability_cells(kind, plan, node_binary, dir, &stores, notes).await {
+            Ok(cells) => run.durability = cells,
+            Err(error) => result = Err(error.context("the durability comparison")),
+        }
+    }
     if !clusters.is_empty() {
         // pg_ctl stop blocks; keep it off the runtime's workers.
         tokio::task::spawn_blocking(move || drop(clusters)).await?;
@@ -237,15 +258,16 @@ struct RegionStore {
     for_node: Option<(String, std::path::PathBuf)>,
 }
 
-async fn run_regions(
+/// Starts both regions' nodes over `stores` (in `dir`), with `more_config` in each node's
+/// configuration file.
+async fn start_regions(
     kind: StoreKind,
     plan: &ReplicationPlan,
     node_binary: &Path,
     dir: &Path,
     stores: &[RegionStore],
-    servers: &[u32],
-    notes: &mut Vec<String>,
-) -> anyhow::Result<StoreRun> {
+    more_config: &str,
+) -> anyhow::Result<[Region; 2]> {
     let name = kind.as_str();
     let cluster_token_file = dir.join("cluster-token");
     std::fs::write(&cluster_token_file, format!("{:032x}", rand::random::<u128>()))
@@ -277,13 +299,14 @@ async fn run_regions(
             }
             None => stores[index].url.clone(),
         };
-        let node = NodeProcess::start_with(
+        let node = NodeProcess::start_configured(
             node_binary,
             &dir.join(region).join("node"),
             &node_url,
             plan.node_rust_log.as_deref(),
             &format!("127.0.0.1:{}", ports[index]),
             &extra_args,
+            more_config,
         )
         .await
         .with_context(|| format!("starting the node of region {region}"))?;
@@ -292,6 +315,20 @@ async fn run_regions(
         regions.push(Region { node, store_pool });
     }
     let regions: [Region; 2] = regions.try_into().map_err(|_| anyhow::anyhow!("two regions were started"))?;
+    Ok(regions)
+}
+
+async fn run_regions(
+    kind: StoreKind,
+    plan: &ReplicationPlan,
+    node_binary: &Path,
+    dir: &Path,
+    stores: &[RegionStore],
+    servers: &[u32],
+    notes: &mut Vec<String>,
+) -> anyhow::Result<StoreRun> {
+    let name = kind.as_str();
+    let regions = start_regions(kind, plan, node_binary, dir, stores, "").await?;
     let client =
         reqwest::Client::builder().pool_max_idle_per_host(IN_FLIGHT_PER_REGION_MAX).timeout(REQUEST_TIMEOUT).build()?;
     let reservations = Arc::new(Reservations::new());
@@ -335,7 +372,7 @@ async fn run_regions(
         store_pool.close().await;
         node.stop().with_context(|| format!("stopping the node of region {region}"))?;
     }
-    Ok(StoreRun { store: name, cells, rows, acknowledged })
+    Ok(StoreRun { store: name, cells, durability: Vec::new(), rows, acknowledged })
 }
 
 impl RegionsCell {
@@ -357,6 +394,55 @@ enum Answer {
         latency: Duration,
     },
     Failed(String),
+}
+
+/// `async` beside `region-sync` on the same stores: for each, a fresh pair of nodes and
+/// closed-loop writers to r1 (each sends its next reservation when the last is answered), so the
+/// figures are what a caller waits for a committed write, and how many a region commits.
+async fn durability_cells(
+    kind: StoreKind,
+    plan: &ReplicationPlan,
+    node_binary: &Path,
+    dir: &Path,
+    stores: &[RegionStore],
+    notes: &mut Vec<String>,
+) -> anyhow::Result<Vec<DurabilityCell>> {
+    let name = kind.as_str();
+    let mut cells = Vec::new();
+    for durability in DURABILITIES {
+        let pair_dir = dir.join(format!("durability-{durability}"));
+        std::fs::create_dir_all(&pair_dir).with_context(|| format!("creating {}", pair_dir.display()))?;
+        let config = format!("[replication]\ndurability = \"{durability}\"\n");
+        let regions = start_regions(kind, plan, node_binary, &pair_dir, stores, &config).await?;
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(IN_FLIGHT_PER_REGION_MAX)
+            .timeout(REQUEST_TIMEOUT)
+            .build()?;
+        let reservations = Arc::new(Reservations::new());
+        let url = regions[0].node.reservations_url();
+        for clients in DURABILITY_CLIENTS {
+            let warm = crate::load::Stop::After(plan.warmup);
+            let _ = crate::load::run(&client, &url, clients, warm, StatusCode::CREATED, &reservations).await;
+            let stop = crate::load::Stop::After(plan.cell);
+            let mut answers = crate::load::run(&client, &url, clients, stop, StatusCode::CREATED, &reservations).await;
+            let (p50, p99) = (answers.latency_percentile_ms(50.0), answers.latency_percentile_ms(99.0));
+            progress(format!(
+                "{name} {durability}, {clients} clients: {} committed/s, {} pending, {} errors; p50 {} ms, p99 {} ms",
+                rate(answers.ok_per_second()),
+                answers.other.values().sum::<u64>(),
+                answers.errors,
+                ms(p50),
+                ms(p99),
+            ));
+            note_write_errors(notes, &format!("{name} {durability} with {clients} clients"), &answers);
+            cells.push(DurabilityCell { durability, clients, answers });
+        }
+        for (region, Region { node, store_pool }) in REGIONS.into_iter().zip(regions) {
+            store_pool.close().await;
+            node.stop().with_context(|| format!("stopping the {durability} node of region {region}"))?;
+        }
+    }
+    Ok(cells)
 }
 
 /// `rate_per_second` in all for `duration`, half to each region; each acknowledged write is
@@ -643,6 +729,53 @@ impl ReplicationReport {
                         (Some(ours), Some(theirs)) if theirs > 0.0 => format!("{:.1}x", ours / theirs),
                         _ => "n/a".to_string(),
                     }
+                );
+            }
+        }
+
+        let _ = writeln!(out, "\n### Durability: region-sync beside async (closed loop, writes to r1)\n");
+        let _ = writeln!(
+            out,
+            "| store | clients | async committed/s | p50 / p99 ms | region-sync committed/s | 202 pending | p50 / p99 ms | committed/s ratio region-sync / async | p99 ratio |"
+        );
+        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for store in &mut self.stores {
+            for clients in DURABILITY_CLIENTS {
+                let mut figures = Vec::new();
+                for durability in DURABILITIES {
+                    let Some(cell) = store
+                        .durability
+                        .iter_mut()
+                        .find(|cell| cell.durability == durability && cell.clients == clients)
+                    else {
+                        continue;
+                    };
+                    let (p50, p99) =
+                        (cell.answers.latency_percentile_ms(50.0), cell.answers.latency_percentile_ms(99.0));
+                    let pending: u64 = cell.answers.other.values().sum();
+                    figures.push((cell.answers.ok_per_second(), pending, p50, p99));
+                }
+                let [(async_rate, _, async_p50, async_p99), (sync_rate, sync_pending, sync_p50, sync_p99)] =
+                    figures[..]
+                else {
+                    continue;
+                };
+                let ratio = |ours: Option<f64>, theirs: Option<f64>| match (ours, theirs) {
+                    (Some(ours), Some(theirs)) if theirs > 0.0 => format!("{:.2}x", ours / theirs),
+                    _ => "n/a".to_string(),
+                };
+                let _ = writeln!(
+                    out,
+                    "| {} | {clients} | {} | {} / {} | {} | {sync_pending} | {} / {} | {} | {} |",
+                    store.store,
+                    rate(async_rate),
+                    ms(async_p50),
+                    ms(async_p99),
+                    rate(sync_rate),
+                    ms(sync_p50),
+                    ms(sync_p99),
+                    ratio(Some(sync_rate), Some(async_rate)),
+                    ratio(sync_p99, async_p99),
                 );
             }
         }
