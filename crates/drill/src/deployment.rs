@@ -21,7 +21,7 @@ impl std::fmt::Debug for AdminToken {
 }
 
 impl AdminToken {
-    fn read(path: &Path) -> Result<AdminToken, DrillError> {
+    pub(crate) fn read(path: &Path) -> Result<AdminToken, DrillError> {
         let token = std::fs::read_to_string(path)
             .map_err(|source| DrillError::Io { what: format!("reading {}", path.display()), source })?;
         let token = token.trim();
@@ -29,6 +29,11 @@ impl AdminToken {
             return Err(DrillError::Deployment(format!("{} is empty", path.display())));
         }
         Ok(AdminToken(token.to_string()))
+    }
+
+    /// The token itself, for an `Authorization: Bearer` header. Never log it.
+    pub(crate) fn expose(&self) -> &str {
+        &self.0
     }
 }
 

@@ -161,8 +161,16 @@ fn log_tail(path: &Path) -> String {
 }
 
 /// Asks the restored deployment for each id until each is committed or rejected there, bounded;
-/// answers the ids it does not serve.
-async fn unserved(run: &FaultRun<'_>, gateway: &str, ids: BTreeSet<String>) -> Result<BTreeSet<String>, DrillError> {
+/// answers the ids it does not serve. The status of a command is the admin's to read whoever
+/// wrote it, so it asks with the token the restored `up` keeps in its own directory (a backup
+/// carries no secret: the restored deployment has a token of its own).
+async fn unserved(
+    run: &FaultRun<'_>,
+    gateway: &str,
+    restored: &Path,
+    ids: BTreeSet<String>,
+) -> Result<BTreeSet<String>, DrillError> {
+    let token = crate::deployment::AdminToken::read(&restored.join("admin-token"))?;
     let client = reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(5))
@@ -175,8 +183,9 @@ async fn unserved(run: &FaultRun<'_>, gateway: &str, ids: BTreeSet<String>) -> R
             .map(|id| {
                 let client = client.clone();
                 let url = format!("{gateway}/api/commands/{id}");
+                let request = client.get(&url).bearer_auth(token.expose());
                 async move {
-                    let served = match client.get(&url).send().await {
+                    let served = match request.send().await {
                         Ok(response) if response.status().is_success() => response
                             .json::<Value>()
                             .await
@@ -236,7 +245,7 @@ pub(super) async fn restore(run: &FaultRun<'_>) -> Result<Injected, DrillError> 
         "restored deployment up at {gateway} after {start_seconds:.1} s; reading every restored write"
     ));
     let writes_checked = before.len();
-    let missing = unserved(run, &gateway, before).await;
+    let missing = unserved(run, &gateway, &into, before).await;
     let serving_seconds = started.elapsed().as_secs_f64();
     restored.stop().await;
     let missing = missing?;
