@@ -18,6 +18,10 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const LB_START_TIMEOUT: Duration = Duration::from_secs(10);
+/// Ports tried when a proxy exits at start (its port taken by another test between the two).
+const LB_START_ATTEMPTS_MAX: usize = 5;
+/// How long a started proxy must stay up to count as listening on its own port.
+const LB_SETTLE: Duration = Duration::from_millis(200);
 /// Longer than the exported response timeout (3 s) plus a retry.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(15);
 const REQUEST_HEAD_BYTES_MAX: usize = 16 * 1024;
@@ -50,8 +54,20 @@ struct Lb {
 
 impl Lb {
     /// Exports the configuration for the deployment in `data`, checks it with the proxy's own
-    /// checker (`nginx -t`, `haproxy -c`), starts the proxy and waits until it answers.
+    /// checker (`nginx -t`, `haproxy -c`), starts the proxy and waits until it answers. A free
+    /// port can be taken by another test's process before the proxy binds it (the suite starts
+    /// many servers at once): a proxy that exits at start is tried again on another port.
     async fn start(kind: Kind, data: &Path) -> Lb {
+        for _ in 1..LB_START_ATTEMPTS_MAX {
+            if let Some(lb) = Lb::try_start(kind, data).await {
+                return lb;
+            }
+        }
+        Lb::try_start(kind, data).await.unwrap_or_else(|| panic!("{} exited at start on every port tried", kind.name()))
+    }
+
+    /// One start on a fresh port: None when the proxy exited before it was listening for good.
+    async fn try_start(kind: Kind, data: &Path) -> Option<Lb> {
         let dir = tempfile::tempdir().unwrap();
         let port = free_loopback_port().unwrap();
         let listen = format!("127.0.0.1:{port}");
@@ -101,13 +117,27 @@ impl Lb {
             .stderr(Stdio::from(log))
             .spawn()
             .unwrap();
-        let lb = Lb { kind, child, url: format!("http://{listen}"), dir };
+        let mut lb = Lb { kind, child, url: format!("http://{listen}"), dir };
         let deadline = Instant::now() + LB_START_TIMEOUT;
         while tokio::net::TcpStream::connect(&listen).await.is_err() {
+            if lb.exited() {
+                eprintln!("{} exited at start on {listen}:\n{}", kind.name(), lb.log());
+                return None;
+            }
             assert!(Instant::now() < deadline, "{} did not listen on {listen}:\n{}", kind.name(), lb.log());
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        lb
+        // What answered may be another process on that port while the proxy fails to bind it.
+        tokio::time::sleep(LB_SETTLE).await;
+        if lb.exited() {
+            eprintln!("{} exited at start on {listen} (port taken?):\n{}", kind.name(), lb.log());
+            return None;
+        }
+        Some(lb)
+    }
+
+    fn exited(&mut self) -> bool {
+        self.child.try_wait().ok().flatten().is_some()
     }
 
     fn log(&self) -> String {
