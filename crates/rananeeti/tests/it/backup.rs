@@ -91,9 +91,9 @@ async fn reservations_after_restore(into: &Path, regions: u32, store: &str) -> B
     committed
 }
 
-async fn round_trip(store: &str, restore_store: &str) {
+async fn round_trip(regions: u32, store: &str, restore_store: &str) {
     sqlx::any::install_default_drivers();
-    let up = start_up(2, 1, store).await;
+    let up = start_up(regions, 1, store).await;
     let dir = tempfile::tempdir().unwrap();
     let (key, public) = keygen(dir.path());
     let repo = format!("file://{}", dir.path().join("repo").display());
@@ -101,17 +101,12 @@ async fn round_trip(store: &str, restore_store: &str) {
     // Writes before the backup (some queued: one node's store is down), and during it.
     let client = reqwest::Client::new();
     let mut before = BTreeSet::new();
-    let r1 = up.region_urls(0)[0].clone();
-    let r2 = up.region_urls(1)[0].clone();
+    let urls: Vec<String> = (0..regions as usize).map(|region| up.region_urls(region)[0].clone()).collect();
+    let (r1, r2) = (urls[0].clone(), urls[1].clone());
     for i in 0..30 {
-        let answer = crate::support::post_reservation(
-            &client,
-            if i % 2 == 0 { &r1 } else { &r2 },
-            &reservation("before", i),
-            false,
-        )
-        .await
-        .unwrap();
+        let answer = crate::support::post_reservation(&client, &urls[i % urls.len()], &reservation("before", i), false)
+            .await
+            .unwrap();
         assert_eq!(answer.status, 201);
         before.insert(answer.id());
     }
@@ -180,11 +175,11 @@ async fn round_trip(store: &str, restore_store: &str) {
         restore_store,
     ]));
     drop(up);
-    let restored = reservations_after_restore(&into, 2, restore_store).await;
+    let restored = reservations_after_restore(&into, regions, restore_store).await;
     let missing: Vec<&String> = before.iter().filter(|id| !restored.contains(*id)).collect();
     assert!(missing.is_empty(), "every write acknowledged before the backup is restored; missing {missing:?}");
     println!(
-        "round trip {store} -> {restore_store}: {} acknowledged before, {} during, {} restored",
+        "round trip of {regions} regions, {store} -> {restore_store}: {} acknowledged before, {} during, {} restored",
         before.len(),
         during.lock().unwrap().len(),
         restored.len()
@@ -193,17 +188,24 @@ async fn round_trip(store: &str, restore_store: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn backup_round_trip_sqlite() {
-    round_trip("sqlite", "sqlite").await;
+    round_trip(2, "sqlite", "sqlite").await;
+}
+
+/// Three regions (no witness: they are a majority by themselves) back up and restore every
+/// region's database and queue, and the restored deployment starts with three regions again.
+#[tokio::test(flavor = "multi_thread")]
+async fn backup_round_trip_three_regions_sqlite() {
+    round_trip(3, "sqlite", "sqlite").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn backup_round_trip_postgres() {
-    round_trip("postgres", "postgres").await;
+    round_trip(2, "postgres", "postgres").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn backup_round_trip_sqlite_to_postgres() {
-    round_trip("sqlite", "postgres").await;
+    round_trip(2, "sqlite", "postgres").await;
 }
 
 /// A one-region SQLite deployment holding 20 committed reservations named after `label`.

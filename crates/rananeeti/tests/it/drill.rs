@@ -336,6 +336,38 @@ async fn drill_store_scenarios_lose_and_double_nothing_on_postgres() {
     assert_eq!(scenario(&report, "restore")["restore"]["missing"], 0);
 }
 
+/// Three regions (no witness): the checker looks in every region's database, and a region killed,
+/// cut off or cut from replication loses and doubles nothing in any of the three.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_drill_on_three_regions_loses_and_doubles_nothing() {
+    let _one = ONE_DRILL_AT_A_TIME.lock().await;
+    let up = start(3, 1, "sqlite", &[], &[]).await;
+    let (output, report, _out) = drill_with_report(
+        &up,
+        &[
+            "--scenario",
+            "region-kill",
+            "--scenario",
+            "partition",
+            "--scenario",
+            "replication-cut",
+            "--duration",
+            "2",
+            "--rate",
+            "40",
+        ],
+    );
+    assert_report_fields(&report);
+    assert_data_targets_met(&report, &output);
+    for name in ["region-kill", "partition", "replication-cut"] {
+        let run = scenario(&report, name);
+        let regions: Vec<&str> =
+            run["rpo"].as_array().unwrap().iter().map(|region| region["region"].as_str().unwrap()).collect();
+        assert_eq!(regions, ["r1", "r2", "r3"], "{name} checked every region's database: {run:#}");
+        assert!(run["writes"]["acknowledged"].as_u64().unwrap() > 0, "{name} took writes: {run:#}");
+    }
+}
+
 /// The checker tested against itself: node r1-n1 drops its 6th reservation before COMMIT and
 /// answers it committed; r1-n2 applies its 6th twice (the test-only faults of the platform).
 #[tokio::test(flavor = "multi_thread")]
