@@ -1,4 +1,4 @@
-//! The bookstore's JSON API (DESIGN.md "External contract"), documented in `openapi.json`.
+//! The bookstore's JSON API (docs/design.md "External contract"), documented in `openapi.json`.
 
 use crate::auth::{self, Session, SessionKey};
 use crate::catalog::{self, book_from_row, Book, BOOK_COLUMNS};

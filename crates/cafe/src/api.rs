@@ -1,4 +1,4 @@
-//! The cafe's JSON API (DESIGN.md "External contract").
+//! The cafe's JSON API (docs/design.md "External contract").
 
 use crate::closure::{self, ClosurePayload};
 use crate::domain::{FieldError, ReservationRequest};

@@ -150,7 +150,7 @@ pub(crate) fn latency_by_request(samples: &[Sample]) -> BTreeMap<String, Latency
         .collect()
 }
 
-/// Writes without one of the promised answers within `budget_ms` (DESIGN.md promise 2:
+/// Writes without one of the promised answers within `budget_ms` (docs/design.md promise 2:
 /// committed, duplicate, pending, or refused with a reason): answered late, answered with a
 /// server error, 408 or 429, or not answered at all.
 pub(crate) fn writes_unanswered_within_budget(samples: &[Sample], budget_ms: u32) -> u64 {

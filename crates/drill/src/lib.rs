@@ -1,4 +1,4 @@
-//! Drills (DESIGN.md promise 6): against a deployment `rananeeti up` runs, a workload through
+//! Drills (docs/design.md promise 6): against a deployment `rananeeti up` runs, a workload through
 //! the gateway, a fault injected at a known moment and healed, the queues and replication
 //! settled, then every acknowledged write checked in every region's database; the figures
 //! (RTO, RPO, lost, duplicated, stuck, latency) beside their targets, as JSON and HTML.

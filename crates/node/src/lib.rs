@@ -1,7 +1,8 @@
 //! The node's HTTP edge: the server, `/healthz`, `/readyz`, `/metrics`, the admin API, the one
 //! error type, and the interface apps implement to mount their pages and API.
 //!
-//! Only this crate and the apps' `web` modules know HTTP; the platform never sees axum types.
+//! Only this crate and the apps' HTTP edges (their `api` and `pages` modules) know HTTP; the
+//! platform never sees axum types.
 
 pub mod admin;
 pub mod app;

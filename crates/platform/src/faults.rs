@@ -1,4 +1,4 @@
-//! Injected faults of this node (DESIGN.md "Faults"), set through the admin API.
+//! Injected faults of this node (docs/design.md "Faults"), set through the admin API.
 
 use rand::Rng;
 use std::sync::atomic::{AtomicBool, Ordering};

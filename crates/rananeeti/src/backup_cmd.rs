@@ -1,4 +1,4 @@
-//! `rananeeti backup ...`: keys, create, list, verify, restore, prune (DESIGN.md "External
+//! `rananeeti backup ...`: keys, create, list, verify, restore, prune (docs/design.md "External
 //! contract"). The deployment side lives here (topology, local PostgreSQL clusters, node queues);
 //! the format, encryption and repository are `rananeeti-backup`'s.
 

@@ -23,7 +23,7 @@ pub const NODE_START_TIMEOUT: Duration = Duration::from_secs(20);
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest any one HTTP request of a test may take before it counts as unanswered.
 pub const HTTP_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// The node's default submit budget (DESIGN.md promise 2); the tests run with the defaults.
+/// The node's default submit budget (docs/design.md promise 2); the tests run with the defaults.
 pub const SUBMIT_BUDGET: Duration = Duration::from_millis(2000);
 /// Between two looks at something a test waits for.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
