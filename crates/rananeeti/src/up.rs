@@ -559,7 +559,25 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             }
         }
     }
+    // The control socket is there before topology.json says the deployment is up, so a deploy
+    // can follow it at once; its requests wait for the supervisors, started below.
+    let mut slots = Vec::new();
+    let mut slot_requests = Vec::new();
+    for node in &running {
+        let (requests, received) = tokio::sync::mpsc::channel(1);
+        slots.push(deploy::Slot { name: node.plan.slot.clone(), requests });
+        slot_requests.push(received);
+    }
+    let control_socket = match deploy::serve_control(&data, slots, shutdown.clone()) {
+        Ok(path) => path,
+        Err(error) => {
+            stop_nodes(&mut running).await;
+            stop_clusters(clusters);
+            return Err(error);
+        }
+    };
     if let Err(error) = topology.write_atomically(&topology_path) {
+        let _ = remove_if_exists(&control_socket);
         stop_nodes(&mut running).await;
         stop_clusters(clusters);
         return Err(error);
@@ -580,12 +598,10 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     let _ = std::io::stdout().flush();
 
     let deployer = deploy::Deployer::new(admin_token_file.clone(), extra_gateways.clone())?;
-    let mut slots = Vec::new();
     let mut supervisors: Vec<_> = running
         .into_iter()
-        .map(|node| {
-            let (requests, received) = tokio::sync::mpsc::channel(1);
-            slots.push(deploy::Slot { name: node.plan.slot.clone(), requests });
+        .zip(slot_requests)
+        .map(|(node, received)| {
             tokio::spawn(supervise(
                 node,
                 executable.clone(),
@@ -596,7 +612,6 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             ))
         })
         .collect();
-    let control_socket = deploy::serve_control(&data, slots, shutdown.clone())?;
     for (plan, child) in gateway_children {
         supervisors.push(tokio::spawn(supervise_gateway(
             plan,
