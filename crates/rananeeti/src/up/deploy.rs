@@ -157,6 +157,9 @@ impl Deployer {
         let next = old.next_generation();
         let token = self.token()?;
         let gateways = topology.gateway_urls();
+        // A node whose store is down or whose queue holds writes is not rolled: its queue lives
+        // in its home, which the new node does not open, so it must be empty when it stops.
+        ready_to_leave(&self.client, &old.url()).await.with_context(|| format!("{} is not rolled", old.name))?;
         roll.emit("starting", None).await;
         let child = spawn_node(binary, &next)?;
         let mut new = RunningNode { plan: next.clone(), child: Some(child), started_at: Instant::now() };
@@ -452,6 +455,19 @@ async fn wait_until_serving(
         }
         pause(shutdown).await?;
     }
+}
+
+/// The node's `/readyz`: its store up and its queue empty, or why not.
+async fn ready_to_leave(client: &reqwest::Client, url: &str) -> anyhow::Result<()> {
+    let body: serde_json::Value =
+        client.get(format!("{url}/readyz")).send().await.context("GET /readyz")?.json().await.context("GET /readyz")?;
+    if body["store"] != "up" {
+        bail!("its store is {} (deploy again once it is up)", body["store"]);
+    }
+    if body["queue_depth"].as_u64() != Some(0) {
+        bail!("its queue holds {} write(s) not yet in the store (deploy again once it drains)", body["queue_depth"]);
+    }
+    Ok(())
 }
 
 /// Until the node's `/readyz` says its queue is empty, within `QUEUE_EMPTY_TIMEOUT`.

@@ -263,3 +263,54 @@ async fn a_new_binary_that_cannot_start_stops_the_roll_and_the_old_nodes_serve()
     let read = client().get(format!("{base}/api/books?limit=5")).send().await.unwrap();
     assert_eq!(read.status(), 200);
 }
+
+/// POST /admin/faults on one node.
+async fn set_store(up: &Up, node: &NodeTopology, state: &str) {
+    let response = client()
+        .post(format!("{}/admin/faults", node.url))
+        .bearer_auth(&up.token)
+        .json(&serde_json::json!({ "db": state }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "db {state} on {}", node.name);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_with_queued_writes_is_not_rolled_until_they_are_in_the_store() {
+    let up = start_up(2, 2, "sqlite").await;
+    let before = topology(&up);
+    let first = before.regions[0].nodes[0].clone();
+    set_store(&up, &first, "down").await;
+    let mut queued = BTreeSet::new();
+    for i in 0..5 {
+        let answer = client()
+            .post(format!("{}/api/cafe/reservations", first.url))
+            .json(&reservation("deploy-queued", i))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 202, "with its store down, {} queues the booking", first.name);
+        let body: Value = answer.json().await.unwrap();
+        queued.insert(body["id"].as_str().unwrap().to_string());
+    }
+
+    let (ok, stdout, stderr) = deploy(&up.data_dir(), &[]).await;
+    assert!(!ok, "a node with queued writes must not be rolled:\n{stdout}\n{stderr}");
+    assert!(stderr.contains(&format!("{} is not rolled", first.name)), "{stderr}");
+    assert_eq!(topology(&up), before, "nothing changed");
+
+    set_store(&up, &first, "up").await;
+    // As the refusal says: deploy again once the store is back and the queue drained.
+    crate::support::eventually("the node's store up and its queue empty", Duration::from_secs(30), || async {
+        let readyz: Value = client().get(format!("{}/readyz", first.url)).send().await.ok()?.json().await.ok()?;
+        (readyz["store"] == "up" && readyz["queue_depth"] == 0).then_some(())
+    })
+    .await;
+    let (ok, stdout, stderr) = deploy(&up.data_dir(), &[]).await;
+    assert!(ok, "once its queue drained, the roll goes through:\n{stdout}\n{stderr}\n{}", up.log());
+    assert!(pids(&before).is_disjoint(&pids(&topology(&up))), "every node was replaced");
+    for region in 0..2 {
+        up.assert_each_once(region, &queued).await;
+    }
+}
