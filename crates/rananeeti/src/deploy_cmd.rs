@@ -83,21 +83,23 @@ fn describe(step: &DeployStep) -> String {
         "plan" => format!(
             "would replace {} (pid {}) with {} on {} running {}",
             step.node,
-            pid(step.pid),
+            pid(step.old_pid),
             step.new_node,
             step.new_url,
             step.binary.display()
         ),
-        "starting" => format!("starting {} on {} ({})", step.new_node, step.new_url, step.binary.display()),
+        "start_new" => {
+            format!("starting {} on {} ({}, {})", step.new_node, step.new_url, step.binary.display(), step.to_version)
+        }
         "ready" => format!("{} (pid {}) is ready", step.new_node, pid(step.new_pid)),
-        "registered" => format!("{} registered with the gateways", step.new_node),
+        "added" => format!("{} added to the gateways", step.new_node),
         "draining" => format!("draining {} at the gateways", step.node),
         "drained" => format!("{} has no request in flight", step.node),
         "queue_empty" => format!("{}'s queue is empty", step.node),
-        "stopped" => format!("{} (pid {}) stopped", step.node, pid(step.pid)),
+        "stopped" => format!("{} (pid {}) stopped", step.node, pid(step.old_pid)),
         "removed" => format!("{} removed from the gateways", step.node),
         "done" => format!("{} replaced by {}", step.node, step.new_node),
-        "failed" => format!("{} could not be replaced", step.node),
+        "stopped_roll" => format!("the roll stopped at {}", step.node),
         other => other.to_string(),
     };
     match &step.detail {

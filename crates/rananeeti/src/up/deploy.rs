@@ -41,6 +41,8 @@ const GATEWAY_HEALTHY_TIMEOUT: Duration = Duration::from_secs(10);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the old node's queue gets to drain before SIGTERM.
 const QUEUE_EMPTY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bound on `BINARY --version`.
+const VERSION_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause between two polls of a gateway or a node.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// How long a slot gets to finish its roll (its steps are bounded; its node may be restarting).
@@ -59,20 +61,22 @@ pub struct DeployRequest {
 /// One step of a roll, as logged (`deploy_step`, docs/logs.md) and sent to the deploy.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct DeployStep {
-    /// `plan`, `starting`, `ready`, `registered`, `draining`, `drained`, `queue_empty`,
-    /// `stopped`, `removed`, `done`, `failed`.
+    /// `plan`, `start_new`, `ready`, `added`, `draining`, `drained`, `queue_empty`, `stopped`,
+    /// `removed`, `done`, `stopped_roll` (docs/logs.md).
     pub step: String,
     pub region: String,
     pub slot: String,
     /// The node being replaced, and its pid.
     pub node: String,
-    pub pid: Option<u32>,
+    pub old_pid: Option<u32>,
     /// Its replacement, its URL and pid once it runs.
     pub new_node: String,
     pub new_url: String,
     pub new_pid: Option<u32>,
-    /// The binary the replacement runs.
+    /// The binary the replacement runs, and what `--version` says of the old and the new one.
     pub binary: PathBuf,
+    pub from_version: String,
+    pub to_version: String,
     /// What a person should know about this step (a wait that ran out, why it failed).
     pub detail: Option<String>,
 }
@@ -122,7 +126,10 @@ impl Deployer {
         shutdown: &mut watch::Receiver<bool>,
     ) {
         let binary = request.binary.clone().unwrap_or_else(|| executable.clone());
-        let mut roll = Roll { step: DeployStep::new(node, &binary), progress: &request.progress };
+        let mut step = DeployStep::new(node, &binary);
+        step.from_version = version_of(executable).await;
+        step.to_version = version_of(&binary).await;
+        let mut roll = Roll { step, progress: &request.progress };
         let outcome = if request.dry_run {
             roll.emit("plan", Some(format!("data directory {}", node.plan.other_data_dir.display()))).await;
             Ok(())
@@ -138,7 +145,7 @@ impl Deployer {
             }
             Err(error) => {
                 let error = format!("{error:#}");
-                roll.emit("failed", Some(error.clone())).await;
+                roll.emit("stopped_roll", Some(error.clone())).await;
                 Err(error)
             }
         };
@@ -160,7 +167,7 @@ impl Deployer {
         // A node whose store is down or whose queue holds writes is not rolled: its queue lives
         // in its home, which the new node does not open, so it must be empty when it stops.
         ready_to_leave(&self.client, &old.url()).await.with_context(|| format!("{} is not rolled", old.name))?;
-        roll.emit("starting", None).await;
+        roll.emit("start_new", None).await;
         let child = spawn_node(binary, &next)?;
         let mut new = RunningNode { plan: next.clone(), child: Some(child), started_at: Instant::now() };
         roll.step.new_pid = new.child.as_ref().and_then(Child::id);
@@ -177,7 +184,7 @@ impl Deployer {
                 self.register(gateway, &token, &next.region, &next.name, &next.url()).await?;
             }
             self.rewrite_gateway_configs(topology);
-            roll.emit("registered", Some(format!("at {} gateway(s)", gateways.len()))).await;
+            roll.emit("added", Some(format!("at {} gateway(s)", gateways.len()))).await;
             self.wait_healthy(&gateways, &token, &next.name, shutdown).await?;
             for gateway in &gateways {
                 self.gateway_call(gateway, &token, reqwest::Method::POST, &format!("/admin/nodes/{}/drain", old.name))
@@ -369,34 +376,40 @@ impl Roll<'_> {
         self.step.detail = detail;
         let step = &self.step;
         let detail = step.detail.as_deref().unwrap_or("");
-        if step.step == "failed" {
+        if step.step == "stopped_roll" {
             tracing::error!(
                 event = "deploy_step",
                 step = %step.step,
+                outcome = "failed",
+                error = detail,
                 region = %step.region,
                 slot = %step.slot,
                 node = %step.node,
-                pid = step.pid,
+                old_pid = step.old_pid,
                 new_node = %step.new_node,
                 new_url = %step.new_url,
                 new_pid = step.new_pid,
                 binary = %step.binary.display(),
-                detail,
-                "deploy step failed"
+                from_version = %step.from_version,
+                to_version = %step.to_version,
+                "deploy stopped"
             );
         } else {
             tracing::info!(
                 event = "deploy_step",
                 step = %step.step,
+                outcome = "ok",
+                detail,
                 region = %step.region,
                 slot = %step.slot,
                 node = %step.node,
-                pid = step.pid,
+                old_pid = step.old_pid,
                 new_node = %step.new_node,
                 new_url = %step.new_url,
                 new_pid = step.new_pid,
                 binary = %step.binary.display(),
-                detail,
+                from_version = %step.from_version,
+                to_version = %step.to_version,
                 "deploy step"
             );
         }
@@ -413,13 +426,28 @@ impl DeployStep {
             region: node.plan.region.clone(),
             slot: node.plan.slot.clone(),
             node: node.plan.name.clone(),
-            pid: node.child.as_ref().and_then(Child::id),
+            old_pid: node.child.as_ref().and_then(Child::id),
             new_node: next.name.clone(),
             new_url: next.url(),
             new_pid: None,
             binary: binary.to_path_buf(),
+            from_version: String::new(),
+            to_version: String::new(),
             detail: None,
         }
+    }
+}
+
+/// What `binary --version` prints (`rananeeti 0.1.0 (commit ...)`), or `unknown`.
+async fn version_of(binary: &Path) -> String {
+    let output = tokio::process::Command::new(binary)
+        .arg("--version")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    match tokio::time::timeout(VERSION_TIMEOUT, output).await {
+        Ok(Ok(output)) if output.status.success() => String::from_utf8_lossy(&output.stdout).trim().to_string(),
+        _ => "unknown".to_string(),
     }
 }
 

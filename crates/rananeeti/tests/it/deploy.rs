@@ -4,7 +4,7 @@
 //! exactly once; `--dry-run` changes nothing; a new binary that cannot start stops the roll with
 //! the old nodes serving.
 
-use crate::regions::{start_up, Up};
+use crate::regions::{start_up, start_up_with_args, Up};
 use crate::support::reservation;
 use nix::sys::signal::kill;
 use nix::unistd::Pid;
@@ -152,7 +152,7 @@ fn executable_of(pid: u32) -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_rolls_under_load_replace_every_node_and_lose_nothing() {
-    let up = start_up(2, 2, "sqlite").await;
+    let up = start_up_with_args(2, 2, "sqlite", &["--log-format".to_string(), "json".to_string()]).await;
     let data = up.data_dir();
     let base = up.topology.gateway_url.clone().unwrap();
     let stop = Arc::new(AtomicBool::new(false));
@@ -214,6 +214,32 @@ async fn two_rolls_under_load_replace_every_node_and_lose_nothing() {
     for region in 0..2 {
         up.assert_each_once(region, &seen.acknowledged).await;
     }
+    assert_steps_logged(&up.log(), 2 * 4);
+}
+
+/// `up`'s JSON log has each step of every slot's roll `rolls` times, as `deploy_step` events
+/// with only the fields docs/logs.md documents.
+fn assert_steps_logged(log: &str, rolls: usize) {
+    let documented = crate::logs::documented_events();
+    let fields = documented.get("deploy_step").expect("docs/logs.md documents deploy_step");
+    let steps: Vec<Value> = log
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|line| line["fields"]["event"] == "deploy_step")
+        .collect();
+    for step in &steps {
+        for field in step["fields"].as_object().unwrap().keys() {
+            assert!(
+                field == "message" || field == "event" || fields.contains(field),
+                "undocumented field {field}: {step}"
+            );
+        }
+        assert_eq!(step["fields"]["outcome"], "ok", "{step}");
+    }
+    for name in ["start_new", "ready", "added", "draining", "drained", "queue_empty", "stopped", "removed", "done"] {
+        let count = steps.iter().filter(|step| step["fields"]["step"] == name).count();
+        assert_eq!(count, rolls, "deploy_step {name} once per slot and roll");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -234,7 +260,10 @@ async fn a_dry_run_prints_the_plan_and_changes_nothing() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(topology(&up), before, "topology.json is unchanged");
     assert_eq!(gateway_nodes(&up).await, names(&before), "the gateway routes to the same nodes, none drained");
-    assert!(!up.log().contains("step=starting") && !up.log().contains("\"step\":\"starting\""), "no node was started");
+    assert!(
+        !up.log().contains("step=start_new") && !up.log().contains("\"step\":\"start_new\""),
+        "no node was started"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
