@@ -85,7 +85,7 @@ pub struct DeployStep {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum DeployMessage {
-    Step(DeployStep),
+    Step(Box<DeployStep>),
     Done { ok: bool, error: Option<String> },
 }
 
@@ -414,7 +414,7 @@ impl Roll<'_> {
             );
         }
         // A deploy that went away does not stop the roll: the log still has every step.
-        let _ = self.progress.send(DeployMessage::Step(step.clone())).await;
+        let _ = self.progress.send(DeployMessage::Step(Box::new(step.clone()))).await;
     }
 }
 

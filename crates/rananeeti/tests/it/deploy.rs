@@ -116,9 +116,13 @@ fn topology(up: &Up) -> Topology {
     Topology::read(&up.data_dir().join("topology.json")).unwrap()
 }
 
-/// Which nodes each gateway of the deployment routes to, and whether any is drained.
+/// Which nodes the deployment's (first) gateway routes to, and whether any is drained.
 async fn gateway_nodes(up: &Up) -> Vec<(String, bool)> {
-    let base = up.topology.gateway_url.clone().unwrap();
+    nodes_at(up, &up.topology.gateway_url.clone().unwrap()).await
+}
+
+/// Which nodes the gateway at `base` routes to, and whether any is drained.
+async fn nodes_at(up: &Up, base: &str) -> Vec<(String, bool)> {
     let view: Value = client()
         .get(format!("{base}/admin/topology"))
         .bearer_auth(&up.token)
@@ -152,7 +156,10 @@ fn executable_of(pid: u32) -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_rolls_under_load_replace_every_node_and_lose_nothing() {
-    let up = start_up_with_args(2, 2, "sqlite", &["--log-format".to_string(), "json".to_string()]).await;
+    // Two gateways: the one inside `up` takes the load, the second is a process of its own.
+    let flags = ["--log-format", "json", "--gateways", "2"].map(str::to_string);
+    let up = start_up_with_args(2, 2, "sqlite", &flags).await;
+    assert_eq!(up.topology.gateways.len(), 2);
     let data = up.data_dir();
     let base = up.topology.gateway_url.clone().unwrap();
     let stop = Arc::new(AtomicBool::new(false));
@@ -183,7 +190,10 @@ async fn two_rolls_under_load_replace_every_node_and_lose_nothing() {
             let pid = node.pid.unwrap();
             assert!(kill(Pid::from_raw(pid as i32), None).is_ok(), "{} (pid {pid}) runs", node.name);
         }
-        assert_eq!(gateway_nodes(&up).await, names(&after), "roll {roll}: the gateway routes to the nodes listed");
+        for gateway in &after.gateways {
+            let routed = nodes_at(&up, &gateway.url).await;
+            assert_eq!(routed, names(&after), "roll {roll}: gateway {} routes to the nodes listed", gateway.name);
+        }
         before = after;
     }
     for node in nodes(&before) {
