@@ -2,12 +2,14 @@
 //!
 //! It prepares the data directory (admin token, stores), starts each region's store and nodes as
 //! child processes of this executable, restarts a node that exits, keeps `DIR/topology.json` in
-//! step, and on Ctrl-C or SIGTERM stops the nodes, then the databases, and exits 0.
+//! step, rolls the nodes onto new processes when `rananeeti deploy` asks (`up/deploy.rs`), and on
+//! Ctrl-C or SIGTERM stops the nodes, then the databases, and exits 0.
 //!
 //! Layout of `DIR` (0700, every file in it 0600): `admin-token`, `cluster-token`, `session-key`,
-//! `topology.json`, `up.lock`, `witness.json`, and per region `rN/` holding `store.db` (SQLite)
-//! or `pg/` + `pg.log` + `pg.password` + `pg.superuser.pgpass` (PostgreSQL), and one directory
-//! per node (`rN/rN-nM/`, with the node's `addr` file and queues).
+//! `topology.json`, `up.lock`, `witness.json`, `control.sock` (`rananeeti deploy` asks on it,
+//! `up/deploy.rs`), and per region `rN/` holding `store.db` (SQLite) or `pg/` + `pg.log` +
+//! `pg.password` + `pg.superuser.pgpass` (PostgreSQL), and two directories per node slot
+//! (`rN/rN-nM/` and, once a deploy rolled it, `rN/rN-nM-b/`: the node's `addr` file and queues).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
