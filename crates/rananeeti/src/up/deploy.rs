@@ -125,6 +125,11 @@ impl Deployer {
         request: SlotRequest,
         shutdown: &mut watch::Receiver<bool>,
     ) {
+        if request.done.is_closed() {
+            // The deploy gave up waiting for this slot (its node was restarting): a roll now
+            // would surprise whoever reads its failure.
+            return;
+        }
         let binary = request.binary.clone().unwrap_or_else(|| executable.clone());
         let mut step = DeployStep::new(node, &binary);
         step.from_version = version_of(executable).await;

@@ -270,10 +270,12 @@ async fn a_dry_run_prints_the_plan_and_changes_nothing() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(topology(&up), before, "topology.json is unchanged");
     assert_eq!(gateway_nodes(&up).await, names(&before), "the gateway routes to the same nodes, none drained");
-    assert!(
-        !up.log().contains("step=start_new") && !up.log().contains("\"step\":\"start_new\""),
-        "no node was started"
-    );
+    for node in nodes(&before) {
+        let region = &node.name[..2];
+        let second_home = up.data_dir().join(region).join(format!("{}-b", node.name));
+        assert!(!second_home.exists(), "no node was started in {}", second_home.display());
+    }
+    assert!(up.data_dir().join("r1").join("r1-n1").exists(), "the first homes are where the nodes run");
 }
 
 #[tokio::test(flavor = "multi_thread")]
