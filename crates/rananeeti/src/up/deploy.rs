@@ -233,6 +233,9 @@ impl Deployer {
         )
         .await;
 
+        // Drained, it serves nobody any more: topology.json stops listing it before it stops.
+        topology.remove_node(&old.name);
+        self.rewrite_gateway_configs(topology);
         stop_node(node).await;
         roll.emit("stopped", None).await;
         for gateway in &gateways {
@@ -240,8 +243,6 @@ impl Deployer {
                 tracing::warn!(gateway, error = format!("{error:#}"), "removing a stopped node from a gateway");
             }
         }
-        topology.remove_node(&old.name);
-        self.rewrite_gateway_configs(topology);
         roll.emit("removed", None).await;
         *node = new;
         roll.emit("done", None).await;
