@@ -173,6 +173,24 @@ async fn two_rolls_under_load_replace_every_node_and_lose_nothing() {
     std::fs::copy(env!("CARGO_BIN_EXE_rananeeti"), &copy).unwrap();
     let copy = std::fs::canonicalize(&copy).unwrap();
 
+    // topology.json read all along the rolls: always whole, four or five nodes (a slot's two
+    // while they overlap), each with a pid.
+    let watching = Arc::new(AtomicBool::new(true));
+    let watcher = {
+        let (path, watching) = (data.join("topology.json"), Arc::clone(&watching));
+        tokio::spawn(async move {
+            let mut names_seen = BTreeSet::new();
+            while watching.load(Ordering::SeqCst) {
+                let topology = Topology::read(&path).expect("topology.json is always whole");
+                let listed = nodes(&topology);
+                assert!((4..=5).contains(&listed.len()), "four or five nodes listed: {listed:?}");
+                assert!(listed.iter().all(|node| node.pid.is_some()), "every listed node has a pid: {listed:?}");
+                names_seen.extend(listed.into_iter().map(|node| node.name));
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            names_seen
+        })
+    };
     let mut before = topology(&up);
     for (roll, extra) in [vec![], vec!["--binary", copy.to_str().unwrap()]].iter().enumerate() {
         let (ok, stdout, stderr) = deploy(&data, extra).await;
@@ -198,6 +216,13 @@ async fn two_rolls_under_load_replace_every_node_and_lose_nothing() {
     }
     for node in nodes(&before) {
         assert_eq!(executable_of(node.pid.unwrap()), copy, "{} runs the new binary", node.name);
+    }
+    watching.store(false, Ordering::SeqCst);
+    let names_seen = watcher.await.unwrap();
+    for slot in ["r1-n1", "r1-n2", "r2-n1", "r2-n2"] {
+        for name in [slot.to_string(), format!("{slot}-gen2"), format!("{slot}-gen3")] {
+            assert!(names_seen.contains(&name), "topology.json listed {name} at some point: {names_seen:?}");
+        }
     }
 
     // Load goes on across the last roll's end for a moment, then stops.
