@@ -646,3 +646,61 @@ async fn write_message(writer: &mut tokio::net::unix::OwnedWriteHalf, message: &
     writer.write_all(&line).await.context("writing to the deploy")?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::NodePlan;
+    use std::net::SocketAddr;
+    use std::path::PathBuf;
+
+    fn first_generation() -> NodePlan {
+        NodePlan {
+            region: "r1".into(),
+            slot: "r1-n1".into(),
+            generation: 1,
+            name: "r1-n1".into(),
+            listen: "127.0.0.1:8081".parse::<SocketAddr>().unwrap(),
+            data_dir: PathBuf::from("/d/r1/r1-n1"),
+            addr_file: PathBuf::from("/d/r1/r1-n1/addr"),
+            other_listen: "127.0.0.1:40001".parse::<SocketAddr>().unwrap(),
+            other_data_dir: PathBuf::from("/d/r1/r1-n1-b"),
+            store_url: "sqlite:///d/r1/store.db".into(),
+            store_password_file: None,
+            admin_token_file: PathBuf::from("/d/admin-token"),
+            cluster_token_file: PathBuf::from("/d/cluster-token"),
+            session_key_file: PathBuf::from("/d/session-key"),
+            peers: vec!["r2=http://127.0.0.1:8083".into()],
+            queue_peer: Some("http://127.0.0.1:8082,http://127.0.0.1:40002".into()),
+            witness: None,
+            fallback_readers: Vec::new(),
+            fallback_reader_password_files: Vec::new(),
+            config: None,
+            demo: true,
+        }
+    }
+
+    #[test]
+    fn generations_alternate_between_the_slots_two_homes_and_keep_everything_else() {
+        let first = first_generation();
+        let second = first.next_generation();
+        assert_eq!((second.name.as_str(), second.generation), ("r1-n1-gen2", 2));
+        assert_eq!(second.url(), "http://127.0.0.1:40001");
+        assert_eq!(second.data_dir, PathBuf::from("/d/r1/r1-n1-b"));
+        assert_eq!(second.addr_file, PathBuf::from("/d/r1/r1-n1-b/addr"));
+        assert_eq!(second.urls(), ["http://127.0.0.1:40001".to_string(), "http://127.0.0.1:8081".to_string()]);
+        let third = second.next_generation();
+        assert_eq!((third.name.as_str(), third.generation), ("r1-n1-gen3", 3));
+        assert_eq!(
+            (third.listen, &third.data_dir, &third.addr_file),
+            (first.listen, &first.data_dir, &first.addr_file)
+        );
+        for plan in [&second, &third] {
+            assert_eq!(plan.slot, "r1-n1");
+            assert_eq!(
+                (&plan.peers, &plan.queue_peer, &plan.store_url),
+                (&first.peers, &first.queue_peer, &first.store_url)
+            );
+            assert_eq!(plan.admin_token_file, first.admin_token_file, "secrets still go by file");
+        }
+    }
+}
