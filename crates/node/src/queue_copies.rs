@@ -13,6 +13,7 @@ use futures::future::BoxFuture;
 use rananeeti_platform::{Adoption, Command, CommandId, HeldCopy, Platform, QueueCopier};
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -33,7 +34,11 @@ pub struct QueueCopiesConfig {
 /// Sends copies over HTTP with the cluster token.
 pub struct HttpCopier {
     client: reqwest::Client,
-    peer_url: String,
+    /// The peer's URLs: one, or the two a peer node moves between when it is redeployed
+    /// (`rananeeti deploy`). Copies go to the one that answered last, then the others.
+    peer_urls: Vec<String>,
+    /// Index in `peer_urls` of the one that answered last.
+    answering: AtomicUsize,
     token: AdminToken,
     origin_node: String,
     /// Set once the node knows the address it listens on.
@@ -41,6 +46,7 @@ pub struct HttpCopier {
 }
 
 impl HttpCopier {
+    /// `peer_url` is one URL, or several separated by commas.
     pub fn new(peer_url: String, token: AdminToken, origin_node: String, origin_url: Arc<OnceLock<String>>) -> Self {
         let client = reqwest::Client::builder()
             .no_proxy() // the cluster token must not go through a proxy
@@ -48,7 +54,14 @@ impl HttpCopier {
             .timeout(COPY_REQUEST_TIMEOUT)
             .build()
             .expect("an HTTP client without TLS builds");
-        HttpCopier { client, peer_url, token, origin_node, origin_url }
+        let peer_urls: Vec<String> =
+            peer_url.split(',').map(str::trim).filter(|url| !url.is_empty()).map(str::to_string).collect();
+        assert!(!peer_urls.is_empty(), "a queue peer needs a URL");
+        HttpCopier { client, peer_urls, answering: AtomicUsize::new(0), token, origin_node, origin_url }
+    }
+
+    fn answering_url(&self) -> &str {
+        &self.peer_urls[self.answering.load(Ordering::Relaxed) % self.peer_urls.len()]
     }
 }
 
@@ -57,19 +70,34 @@ impl QueueCopier for HttpCopier {
         Box::pin(async move {
             let origin_url = self.origin_url.get().cloned().unwrap_or_default();
             let copy = HeldCopy { origin_node: self.origin_node.clone(), origin_url, command: command.clone() };
-            let response = self
-                .client
-                .post(format!("{}/internal/queue/copies", self.peer_url))
-                .bearer_auth(self.token.expose())
-                .json(&copy)
-                .send()
-                .await
-                .map_err(|error| format!("peer unreachable: {}", error.without_url()))?;
-            if response.status().is_success() {
-                Ok(())
-            } else {
-                Err(format!("peer answered {}", response.status()))
+            let first = self.answering.load(Ordering::Relaxed);
+            let mut unreachable = String::new();
+            // Only an unreachable URL sends the copy to the next one: a peer that answered
+            // (even with an error) is the peer.
+            for offset in 0..self.peer_urls.len() {
+                let index = (first + offset) % self.peer_urls.len();
+                let sent = self
+                    .client
+                    .post(format!("{}/internal/queue/copies", self.peer_urls[index]))
+                    .bearer_auth(self.token.expose())
+                    .json(&copy)
+                    .send()
+                    .await;
+                let response = match sent {
+                    Ok(response) => response,
+                    Err(error) => {
+                        unreachable = format!("peer unreachable: {}", error.without_url());
+                        continue;
+                    }
+                };
+                self.answering.store(index, Ordering::Relaxed);
+                return if response.status().is_success() {
+                    Ok(())
+                } else {
+                    Err(format!("peer answered {}", response.status()))
+                };
             }
+            Err(unreachable)
         })
     }
 
@@ -78,7 +106,7 @@ impl QueueCopier for HttpCopier {
             .chunks(IDS_PER_REQUEST_MAX)
             .map(|chunk| {
                 self.client
-                    .post(format!("{}/internal/queue/copies/forget", self.peer_url))
+                    .post(format!("{}/internal/queue/copies/forget", self.answering_url()))
                     .bearer_auth(self.token.expose())
                     .json(&json!({ "ids": chunk }))
             })

@@ -207,7 +207,9 @@ pub struct QueueSection {
     pub group_commit_entries_max: usize,
     pub waiting_entries_max: usize,
     pub entries_max: u64,
-    /// The peer node that keeps copies of this node's queued commands (URL).
+    /// The peer node that keeps copies of this node's queued commands (URL; or several,
+    /// comma-separated, tried in turn when one does not answer: a peer that `rananeeti deploy`
+    /// moves between two ports).
     pub copy_peer_url: Option<String>,
     /// For nodes of a Kubernetes StatefulSet, whose names end in an ordinal (`rananeeti-node-3`):
     /// the peer's URL with `{peer}` standing for the peer's name, the node with the previous

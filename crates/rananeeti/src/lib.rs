@@ -6,6 +6,7 @@ pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("
 
 pub mod backup_cmd;
 pub mod config;
+pub mod deploy_cmd;
 pub mod drill_cmd;
 pub mod export_lb;
 pub mod files;

@@ -15,6 +15,8 @@ struct Cli {
 enum Command {
     /// Run a whole local deployment in the foreground (nodes, and PostgreSQL with --store postgres).
     Up(rananeeti::up::UpArgs),
+    /// Roll every node of a running `up` onto a new binary, one at a time, without downtime.
+    Deploy(rananeeti::deploy_cmd::DeployArgs),
     /// Run one node: the platform and the apps, serving HTTP.
     Node(Box<rananeeti::node_cmd::NodeArgs>),
     /// Run the gateway in front of nodes started elsewhere, from a config file.
@@ -35,6 +37,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Up(args) => rananeeti::up::run(args),
+        Command::Deploy(args) => rananeeti::deploy_cmd::run(args),
         Command::Node(args) => rananeeti::node_cmd::run(*args),
         Command::Gateway(args) => rananeeti::gateway_cmd::run(args),
         Command::Backup(args) => rananeeti::backup_cmd::run(args),

@@ -46,7 +46,8 @@ pub struct NodeArgs {
     /// configuration's replication.peers when given.
     #[arg(long = "peer", value_name = "REGION=URLS")]
     pub peers: Vec<String>,
-    /// The peer node that keeps copies of this node's queued commands (URL).
+    /// The peer node that keeps copies of this node's queued commands (URL, or URL,URL: the
+    /// two ports a peer moves between when `rananeeti deploy` rolls it).
     #[arg(long)]
     pub queue_peer: Option<String>,
     /// Another region's database to read from when this region's is down, as REGION=URL;

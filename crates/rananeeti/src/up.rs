@@ -2,12 +2,14 @@
 //!
 //! It prepares the data directory (admin token, stores), starts each region's store and nodes as
 //! child processes of this executable, restarts a node that exits, keeps `DIR/topology.json` in
-//! step, and on Ctrl-C or SIGTERM stops the nodes, then the databases, and exits 0.
+//! step, rolls the nodes onto new processes when `rananeeti deploy` asks (`up/deploy.rs`), and on
+//! Ctrl-C or SIGTERM stops the nodes, then the databases, and exits 0.
 //!
 //! Layout of `DIR` (0700, every file in it 0600): `admin-token`, `cluster-token`, `session-key`,
-//! `topology.json`, `up.lock`, `witness.json`, and per region `rN/` holding `store.db` (SQLite)
-//! or `pg/` + `pg.log` + `pg.password` + `pg.superuser.pgpass` (PostgreSQL), and one directory
-//! per node (`rN/rN-nM/`, with the node's `addr` file and queues).
+//! `topology.json`, `up.lock`, `witness.json`, `control.sock` (`rananeeti deploy` asks on it,
+//! `up/deploy.rs`), and per region `rN/` holding `store.db` (SQLite) or `pg/` + `pg.log` +
+//! `pg.password` + `pg.superuser.pgpass` (PostgreSQL), and two directories per node slot
+//! (`rN/rN-nM/` and, once a deploy rolled it, `rN/rN-nM-b/`: the node's `addr` file and queues).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
@@ -25,6 +27,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::watch;
 
 mod backup_status;
+pub mod deploy;
 
 use self::gateways::{plan_extra_gateways, spawn_gateway_process, supervise_gateway};
 use crate::postgres::{free_loopback_port, PgCluster};
@@ -146,10 +149,21 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
 #[derive(Clone, Debug)]
 struct NodePlan {
     region: String,
+    /// The node's place in its region (`r1-n1`): what `rananeeti deploy` rolls, one generation
+    /// of processes after another.
+    slot: String,
+    /// 1 for the node `up` started; each roll by `rananeeti deploy` starts the next.
+    generation: u32,
+    /// `slot` for the first generation, `slot-genN` after (beside the old one, the new node is
+    /// another node to the gateways).
     name: String,
     listen: SocketAddr,
     data_dir: PathBuf,
     addr_file: PathBuf,
+    /// The slot's other home (port and data directory): the next generation starts there, beside
+    /// this one, and the one after comes back here (see `up/deploy.rs`).
+    other_listen: SocketAddr,
+    other_data_dir: PathBuf,
     store_url: String,
     /// The store's password file (PostgreSQL), passed by path: the password is never an argument.
     store_password_file: Option<PathBuf>,
@@ -175,6 +189,27 @@ struct NodePlan {
 impl NodePlan {
     fn url(&self) -> String {
         format!("http://{}", self.listen)
+    }
+
+    /// The slot's two URLs, this generation's first: peers list both, so a roll changes no
+    /// other node's arguments.
+    fn urls(&self) -> [String; 2] {
+        [self.url(), format!("http://{}", self.other_listen)]
+    }
+
+    /// The node that replaces this one in its slot: the other home, the next generation.
+    fn next_generation(&self) -> NodePlan {
+        let generation = self.generation + 1;
+        NodePlan {
+            generation,
+            name: format!("{}-gen{generation}", self.slot),
+            listen: self.other_listen,
+            other_listen: self.listen,
+            addr_file: self.other_data_dir.join("addr"),
+            data_dir: self.other_data_dir.clone(),
+            other_data_dir: self.data_dir.clone(),
+            ..self.clone()
+        }
     }
 }
 
@@ -213,6 +248,34 @@ impl TopologyFile {
                 }
             }
         });
+    }
+
+    /// Lists `node` right after `after`, in the same region (a new generation beside the old).
+    fn add_node_after(&self, after: &str, node: NodeTopology) {
+        self.update(|topology| {
+            for region in &mut topology.regions {
+                if let Some(index) = region.nodes.iter().position(|existing| existing.name == after) {
+                    region.nodes.insert(index + 1, node);
+                    return;
+                }
+            }
+        });
+    }
+
+    fn remove_node(&self, node_name: &str) {
+        self.update(|topology| {
+            for region in &mut topology.regions {
+                region.nodes.retain(|node| node.name != node_name);
+            }
+        });
+    }
+
+    fn gateway_urls(&self) -> Vec<String> {
+        self.snapshot().gateways.iter().map(|gateway| gateway.url.clone()).collect()
+    }
+
+    fn snapshot(&self) -> Topology {
+        self.topology.lock().expect("topology lock poisoned").clone()
     }
 
     fn update(&self, change: impl FnOnce(&mut Topology)) {
@@ -291,11 +354,18 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             let name = format!("{region}-n{node_number}");
             let node_index = (region_number - 1) * args.nodes_per_region + (node_number - 1);
             let node_dir = region_dir.join(&name);
+            // Where `rananeeti deploy` starts this node's successor: any free port (the run
+            // after the deployment's port is taken), chosen now so every peer can list it.
+            let other_port = free_loopback_port().context("finding a port for a node's next generation")?;
             let plan = NodePlan {
                 region: region.clone(),
+                slot: name.clone(),
+                generation: 1,
                 // The gateway takes the deployment's port; the nodes the ones after it.
                 listen: SocketAddr::from((Ipv4Addr::LOCALHOST, node_port(args.port, node_index + 1, ports_total)?)),
                 addr_file: node_dir.join("addr"),
+                other_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, other_port)),
+                other_data_dir: region_dir.join(format!("{name}-b")),
                 data_dir: node_dir,
                 store_url: database.url.clone(),
                 store_password_file: database.password_file.clone(),
@@ -317,22 +387,42 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         topology.regions.push(RegionTopology { name: region, nodes, database });
     }
     let regions_total = topology.regions.len();
+    // Both of a slot's URLs, wherever a peer names it: the slot moves between them when it is
+    // redeployed, and nobody else's arguments need to change.
+    let slot_urls = |name: &str| -> String {
+        plans.iter().find(|plan| plan.name == name).map(|plan| plan.urls().join(",")).unwrap_or_default()
+    };
+    let mut queue_peers = Vec::new();
     for (region_index, region) in topology.regions.iter().enumerate() {
         for (node_index, node) in region.nodes.iter().enumerate() {
             let queue_peer = if region.nodes.len() > 1 {
-                Some(region.nodes[(node_index + 1) % region.nodes.len()].url.clone())
+                Some(slot_urls(&region.nodes[(node_index + 1) % region.nodes.len()].name))
             } else if regions_total > 1 {
-                Some(topology.regions[(region_index + 1) % regions_total].nodes[0].url.clone())
+                Some(slot_urls(&topology.regions[(region_index + 1) % regions_total].nodes[0].name))
             } else {
                 None
             };
-            if let Some(plan) = plans.iter_mut().find(|plan| plan.name == node.name) {
-                plan.queue_peer = queue_peer;
-            }
+            queue_peers.push((node.name.clone(), queue_peer));
+        }
+    }
+    for (name, queue_peer) in queue_peers {
+        if let Some(plan) = plans.iter_mut().find(|plan| plan.name == name) {
+            plan.queue_peer = queue_peer;
         }
     }
     // Every node pulls every other region's outbox, from any of that region's nodes, and reads
     // the other regions' databases when its own is down.
+    let region_urls: Vec<(String, String)> = topology
+        .regions
+        .iter()
+        .map(|region| {
+            let slots: Vec<&NodePlan> = plans.iter().filter(|plan| plan.region == region.name).collect();
+            // Every slot's current URL first, then their other ones.
+            let urls: Vec<String> =
+                (0..2).flat_map(|home| slots.iter().map(move |plan| plan.urls()[home].clone())).collect();
+            (region.name.clone(), urls.join(","))
+        })
+        .collect();
     for plan in &mut plans {
         plan.fallback_readers = topology
             .regions
@@ -346,14 +436,10 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             .filter(|region| region.name != plan.region)
             .filter_map(|region| Some(format!("{}={}", region.name, region.database.password_file.as_ref()?.display())))
             .collect();
-        plan.peers = topology
-            .regions
+        plan.peers = region_urls
             .iter()
-            .filter(|region| region.name != plan.region)
-            .map(|region| {
-                let urls: Vec<&str> = region.nodes.iter().map(|node| node.url.as_str()).collect();
-                format!("{}={}", region.name, urls.join(","))
-            })
+            .filter(|(region, _)| *region != plan.region)
+            .map(|(region, urls)| format!("{region}={urls}"))
             .collect();
     }
 
@@ -475,7 +561,25 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             }
         }
     }
+    // The control socket is there before topology.json says the deployment is up, so a deploy
+    // can follow it at once; its requests wait for the supervisors, started below.
+    let mut slots = Vec::new();
+    let mut slot_requests = Vec::new();
+    for node in &running {
+        let (requests, received) = tokio::sync::mpsc::channel(1);
+        slots.push(deploy::Slot { name: node.plan.slot.clone(), requests });
+        slot_requests.push(received);
+    }
+    let control_socket = match deploy::serve_control(&data, slots, shutdown.clone()) {
+        Ok(path) => path,
+        Err(error) => {
+            stop_nodes(&mut running).await;
+            stop_clusters(clusters);
+            return Err(error);
+        }
+    };
     if let Err(error) = topology.write_atomically(&topology_path) {
+        let _ = remove_if_exists(&control_socket);
         stop_nodes(&mut running).await;
         stop_clusters(clusters);
         return Err(error);
@@ -495,9 +599,20 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     }
     let _ = std::io::stdout().flush();
 
+    let deployer = deploy::Deployer::new(admin_token_file.clone(), extra_gateways.clone())?;
     let mut supervisors: Vec<_> = running
         .into_iter()
-        .map(|node| tokio::spawn(supervise(node, executable.clone(), topology_file.clone(), shutdown.clone())))
+        .zip(slot_requests)
+        .map(|(node, received)| {
+            tokio::spawn(supervise(
+                node,
+                executable.clone(),
+                topology_file.clone(),
+                received,
+                deployer.clone(),
+                shutdown.clone(),
+            ))
+        })
         .collect();
     for (plan, child) in gateway_children {
         supervisors.push(tokio::spawn(supervise_gateway(
@@ -531,6 +646,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     }
     gateway.stop();
     stop_clusters(clusters);
+    remove_if_exists(&control_socket)?;
     remove_if_exists(&topology_path)?;
     tracing::info!("stopped");
     Ok(())
@@ -799,28 +915,48 @@ fn probe_client() -> anyhow::Result<reqwest::Client> {
         .context("building the HTTP client for readiness probes")
 }
 
-/// Keeps one node running until shutdown: restarts it (same port) whenever it exits, with a
-/// backoff, and records each new pid in the topology; on shutdown, stops it.
+/// What wakes a node's supervisor.
+enum SupervisorEvent {
+    Exited(std::io::Result<std::process::ExitStatus>),
+    Deploy(deploy::SlotRequest),
+    Shutdown,
+}
+
+/// Keeps one node slot running until shutdown: restarts its node (same port) whenever it exits,
+/// with a backoff, and records each new pid in the topology; rolls it onto a new process when
+/// `rananeeti deploy` asks (`up/deploy.rs`), which is why the roll happens here and nowhere
+/// else: nothing else starts or stops this slot's processes; on shutdown, stops it.
 async fn supervise(
     mut node: RunningNode,
-    executable: PathBuf,
+    mut executable: PathBuf,
     topology: TopologyFile,
+    mut requests: tokio::sync::mpsc::Receiver<deploy::SlotRequest>,
+    deployer: deploy::Deployer,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let name = node.plan.name.clone();
     let mut backoff = RESTART_BACKOFF_INITIAL;
     loop {
-        let exited = match node.child.as_mut() {
+        let name = node.plan.name.clone();
+        let event = match node.child.as_mut() {
             Some(child) => tokio::select! {
-                status = child.wait() => Some(status),
-                _ = shutdown.wait_for(|requested| *requested) => None,
+                status = child.wait() => SupervisorEvent::Exited(status),
+                // `None` only once the control socket is gone (it lives as long as `up`).
+                Some(request) = requests.recv() => SupervisorEvent::Deploy(request),
+                _ = shutdown.wait_for(|requested| *requested) => SupervisorEvent::Shutdown,
             },
             // Restarting failed last time: go straight to the backoff.
-            None => Some(Err(std::io::Error::other("node is not running"))),
+            None => SupervisorEvent::Exited(Err(std::io::Error::other("node is not running"))),
         };
-        let Some(status) = exited else {
-            stop_node(&mut node).await;
-            return;
+        let status = match event {
+            SupervisorEvent::Shutdown => {
+                stop_node(&mut node).await;
+                return;
+            }
+            SupervisorEvent::Deploy(request) => {
+                deployer.handle(&mut node, &mut executable, &topology, request, &mut shutdown).await;
+                continue;
+            }
+            SupervisorEvent::Exited(status) => status,
         };
         let uptime = node.started_at.elapsed();
         match status {

@@ -11,6 +11,8 @@ use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
 
+use crate::topology::Topology;
+
 use super::{
     node_port, stop_with_up, TopologyFile, UpArgs, NODE_STOP_TIMEOUT, RESTART_BACKOFF_INITIAL, RESTART_BACKOFF_MAX,
     RESTART_BACKOFF_RESET_UPTIME,
@@ -45,22 +47,51 @@ pub(super) fn plan_extra_gateways(
     for number in 2..=args.gateways {
         let name = format!("g{number}");
         let port = node_port(args.port, nodes_total + number, ports_total)?;
-        let mut text = format!("listen = {}\n", toml_string(&format!("127.0.0.1:{port}")));
-        for region in &config.regions {
-            text.push_str(&format!("\n[[regions]]\nname = {}\n", toml_string(&region.name)));
-            for node in &region.nodes {
+        let config_file = data.join(format!("gateway-{name}.toml"));
+        let plan = GatewayPlan { name, port, config_file, admin_token_file: admin_token_file.to_path_buf() };
+        let regions = config.regions.iter().map(|region| {
+            (region.name.as_str(), region.nodes.iter().map(|node| (node.name.as_str(), node.url.as_str())).collect())
+        });
+        plan.write_config(regions.collect())?;
+        plans.push(plan);
+    }
+    Ok(plans)
+}
+
+/// Rewrites every gateway process's configuration file with the nodes `topology` lists now, so
+/// a gateway restarted after `rananeeti deploy` rolled a node knows the new one.
+pub(super) fn rewrite_gateway_configs(plans: &[GatewayPlan], topology: &Topology) -> anyhow::Result<()> {
+    for plan in plans {
+        let regions = topology.regions.iter().map(|region| {
+            (region.name.as_str(), region.nodes.iter().map(|node| (node.name.as_str(), node.url.as_str())).collect())
+        });
+        plan.write_config(regions.collect())?;
+    }
+    Ok(())
+}
+
+/// A region's name and its nodes' names and URLs.
+type RegionNodes<'a> = (&'a str, Vec<(&'a str, &'a str)>);
+
+impl GatewayPlan {
+    /// `DIR/gateway-gK.toml`: this gateway's port and the regions' nodes, replaced atomically
+    /// (a gateway restarting meanwhile reads the old file or the new one).
+    fn write_config(&self, regions: Vec<RegionNodes<'_>>) -> anyhow::Result<()> {
+        let mut text = format!("listen = {}\n", toml_string(&format!("127.0.0.1:{}", self.port)));
+        for (region, nodes) in regions {
+            text.push_str(&format!("\n[[regions]]\nname = {}\n", toml_string(region)));
+            for (name, url) in nodes {
                 text.push_str(&format!(
                     "[[regions.nodes]]\nname = {}\nurl = {}\n",
-                    toml_string(&node.name),
-                    toml_string(&node.url)
+                    toml_string(name),
+                    toml_string(url)
                 ));
             }
         }
-        let config_file = data.join(format!("gateway-{name}.toml"));
-        fs::write(&config_file, text).with_context(|| format!("writing {}", config_file.display()))?;
-        plans.push(GatewayPlan { name, port, config_file, admin_token_file: admin_token_file.to_path_buf() });
+        let temporary = self.config_file.with_extension("toml.tmp");
+        fs::write(&temporary, text).with_context(|| format!("writing {}", temporary.display()))?;
+        fs::rename(&temporary, &self.config_file).with_context(|| format!("replacing {}", self.config_file.display()))
     }
-    Ok(plans)
 }
 
 /// A TOML basic string: JSON's escaping is valid TOML for these (names, addresses, URLs).

@@ -34,7 +34,7 @@ fn json_lines(log: &str) -> Vec<Value> {
 
 /// The events docs/logs.md documents, with the fields of each (`### \`event\`` headings, then
 /// `- \`field\`: ...` items).
-fn documented_events() -> BTreeMap<String, BTreeSet<String>> {
+pub(crate) fn documented_events() -> BTreeMap<String, BTreeSet<String>> {
     let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/logs.md")).unwrap();
     let mut events: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let mut current: Option<String> = None;

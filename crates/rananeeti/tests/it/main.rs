@@ -11,6 +11,7 @@ mod browser;
 mod cafe_api;
 mod console;
 mod crash;
+mod deploy;
 mod drill;
 mod gateway;
 mod health;

@@ -189,7 +189,7 @@ impl Up {
 impl Up {
     /// Waits until `region`'s database holds every acknowledged id, then asserts each is there
     /// exactly once (reservation row and command record). Returns the reservation rows in all.
-    async fn assert_each_once(&self, region: usize, acknowledged: &BTreeSet<String>) -> usize {
+    pub(crate) async fn assert_each_once(&self, region: usize, acknowledged: &BTreeSet<String>) -> usize {
         eventually(&format!("region {} to hold every acknowledged write", region + 1), CONVERGE_TIMEOUT, || async {
             let (reservations, _) = self.ids_in_region(region).await;
             acknowledged.iter().all(|id| reservations.contains_key(id)).then_some(())
