@@ -77,7 +77,7 @@ pub async fn run(
                     }
                 };
                 let sent = Instant::now();
-                match rananeeti_cafe::service::place(&platform, &request, false).await {
+                match rananeeti_cafe::service::place(&platform, &request, rananeeti_platform::Delivery::Store).await {
                     Ok(submitted) if submitted.outcome == Outcome::Committed => tally.record_ok(sent.elapsed()),
                     Ok(submitted) => tally.record_other(submitted.outcome.as_str().to_string(), sent.elapsed()),
                     Err(error) => tally.record_error(format!("submit failed: {error}")),

@@ -594,21 +594,53 @@ struct CartRequest {
     quantity: Option<i64>,
 }
 
-/// Sets the quantity of one book in the user's cart (0 removes it); `add` adds to what is there.
+/// What a cart change does to one book's line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CartChange {
+    /// Adds this many copies to what the line holds.
+    Add(i64),
+    /// Sets the line to this many copies (0 removes it).
+    Set(i64),
+}
+
+/// How few copies a quantity field may ask for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QuantityFloor {
+    /// Adding: at least one copy.
+    One,
+    /// Setting: 0 removes the line.
+    ZeroRemoves,
+}
+
+impl QuantityFloor {
+    pub fn low(self) -> i64 {
+        match self {
+            QuantityFloor::One => 1,
+            QuantityFloor::ZeroRemoves => 0,
+        }
+    }
+}
+
+/// Changes one book's line in the user's cart.
 pub async fn change_cart(
     shop: &Shop,
     session: &Session,
     book_id: &str,
-    quantity: i64,
-    add: bool,
+    change: CartChange,
 ) -> Result<Submitted, ApiError> {
     let pool = reader(shop).await?;
-    if quantity > 0 && get_book(&pool, book_id).await.map_err(unavailable)?.is_none() {
+    let asked = match change {
+        CartChange::Add(quantity) | CartChange::Set(quantity) => quantity,
+    };
+    if asked > 0 && get_book(&pool, book_id).await.map_err(unavailable)?.is_none() {
         return Err(ApiError::invalid("book_id", format!("no book {book_id}")));
     }
     let current =
         cart_of(&pool, &session.user_id).await.map_err(unavailable)?.into_iter().find(|line| line.book_id == book_id);
-    let quantity = if add { quantity + current.as_ref().map(|line| line.quantity).unwrap_or(0) } else { quantity };
+    let quantity = match change {
+        CartChange::Add(quantity) => quantity + current.as_ref().map(|line| line.quantity).unwrap_or(0),
+        CartChange::Set(quantity) => quantity,
+    };
     if quantity > QUANTITY_MAX {
         return Err(ApiError::invalid("quantity", format!("at most {QUANTITY_MAX} of one book")));
     }
@@ -656,9 +688,9 @@ async fn newest_order_hlc(shop: &Shop, user_id: &str) -> u64 {
         .unwrap_or(0) as u64
 }
 
-fn parse_quantity(quantity: Option<i64>, zero_allowed: bool) -> Result<i64, ApiError> {
+fn parse_quantity(quantity: Option<i64>, floor: QuantityFloor) -> Result<i64, ApiError> {
     let quantity = quantity.ok_or_else(|| ApiError::invalid("quantity", "how many copies"))?;
-    let low = if zero_allowed { 0 } else { 1 };
+    let low = floor.low();
     if !(low..=QUANTITY_MAX).contains(&quantity) {
         return Err(ApiError::invalid("quantity", format!("from {low} to {QUANTITY_MAX}")));
     }
@@ -670,8 +702,8 @@ async fn add_to_cart(
     Shopper(session, _): Shopper,
     ApiJson(body): ApiJson<CartRequest>,
 ) -> Result<Response, ApiError> {
-    let quantity = parse_quantity(body.quantity.or(Some(1)), false)?;
-    Ok(submitted(change_cart(&shop, &session, &body.book_id, quantity, true).await?, json!({})))
+    let quantity = parse_quantity(body.quantity.or(Some(1)), QuantityFloor::One)?;
+    Ok(submitted(change_cart(&shop, &session, &body.book_id, CartChange::Add(quantity)).await?, json!({})))
 }
 
 async fn set_in_cart(
@@ -679,8 +711,8 @@ async fn set_in_cart(
     Shopper(session, _): Shopper,
     ApiJson(body): ApiJson<CartRequest>,
 ) -> Result<Response, ApiError> {
-    let quantity = parse_quantity(body.quantity, true)?;
-    Ok(submitted(change_cart(&shop, &session, &body.book_id, quantity, false).await?, json!({})))
+    let quantity = parse_quantity(body.quantity, QuantityFloor::ZeroRemoves)?;
+    Ok(submitted(change_cart(&shop, &session, &body.book_id, CartChange::Set(quantity)).await?, json!({})))
 }
 
 async fn remove_from_cart(
@@ -691,7 +723,7 @@ async fn remove_from_cart(
     if body.quantity.is_some() {
         return Err(ApiError::invalid("quantity", "DELETE takes only book_id"));
     }
-    Ok(submitted(change_cart(&shop, &session, &body.book_id, 0, false).await?, json!({})))
+    Ok(submitted(change_cart(&shop, &session, &body.book_id, CartChange::Set(0)).await?, json!({})))
 }
 
 // ---- orders ----

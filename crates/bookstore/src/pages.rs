@@ -28,7 +28,7 @@ use rananeeti_node::session::Claims;
 use rananeeti_node::ApiError;
 use rananeeti_platform::hlc::wall_clock_ms;
 use rananeeti_platform::sqlx::{self, AnyPool};
-use rananeeti_platform::{CommandId, CommandState, Outcome, SubmitOptions, Submitted};
+use rananeeti_platform::{CommandId, CommandState, Delivery, Outcome, SubmitOptions, Submitted};
 use serde_json::{json, Value};
 use sha2::Sha256;
 use std::collections::{BTreeMap, HashMap};
@@ -1357,7 +1357,7 @@ impl Pages {
         if events.is_empty() {
             return Ok(SubmitOptions::default());
         }
-        let queued = SubmitOptions { simulate_store_failure: true };
+        let queued = SubmitOptions::delivered(Delivery::BehindWaiting);
         for event in events.iter().filter(|event| !event.queued_here) {
             api::submit_with(&self.shop, event.kind(), event.id, event.payload.clone(), queued)
                 .await
@@ -1848,7 +1848,8 @@ struct CartForm {
     quantity: String,
 }
 
-fn parse_quantity(raw: &str, low: i64) -> Option<i64> {
+fn parse_quantity(raw: &str, floor: api::QuantityFloor) -> Option<i64> {
+    let low = floor.low();
     raw.trim().parse::<i64>().ok().filter(|quantity| (low..=api::QUANTITY_MAX).contains(quantity))
 }
 
@@ -1893,7 +1894,7 @@ async fn add_to_cart(
         let (book, _) = pages.find_book(&form.book_id).await;
         let Some(book) = book else { return Err(PageError::NotFound) };
         let back = format!("/bookstore/books/{}", book.id);
-        let Some(quantity) = parse_quantity(&form.quantity, 1) else {
+        let Some(quantity) = parse_quantity(&form.quantity, api::QuantityFloor::One) else {
             return Ok(redirect(&visit, &back, Some(Flash::BadQuantity)));
         };
         let cart = pages.cart_view(session).await;
@@ -1918,7 +1919,7 @@ async fn change_line(
         let form = read_form(&visit, form)?;
         visit.check_csrf(&form.csrf)?;
         let session = visit.signed_in(Some("/bookstore/cart"))?;
-        let Some(quantity) = parse_quantity(&form.quantity, 0) else {
+        let Some(quantity) = parse_quantity(&form.quantity, api::QuantityFloor::ZeroRemoves) else {
             return Ok(redirect(&visit, "/bookstore/cart", Some(Flash::BadQuantity)));
         };
         let cart = pages.cart_view(session).await;

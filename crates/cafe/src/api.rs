@@ -12,7 +12,7 @@ use axum::{Json, Router};
 use rananeeti_node::caller::Admin;
 use rananeeti_node::security::Security;
 use rananeeti_node::{ApiError, ApiJson};
-use rananeeti_platform::{CommandId, NewCommand, Outcome, Platform, SubmitError, SubmitOptions};
+use rananeeti_platform::{CommandId, Delivery, NewCommand, Outcome, Platform, SubmitError, SubmitOptions};
 use serde_json::json;
 use std::sync::Arc;
 
@@ -51,6 +51,15 @@ impl From<FieldError> for ApiError {
 
 /// `X-Rananeeti-Fault: db`: this one request sees a failed database. A demo switch: honoured only
 /// when the node runs with `node.demo` (as `up` does), ignored otherwise.
+/// Where this request's write goes first: a failed store when the demo header asks for it.
+pub fn delivery(security: &Security, headers: &HeaderMap) -> Delivery {
+    if simulates_store_failure(security, headers) {
+        Delivery::SimulatedStoreFailure
+    } else {
+        Delivery::Store
+    }
+}
+
 pub fn simulates_store_failure(security: &Security, headers: &HeaderMap) -> bool {
     security.config.demo
         && headers
@@ -81,9 +90,7 @@ async fn create(
         body.notes.as_deref(),
         time::OffsetDateTime::now_utc(),
     )?;
-    let submitted = service::place(&platform, &request, simulates_store_failure(&security, &headers))
-        .await
-        .map_err(submit_error)?;
+    let submitted = service::place(&platform, &request, delivery(&security, &headers)).await.map_err(submit_error)?;
     let id = submitted.id.to_hex();
     let response = match submitted.outcome {
         Outcome::Committed => (StatusCode::CREATED, Json(json!({ "id": id, "status": "committed" }))),
@@ -185,7 +192,7 @@ async fn set_special(
                 id,
                 payload: serde_json::to_value(&payload).expect("a special serializes"),
             },
-            SubmitOptions { simulate_store_failure: simulates_store_failure(&security, &headers) },
+            SubmitOptions::delivered(delivery(&security, &headers)),
         )
         .await
         .map_err(submit_error)?;
@@ -237,7 +244,7 @@ async fn set_closure(
                 id: payload.id(),
                 payload: serde_json::to_value(&payload).expect("a closure serializes"),
             },
-            SubmitOptions { simulate_store_failure: simulates_store_failure(&security, &headers) },
+            SubmitOptions::delivered(delivery(&security, &headers)),
         )
         .await
         .map_err(submit_error)?;

@@ -17,7 +17,7 @@ use axum::Router;
 use rananeeti_node::csrf::{self, CsrfKey};
 use rananeeti_node::pages::{asset_response, assets_digest, page_headers, Asset};
 use rananeeti_node::security::{peer_of, Security, ADMIN_COOKIE};
-use rananeeti_platform::{CommandId, CommandState, Outcome, Platform, SubmitError};
+use rananeeti_platform::{CommandId, CommandState, Delivery, Outcome, Platform, SubmitError};
 use std::sync::Arc;
 use time::macros::format_description;
 use time::{Date, Duration, OffsetDateTime, PrimitiveDateTime, Time};
@@ -530,7 +530,8 @@ async fn place(
     let simulate_store_failure =
         (security.config.demo && form.simulates_failure()) || simulates_store_failure(security, headers);
     tracing::Span::current().record("simulate_store_failure", simulate_store_failure);
-    match service::place(platform, &request, simulate_store_failure).await {
+    let delivery = if simulate_store_failure { Delivery::SimulatedStoreFailure } else { Delivery::Store };
+    match service::place(platform, &request, delivery).await {
         Ok(submitted) => {
             let placed = match submitted.outcome {
                 Outcome::Committed => "committed",

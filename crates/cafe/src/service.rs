@@ -3,19 +3,19 @@
 
 use crate::domain::{ReservationPayload, ReservationRequest, KIND_RESERVE};
 use rananeeti_platform::{
-    CommandId, CommandState, CommandStatus, NewCommand, Platform, StoreUnavailable, SubmitError, SubmitOptions,
-    Submitted,
+    CommandId, CommandState, CommandStatus, Delivery, NewCommand, Platform, StoreUnavailable, SubmitError,
+    SubmitOptions, Submitted,
 };
 
 /// Places a reservation: committed, pending (queued), duplicate or rejected, within the budget.
 pub async fn place(
     platform: &Platform,
     request: &ReservationRequest,
-    simulate_store_failure: bool,
+    delivery: Delivery,
 ) -> Result<Submitted, SubmitError> {
     let payload = serde_json::to_value(request.payload()).expect("a reservation serializes");
     platform
-        .submit(NewCommand { kind: KIND_RESERVE, id: request.id(), payload }, SubmitOptions { simulate_store_failure })
+        .submit(NewCommand { kind: KIND_RESERVE, id: request.id(), payload }, SubmitOptions::delivered(delivery))
         .await
 }
 

@@ -143,7 +143,12 @@ impl Platform {
                 };
             }
         }
-        match tokio::time::timeout(ADOPT_APPLY_TIMEOUT, self.apply(handler.as_ref(), command, true)).await {
+        match tokio::time::timeout(
+            ADOPT_APPLY_TIMEOUT,
+            self.apply(handler.as_ref(), command, crate::platform::Arrival::FromQueue),
+        )
+        .await
+        {
             Ok(Ok(answer)) => {
                 tracing::info!(id = %command.id, origin = copy.origin_node, outcome = answer.outcome.as_str(), "adopted a queued command");
             }

@@ -192,7 +192,9 @@ impl Platform {
 
     async fn drain_apply(&self, handler: &dyn CommandHandler, command: &Command) -> Step {
         let apply_timeout = Duration::from_millis(self.config.drain.apply_timeout_ms);
-        match tokio::time::timeout(apply_timeout, self.apply(handler, command, true)).await {
+        match tokio::time::timeout(apply_timeout, self.apply(handler, command, crate::platform::Arrival::FromQueue))
+            .await
+        {
             Ok(Ok(answer)) => {
                 tracing::info!(id = %command.id, outcome = answer.outcome.as_str(), "queued command applied");
                 Step::Done { store_reached: true }

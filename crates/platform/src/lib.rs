@@ -36,7 +36,7 @@ pub use metrics::PlatformMetrics;
 pub use monitoring::PeerLag;
 pub use ownership::{ForwardError, Forwarded, Forwarder, OwnerRow, Ownership, OwnershipConfig, Route};
 pub use platform::{
-    CommandState, CommandStatus, DrainConfig, Durability, Outcome, Platform, PlatformConfig, ReadPool,
+    CommandState, CommandStatus, Delivery, DrainConfig, Durability, Outcome, Platform, PlatformConfig, ReadPool,
     StoreUnavailable, SubmitConfig, SubmitError, SubmitOptions, Submitted,
 };
 pub use replication::{Applied, OutboxEntry, OutboxPage, ReplicationError};

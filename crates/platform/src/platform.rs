@@ -237,11 +237,52 @@ pub(crate) struct ApplyAnswer {
     pub(crate) outbox_seq: Option<u64>,
 }
 
+/// Where a submit goes first: the store, or this node's queue.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Delivery {
+    /// The store (or the owner region) within the budget, the queue when that fails.
+    #[default]
+    Store,
+    /// This one request sees a failed store: the cafe's "simulate database failure" box, and
+    /// `X-Rananeeti-Fault: db` (with `node.demo` on).
+    SimulatedStoreFailure,
+    /// Straight to this node's queue, behind the caller's own writes that still wait in it, so
+    /// that the drain applies them in the order they were made (the bookstore's cart).
+    BehindWaiting,
+}
+
 /// Per-submit choices made at the edge.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SubmitOptions {
-    /// This one request sees a failed store (the cafe's "simulate database failure" box).
-    pub simulate_store_failure: bool,
+    pub delivery: Delivery,
+}
+
+impl SubmitOptions {
+    pub const fn delivered(delivery: Delivery) -> SubmitOptions {
+        SubmitOptions { delivery }
+    }
+}
+
+/// How a command reaches its apply: straight from its submit, or out of a queue (the drain, an
+/// adopted copy). Recorded in `rn_commands.via_queue`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Arrival {
+    Direct,
+    FromQueue,
+}
+
+impl Arrival {
+    fn via_queue(self) -> bool {
+        self == Arrival::FromQueue
+    }
+}
+
+/// Whether a submit whose owner is another region is forwarded to it: a command another region
+/// already forwarded here is never forwarded again (it is applied or queued here).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Forwarding {
+    ToOwner,
+    NotAgain,
 }
 
 pub struct Platform {
@@ -401,7 +442,7 @@ impl Platform {
             hlc: self.clock.now(),
             request,
         };
-        self.deliver_submitted(handler.as_ref(), command, options, started, true).await
+        self.deliver_submitted(handler.as_ref(), command, options, started, Forwarding::ToOwner).await
     }
 
     /// Submits a command another region forwarded here (this region acts for its owner): applied
@@ -415,7 +456,9 @@ impl Platform {
             return Ok(Submitted { id, outcome, copied: None });
         }
         self.clock.observe(command.hlc);
-        let result = self.deliver_submitted(handler.as_ref(), command, SubmitOptions::default(), started, false).await;
+        let result = self
+            .deliver_submitted(handler.as_ref(), command, SubmitOptions::default(), started, Forwarding::NotAgain)
+            .await;
         self.metrics.submit_duration.observe(started.elapsed().as_secs_f64());
         result
     }
@@ -505,19 +548,19 @@ impl Platform {
         command: Command,
         options: SubmitOptions,
         started: Instant,
-        may_forward: bool,
+        forwarding: Forwarding,
     ) -> Result<Submitted, SubmitError> {
         let id = command.id;
         let submit = &self.config.submit;
         let budget = Duration::from_millis(submit.budget_ms);
         let store_deadline = started + budget.saturating_sub(Duration::from_millis(submit.queue_reserve_ms));
-        let route = if options.simulate_store_failure {
-            Route::Hold("simulated store failure")
-        } else {
-            self.route(handler, &command)
+        let route = match options.delivery {
+            Delivery::Store => self.route(handler, &command),
+            Delivery::SimulatedStoreFailure => Route::Hold("simulated store failure"),
+            Delivery::BehindWaiting => Route::Hold("queued behind the caller's waiting writes"),
         };
         match &route {
-            Route::Forward(region) if may_forward => {
+            Route::Forward(region) if forwarding == Forwarding::ToOwner => {
                 let remaining = store_deadline.saturating_duration_since(Instant::now());
                 match self.forward(region, &command, remaining).await {
                     Ok(forwarded) => {
@@ -556,7 +599,7 @@ impl Platform {
                 if remaining.is_zero() {
                     break;
                 }
-                match tokio::time::timeout(remaining, self.apply(handler, &command, false)).await {
+                match tokio::time::timeout(remaining, self.apply(handler, &command, Arrival::Direct)).await {
                     Ok(Ok(answer)) => {
                         self.store_succeeded();
                         let outcome = match answer.outbox_seq {
@@ -718,7 +761,7 @@ impl Platform {
         &'a self,
         handler: &'a dyn CommandHandler,
         command: &'a Command,
-        via_queue: bool,
+        arrival: Arrival,
     ) -> BoxFuture<'a, Result<ApplyAnswer, AttemptError>> {
         Box::pin(async move {
             let answer = |outcome| ApplyAnswer { outcome, id: command.id, outbox_seq: None };
@@ -729,7 +772,7 @@ impl Platform {
             let mut tx = pool.begin().await?;
             // The dedup record goes first: it takes SQLite's write lock at once and, on PostgreSQL,
             // makes a concurrent apply of the same id wait and then see the conflict.
-            let inserted = insert_record(&mut tx, command, &self.config, "committed", via_queue).await?;
+            let inserted = insert_record(&mut tx, command, &self.config, "committed", arrival).await?;
             if !inserted {
                 tx.rollback().await?;
                 return self.recorded_duplicate(&pool, command).await;
@@ -752,7 +795,7 @@ impl Platform {
                 Err(ApplyError::Rejected(reason)) => {
                     tx.rollback().await?;
                     let mut tx = pool.begin().await?;
-                    let inserted = insert_record(&mut tx, command, &self.config, "rejected", via_queue).await?;
+                    let inserted = insert_record(&mut tx, command, &self.config, "rejected", arrival).await?;
                     if !inserted {
                         tx.rollback().await?;
                         return self.recorded_duplicate(&pool, command).await;
@@ -1001,7 +1044,7 @@ impl Platform {
             let _turn = self.store.write_turn().await;
             let pool = self.store.writer();
             let mut tx = pool.begin().await?;
-            if insert_record(&mut tx, command, &self.config, "rejected", true).await? {
+            if insert_record(&mut tx, command, &self.config, "rejected", Arrival::FromQueue).await? {
                 set_rejection_reason(&mut tx, &command.id, reason).await?;
             }
             tx.commit().await
@@ -1014,9 +1057,9 @@ fn insert_record<'a>(
     command: &'a Command,
     config: &'a PlatformConfig,
     status: &'a str,
-    via_queue: bool,
+    arrival: Arrival,
 ) -> BoxFuture<'a, Result<bool, sqlx::Error>> {
-    Box::pin(insert_record_inner(connection, command, &config.region, &config.node, status, via_queue))
+    Box::pin(insert_record_inner(connection, command, &config.region, &config.node, status, arrival))
 }
 
 pub(crate) async fn insert_record_inner(
@@ -1025,7 +1068,7 @@ pub(crate) async fn insert_record_inner(
     applied_region: &str,
     applied_node: &str,
     status: &str,
-    via_queue: bool,
+    arrival: Arrival,
 ) -> Result<bool, sqlx::Error> {
     // No conflict target: a record with the same id, or with the same request (`requests`), is
     // the first one of this command.
@@ -1043,7 +1086,7 @@ pub(crate) async fn insert_record_inner(
     .bind(applied_node)
     .bind(command.hlc.0 as i64)
     .bind(command.payload.to_string())
-    .bind(via_queue as i64)
+    .bind(arrival.via_queue() as i64)
     .bind(wall_clock_ms() as i64)
     .bind(command.request.map(|request| request.to_hex()))
     .execute(&mut *connection)

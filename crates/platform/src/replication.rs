@@ -3,7 +3,7 @@
 //! restartable from any crash). The HTTP transport lives in the node crate.
 
 use crate::command::Command;
-use crate::platform::{insert_record_inner, Platform, StoreUnavailable};
+use crate::platform::{insert_record_inner, Arrival, Platform, StoreUnavailable};
 use crate::store::StoreError;
 use futures::future::BoxFuture;
 use sqlx::Row;
@@ -157,8 +157,15 @@ impl Platform {
                 // it came from, or for a relayed one the region it names; the node is the one
                 // that submitted it there.
                 let decided_by = entry.applied_region.as_deref().unwrap_or(peer_region);
-                let inserted =
-                    insert_record_inner(&mut tx, command, decided_by, &command.origin_node, "committed", false).await?;
+                let inserted = insert_record_inner(
+                    &mut tx,
+                    command,
+                    decided_by,
+                    &command.origin_node,
+                    "committed",
+                    Arrival::Direct,
+                )
+                .await?;
                 if inserted {
                     handler.apply_replicated(command, &mut tx).await?;
                     applied += 1;

@@ -122,14 +122,14 @@ async fn a_peer_page_out_of_seq_order_is_refused_and_the_next_good_one_applies()
 /// status is read the whole time and must always be found.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_command_drained_while_its_status_is_read_is_always_found() {
-    use rananeeti_platform::{CommandState, NewCommand, SubmitOptions};
+    use rananeeti_platform::{CommandState, Delivery, NewCommand, SubmitOptions};
     let dir = tempfile::tempdir().unwrap();
     let platform = platform(dir.path()).await;
     let mut readers = Vec::new();
     for n in 0u64..200 {
         let id = CommandId::digest("test.count", &(1000 + n).to_be_bytes());
         let new = NewCommand { kind: "test.count", id, payload: serde_json::json!({ "n": n }) };
-        platform.submit(new, SubmitOptions { simulate_store_failure: true }).await.unwrap();
+        platform.submit(new, SubmitOptions::delivered(Delivery::SimulatedStoreFailure)).await.unwrap();
         let platform = Arc::clone(&platform);
         readers.push(tokio::spawn(async move {
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
