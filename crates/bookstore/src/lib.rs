@@ -16,13 +16,18 @@ use axum::extract::Path;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use rananeeti_platform::{CommandHandler, Migration, Platform};
+use rananeeti_platform::{CommandHandler, Platform};
 use std::sync::Arc;
 
 pub struct BookstoreApp {
     pub key: auth::SessionKey,
     pub security: rananeeti_node::security::Security,
 }
+
+/// None of the bookstore's POSTs is safe to send twice: a cart add reads the line's current
+/// quantity before it makes its command, and a sign-up's second try answers "exists". Keyed
+/// requests (`Idempotency-Key`) are retried whatever their path.
+pub const DIGEST_POST_PREFIXES: &[&str] = &[];
 
 impl rananeeti_node::App for BookstoreApp {
     fn name(&self) -> &'static str {
@@ -38,10 +43,6 @@ impl rananeeti_node::App for BookstoreApp {
             Arc::new(commands::BookDeleteHandler),
             Arc::new(commands::BlogPostHandler),
         ]
-    }
-
-    fn migrations(&self) -> Vec<Migration> {
-        catalog::migrations()
     }
 
     fn router(&self, platform: Arc<Platform>) -> Router {

@@ -35,6 +35,15 @@ pub struct CafeApp {
 // The admin token, the demo switch and the admin's page sessions reach the cafe's handlers
 // through the node (`rananeeti_node::security::Security`, in every request's extensions).
 
+/// The cafe's tables.
+pub fn migrations() -> Vec<Migration> {
+    reserve::MIGRATIONS.iter().chain(special::MIGRATIONS).chain(closure::MIGRATIONS).copied().collect()
+}
+
+/// The cafe's POSTs whose command id digests the reservation's content (a retry is a
+/// duplicate): the gateway and an exported load balancer may send them again to another node.
+pub const DIGEST_POST_PREFIXES: &[&str] = &["/api/cafe/reservations", "/cafe/reservations"];
+
 impl rananeeti_node::App for CafeApp {
     fn name(&self) -> &'static str {
         "cafe"
@@ -46,10 +55,6 @@ impl rananeeti_node::App for CafeApp {
             Arc::new(special::SetSpecialHandler),
             Arc::new(closure::SetClosureHandler),
         ]
-    }
-
-    fn migrations(&self) -> Vec<Migration> {
-        reserve::MIGRATIONS.iter().chain(special::MIGRATIONS).chain(closure::MIGRATIONS).copied().collect()
     }
 
     fn router(&self, platform: Arc<Platform>) -> Router {

@@ -22,7 +22,9 @@ pub struct GatewayConfig {
     pub limits: LimitsConfig,
     pub upstream: UpstreamConfig,
     /// POSTs under these prefixes are platform commands whose id is a digest of their content:
-    /// the platform deduplicates them, so the gateway may retry them on another node.
+    /// the platform deduplicates them, so the gateway may retry them on another node. The
+    /// gateway knows no app: the binary fills this from its registry of apps (`rananeeti::apps`)
+    /// unless the configuration names its own. Default here: none.
     pub digest_post_prefixes: Vec<String>,
     /// The operator console (`/admin/console`).
     pub console: ConsoleConfig,
@@ -44,7 +46,7 @@ impl Default for GatewayConfig {
             retries: RetryConfig::default(),
             limits: LimitsConfig::default(),
             upstream: UpstreamConfig::default(),
-            digest_post_prefixes: vec!["/api/cafe/reservations".into(), "/cafe/reservations".into()],
+            digest_post_prefixes: Vec::new(),
             console: ConsoleConfig::default(),
             trusted_proxies: Vec::new(),
         }

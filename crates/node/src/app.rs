@@ -1,13 +1,14 @@
-//! What an app gives the node: its command handlers, its migrations, and its routes.
+//! What an app gives the node: its command handlers and its routes. Its migrations and the POST
+//! prefixes the gateway may retry are declared beside it, in the binary's registry of apps
+//! (`rananeeti::apps`), so that a restore and the gateway know them without building the app.
 
 use axum::Router;
-use rananeeti_platform::{CommandHandler, Migration, Platform};
+use rananeeti_platform::{CommandHandler, Platform};
 use std::sync::Arc;
 
 pub trait App: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     fn handlers(&self) -> Vec<Arc<dyn CommandHandler>>;
-    fn migrations(&self) -> Vec<Migration>;
     /// Routes mounted at the root of the node; they talk to the store only through `platform`.
     fn router(&self, platform: Arc<Platform>) -> Router;
     /// How the app's signed-in users are recognised from a request's bearer token, for the

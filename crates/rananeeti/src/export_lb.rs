@@ -74,12 +74,8 @@ pub fn run(args: ExportLbArgs) -> anyhow::Result<()> {
     };
     std::fs::create_dir_all(&runtime_dir).with_context(|| format!("creating {}", runtime_dir.display()))?;
     let runtime_dir = std::fs::canonicalize(&runtime_dir)?;
-    let plan = Plan {
-        topology,
-        listen: args.listen,
-        runtime_dir,
-        digest_post_prefixes: rananeeti_gateway::GatewayConfig::default().digest_post_prefixes,
-    };
+    let plan =
+        Plan { topology, listen: args.listen, runtime_dir, digest_post_prefixes: crate::apps::digest_post_prefixes() };
     let text = match args.format {
         Format::Nginx => nginx(&plan)?,
         Format::Haproxy => haproxy(&plan)?,

@@ -30,7 +30,9 @@ pub fn load(args: &GatewayArgs) -> anyhow::Result<GatewayConfig> {
     anyhow::ensure!(args.config.exists(), "config file {} does not exist", args.config.display());
     // `RANANEETI_GATEWAY__<FIELD>` variables override the file (`RANANEETI_GATEWAY__REGIONS=[...]`),
     // so one file serves every region of a deployment.
-    let mut config: GatewayConfig = Figment::from(Serialized::defaults(GatewayConfig::default()))
+    let defaults =
+        GatewayConfig { digest_post_prefixes: crate::apps::digest_post_prefixes(), ..GatewayConfig::default() };
+    let mut config: GatewayConfig = Figment::from(Serialized::defaults(defaults))
         .merge(Toml::file(&args.config))
         .merge(Env::prefixed("RANANEETI_GATEWAY__").split("__"))
         .extract()

@@ -4,6 +4,7 @@
 /// `rananeeti --version`: the crate's version and the commit it was built from (build.rs).
 pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("RANANEETI_COMMIT"), ")");
 
+pub mod apps;
 pub mod backup_cmd;
 pub mod config;
 pub mod deploy_cmd;

@@ -2,7 +2,6 @@
 
 use crate::config::Config;
 use anyhow::Context;
-use rananeeti_cafe::{CafeApp, CafeConfig};
 use rananeeti_node::admin::AdminToken;
 use rananeeti_node::ownership::{OwnershipService, OwnershipTransportConfig};
 use rananeeti_node::queue_copies::{self, HttpCopier, QueueCopiesConfig};
@@ -173,10 +172,7 @@ fn parse_peer(text: &str) -> anyhow::Result<rananeeti_node::replication::PeerReg
 
 /// Every migration a node runs: the platform's and each app's (what a restore must create).
 pub fn all_migrations() -> Vec<rananeeti_platform::Migration> {
-    let mut migrations = rananeeti_platform::schema::MIGRATIONS.to_vec();
-    migrations.extend(CafeApp { config: CafeConfig::default() }.migrations());
-    migrations.extend(rananeeti_bookstore::catalog::migrations());
-    migrations
+    crate::apps::migrations()
 }
 
 pub fn run(args: NodeArgs) -> anyhow::Result<()> {
@@ -248,14 +244,11 @@ async fn serve(config: Config, addr_file: Option<PathBuf>) -> anyhow::Result<()>
     if security.config.demo {
         tracing::warn!("demo switches are on (node.demo): X-Rananeeti-Fault and the cafe's checkbox fail requests");
     }
-    let apps: Vec<Box<dyn App>> = vec![
-        Box::new(CafeApp { config: CafeConfig { seats_per_slot: config.cafe.seats_per_slot } }),
-        Box::new(rananeeti_bookstore::BookstoreApp { key: session_key, security: security.clone() }),
-    ];
-    let mut migrations = rananeeti_platform::schema::MIGRATIONS.to_vec();
+    let apps: Vec<Box<dyn App>> =
+        crate::apps::build(&crate::apps::AppWiring { config: &config, session_key, security: security.clone() });
+    let migrations = crate::apps::migrations();
     let mut registry = Registry::default();
     for app in &apps {
-        migrations.extend(app.migrations());
         for handler in app.handlers() {
             registry.register(handler);
         }

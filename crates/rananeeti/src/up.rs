@@ -501,6 +501,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             drills_dir: Some(data.join("drills")),
             ..rananeeti_gateway::config::ConsoleConfig::default()
         },
+        digest_post_prefixes: crate::apps::digest_post_prefixes(),
         ..rananeeti_gateway::GatewayConfig::default()
     };
     let gateway_token = fs::read_to_string(&admin_token_file)
