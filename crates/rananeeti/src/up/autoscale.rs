@@ -281,18 +281,23 @@ pub(super) async fn run(
         let snapshot = topology.snapshot();
         let mut all_pids = Vec::new();
         for (region, recommender) in regions.iter_mut().zip(&mut recommenders) {
+            // A deploy rolling the region holds its lock (and lists a slot's two nodes while they
+            // overlap): the region is neither measured nor scaled until the roll is done.
+            let Ok(_region_guard) = region.lock.try_lock() else {
+                tracing::info!(region = %region.name, "a deploy is rolling this region; scaling waits for it");
+                continue;
+            };
             let Some(listed) = snapshot.regions.iter().find(|listed| listed.name == region.name) else { continue };
             // A node restarting has no pid: the region is not measured until it runs again.
             let Some(pids) = listed.nodes.iter().map(|node| node.pid).collect::<Option<Vec<u32>>>() else { continue };
             all_pids.extend_from_slice(&pids);
             let Some(average) = sampler.average(&pids) else { continue };
-            let current = pids.len() as u32;
+            if pids.len() != region.running as usize {
+                continue;
+            }
+            let current = region.running;
             let Decision::Scale { from, to, reason, window } = recommender.decide(started.elapsed(), current, average)
             else {
-                continue;
-            };
-            let Ok(_region_guard) = region.lock.try_lock() else {
-                tracing::info!(region = %region.name, "a deploy is rolling this region; scaling waits for it");
                 continue;
             };
             let count = decisions_total.entry((region.name.clone(), reason)).or_insert(0);

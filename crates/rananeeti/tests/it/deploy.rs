@@ -122,7 +122,7 @@ async fn gateway_nodes(up: &Up) -> Vec<(String, bool)> {
 }
 
 /// Which nodes the gateway at `base` routes to, and whether any is drained.
-async fn nodes_at(up: &Up, base: &str) -> Vec<(String, bool)> {
+pub(crate) async fn nodes_at(up: &Up, base: &str) -> Vec<(String, bool)> {
     let view: Value = client()
         .get(format!("{base}/admin/topology"))
         .bearer_auth(&up.token)
