@@ -222,6 +222,9 @@ fn assert_scale_events(log: &str, most: usize) {
         assert_eq!(event["target_cpu_percent"], 20.0, "{event}");
         assert!(event["cpu_percent"].is_number(), "{event}");
     }
+    for event in &events {
+        println!("scale: {event}");
+    }
     let r1: Vec<&Value> = events.iter().filter(|event| event["region"] == "r1" && event["outcome"] == "ok").collect();
     let ups = r1.iter().filter(|event| event["reason"] == "cpu_above_target").count();
     let downs = r1.iter().filter(|event| event["reason"] == "cpu_below_target").count();
@@ -236,4 +239,63 @@ fn assert_scale_events(log: &str, most: usize) {
         }
         assert!((1..=3).contains(&to), "within MIN..MAX: {event}");
     }
+}
+
+/// `rananeeti up` with `args`, expected to refuse them: its stderr.
+async fn up_refuses(args: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_rananeeti"))
+        .arg("up")
+        .arg("--data")
+        .arg(dir.path().join("data"))
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success(), "up {args:?} must be refused");
+    assert!(!dir.path().join("data").join("topology.json").exists(), "nothing started for {args:?}");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn autoscaling_flags_need_a_range_and_a_range_must_be_one() {
+    let port = crate::support::free_port_run(4).to_string();
+    let stderr = up_refuses(&["--nodes-per-region", "2", "--target-cpu", "20", "--port", &port]).await;
+    assert!(stderr.contains("need --nodes-per-region MIN..MAX"), "{stderr}");
+    let stderr = up_refuses(&["--nodes-per-region", "3..1", "--port", &port]).await;
+    assert!(stderr.contains("MIN must not be above MAX"), "{stderr}");
+    let stderr = up_refuses(&["--nodes-per-region", "1..3", "--target-cpu", "0", "--port", &port]).await;
+    assert!(stderr.contains("--target-cpu 0"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deploy_rolls_the_running_nodes_of_an_autoscaled_deployment_and_skips_parked_slots() {
+    // A target no idle node reaches: the regions stay at MIN while the deploy runs.
+    let flags = ["--target-cpu", "5000", "--scale-sample-interval", "1"].map(str::to_string);
+    let up = start_up_scaled(2, "1..2", 1, 2, &flags).await;
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_rananeeti"))
+        .arg("deploy")
+        .arg("--data")
+        .arg(up.data_dir())
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "deploy failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let topology = Topology::read(&up.data_dir().join("topology.json")).unwrap();
+    let names: Vec<Vec<String>> =
+        topology.regions.iter().map(|region| region.nodes.iter().map(|node| node.name.clone()).collect()).collect();
+    assert_eq!(names, [["r1-n1-gen2"], ["r2-n1-gen2"]], "each region's running node was rolled, and only it");
+    for region in ["r1", "r2"] {
+        let parked_home = up.data_dir().join(region).join(format!("{region}-n2-b"));
+        assert!(!parked_home.exists(), "no node was started for the parked slot {region}-n2");
+    }
+    let base = up.topology.gateway_url.clone().unwrap();
+    let booked = client()
+        .post(format!("{base}/api/cafe/reservations"))
+        .json(&reservation("autoscale-deploy", 1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(booked.status(), 201, "a booking after the roll is committed");
 }
