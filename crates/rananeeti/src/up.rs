@@ -2,8 +2,10 @@
 //!
 //! It prepares the data directory (admin token, stores), starts each region's store and nodes as
 //! child processes of this executable, restarts a node that exits, keeps `DIR/topology.json` in
-//! step, rolls the nodes onto new processes when `rananeeti deploy` asks (`up/deploy.rs`), and on
-//! Ctrl-C or SIGTERM stops the nodes, then the databases, and exits 0.
+//! step, rolls the nodes onto new processes when `rananeeti deploy` asks (`up/deploy.rs`), with
+//! `--nodes-per-region MIN..MAX` adds and removes nodes by their CPU (`up/autoscale.rs`; both
+//! through `up/membership.rs`), and on Ctrl-C or SIGTERM stops the nodes, then the databases, and
+//! exits 0.
 //!
 //! Layout of `DIR` (0700, every file in it 0600): `admin-token`, `cluster-token`, `session-key`,
 //! `topology.json`, `up.lock`, `witness.json`, `control.sock` (`rananeeti deploy` asks on it,

@@ -307,12 +307,12 @@ pub(super) async fn run(
             }
             let detail = match reason {
                 Reason::CpuAboveTarget => format!(
-                    "average CPU {average:.0}% above the target {:.0}% for {} s",
+                    "average CPU {average:.0}% above the target {:.0}% (scale-up window {} s)",
                     policy.target_cpu_percent,
                     window.as_secs()
                 ),
                 Reason::CpuBelowTarget => format!(
-                    "average CPU {average:.0}% below the target {:.0}% for {} s",
+                    "average CPU {average:.0}% below the target {:.0}% for the scale-down window ({} s)",
                     policy.target_cpu_percent,
                     window.as_secs()
                 ),
