@@ -299,3 +299,74 @@ async fn a_deploy_rolls_the_running_nodes_of_an_autoscaled_deployment_and_skips_
         .unwrap();
     assert_eq!(booked.status(), 201, "a booking after the roll is committed");
 }
+
+/// `up`'s `scale` events for `region` with this `outcome`.
+fn scale_events(up: &Up, region: &str, outcome: &str) -> Vec<Value> {
+    up.log()
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .map(|line| line["fields"].clone())
+        .filter(|fields| fields["event"] == "scale" && fields["region"] == region && fields["outcome"] == outcome)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_whose_queue_holds_writes_is_not_removed_until_they_are_in_the_store() {
+    let flags =
+        ["--log-format", "json", "--target-cpu", "20", "--scale-sample-interval", "1", "--scale-down-window", "5"]
+            .map(str::to_string);
+    let up = start_up_scaled(2, "1..2", 1, 2, &flags).await;
+    let base = up.topology.gateway_url.clone().unwrap();
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let stop_load = Arc::new(AtomicBool::new(false));
+    let readers = heavy_readers(&base, &stop_load, &seen);
+    eventually("r1 to run two nodes under the load", GROW_TIMEOUT, || async {
+        (r1_nodes(&up) == ["r1-n1", "r1-n2"]).then_some(())
+    })
+    .await;
+    stop_load.store(true, Ordering::SeqCst);
+    for reader in readers {
+        reader.await.unwrap();
+    }
+    // The added node's store goes down and it queues writes: it must not be removed now.
+    let topology = Topology::read(&up.data_dir().join("topology.json")).unwrap();
+    let added = topology.regions[0].nodes.iter().find(|node| node.name == "r1-n2").unwrap().clone();
+    crate::deploy::set_store(&up, &added, "down").await;
+    let mut queued = BTreeSet::new();
+    for i in 0..5 {
+        let answer = client()
+            .post(format!("{}/api/cafe/reservations", added.url))
+            .json(&reservation("autoscale-queued", i))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 202, "with its store down, r1-n2 queues the booking");
+        let body: Value = answer.json().await.unwrap();
+        queued.insert(body["id"].as_str().unwrap().to_string());
+    }
+    let refused = eventually("a refused scale down of r1", SHRINK_TIMEOUT, || async {
+        scale_events(&up, "r1", "failed").into_iter().next()
+    })
+    .await;
+    assert!(
+        refused["error"].as_str().unwrap().contains("r1-n2 is not removed"),
+        "the refusal names the node and why: {refused}"
+    );
+    assert_eq!(r1_nodes(&up), ["r1-n1", "r1-n2"], "r1-n2 still runs, listed");
+    assert!(
+        nodes_at(&up, &base).await.contains(&("r1-n2".to_string(), false)),
+        "and the gateway routes to it, undrained"
+    );
+
+    // Its store back, its queue drains, and then it goes.
+    crate::deploy::set_store(&up, &added, "up").await;
+    eventually("r1 back to one node once r1-n2's queue drained", SHRINK_TIMEOUT, || async {
+        (r1_nodes(&up) == ["r1-n1"]).then_some(())
+    })
+    .await;
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
+    assert!(seen.failures.is_empty(), "reads failed: {:?}", &seen.failures[..seen.failures.len().min(10)]);
+    for region in 0..2 {
+        up.assert_each_once(region, &queued).await;
+    }
+}

@@ -331,7 +331,7 @@ async fn a_new_binary_that_cannot_start_stops_the_roll_and_the_old_nodes_serve()
 }
 
 /// POST /admin/faults on one node.
-async fn set_store(up: &Up, node: &NodeTopology, state: &str) {
+pub(crate) async fn set_store(up: &Up, node: &NodeTopology, state: &str) {
     let response = client()
         .post(format!("{}/admin/faults", node.url))
         .bearer_auth(&up.token)
