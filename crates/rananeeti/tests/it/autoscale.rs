@@ -41,6 +41,11 @@ fn r1_nodes(up: &Up) -> Vec<String> {
     topology.regions[0].nodes.iter().map(|node| node.name.clone()).collect()
 }
 
+/// r1's nodes the gateway at `base` routes to, sorted.
+async fn r1_routed(up: &Up, base: &str) -> Vec<String> {
+    nodes_at(up, base).await.into_iter().map(|(name, _)| name).filter(|name| name.starts_with("r1-")).collect()
+}
+
 fn heavy_readers(base: &str, stop: &Arc<AtomicBool>, seen: &Arc<Mutex<Seen>>) -> Vec<tokio::task::JoinHandle<()>> {
     (0..HEAVY_READERS)
         .map(|_| {
@@ -111,11 +116,23 @@ fn writer(base: &str, stop: &Arc<AtomicBool>, seen: &Arc<Mutex<Seen>>) -> tokio:
 #[tokio::test(flavor = "multi_thread")]
 async fn cpu_load_on_a_region_grows_it_up_to_max_and_it_shrinks_back_to_min_losing_nothing() {
     // A low target, so the load grows r1 on a busy shared machine; a short sample interval and
-    // scale-down window so the test takes a minute, not five.
-    let flags =
-        ["--log-format", "json", "--target-cpu", "20", "--scale-sample-interval", "1", "--scale-down-window", "5"]
-            .map(str::to_string);
+    // scale-down window so the test takes seconds, not minutes. Two gateways: the load goes
+    // through the one inside `up`, the second (a process) must follow every change too.
+    let flags = [
+        "--log-format",
+        "json",
+        "--gateways",
+        "2",
+        "--target-cpu",
+        "20",
+        "--scale-sample-interval",
+        "1",
+        "--scale-down-window",
+        "5",
+    ]
+    .map(str::to_string);
     let up = start_up_scaled(2, "1..3", 1, 3, &flags).await;
+    assert_eq!(up.topology.gateways.len(), 2);
     let base = up.topology.gateway_url.clone().unwrap();
     assert_eq!(r1_nodes(&up), ["r1-n1"], "r1 starts at MIN");
 
@@ -139,18 +156,16 @@ async fn cpu_load_on_a_region_grows_it_up_to_max_and_it_shrinks_back_to_min_losi
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     println!("r1 grew to {most} nodes: {:?}", r1_nodes(&up));
-    // The gateway routes to what topology.json lists, and reads were served by a new node.
-    let listed: BTreeSet<String> = r1_nodes(&up).into_iter().collect();
-    eventually("the gateway to route to r1's listed nodes", Duration::from_secs(10), || async {
-        let routed: BTreeSet<String> = nodes_at(&up, &base)
-            .await
-            .into_iter()
-            .map(|(name, _)| name)
-            .filter(|name| name.starts_with("r1"))
-            .collect();
-        (routed == listed).then_some(())
-    })
-    .await;
+    // Every gateway routes to what topology.json lists, and reads were served by a new node.
+    let listed = r1_nodes(&up);
+    for gateway in &up.topology.gateways {
+        eventually(
+            &format!("gateway {} to route to r1's listed nodes", gateway.name),
+            Duration::from_secs(10),
+            || async { (r1_routed(&up, &gateway.url).await == listed).then_some(()) },
+        )
+        .await;
+    }
     eventually("a read served by a node the autoscaler added", Duration::from_secs(10), || async {
         let served = seen.lock().unwrap().served_by.clone();
         served.iter().any(|node| node == "r1-n2" || node == "r1-n3").then_some(())
@@ -166,16 +181,14 @@ async fn cpu_load_on_a_region_grows_it_up_to_max_and_it_shrinks_back_to_min_losi
         (r1_nodes(&up) == ["r1-n1"]).then_some(())
     })
     .await;
-    eventually("the gateway to route to r1-n1 alone in r1", Duration::from_secs(10), || async {
-        let routed: Vec<String> = nodes_at(&up, &base)
-            .await
-            .into_iter()
-            .map(|(name, _)| name)
-            .filter(|name| name.starts_with("r1"))
-            .collect();
-        (routed == ["r1-n1"]).then_some(())
-    })
-    .await;
+    for gateway in &up.topology.gateways {
+        eventually(
+            &format!("gateway {} to route to r1-n1 alone in r1", gateway.name),
+            Duration::from_secs(10),
+            || async { (r1_routed(&up, &gateway.url).await == ["r1-n1"]).then_some(()) },
+        )
+        .await;
+    }
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop_writer.store(true, Ordering::SeqCst);
     writing.await.unwrap();
