@@ -2,8 +2,10 @@
 //!
 //! It prepares the data directory (admin token, stores), starts each region's store and nodes as
 //! child processes of this executable, restarts a node that exits, keeps `DIR/topology.json` in
-//! step, rolls the nodes onto new processes when `rananeeti deploy` asks (`up/deploy.rs`), and on
-//! Ctrl-C or SIGTERM stops the nodes, then the databases, and exits 0.
+//! step, rolls the nodes onto new processes when `rananeeti deploy` asks (`up/deploy.rs`), with
+//! `--nodes-per-region MIN..MAX` adds and removes nodes by their CPU (`up/autoscale.rs`; both
+//! through `up/membership.rs`), and on Ctrl-C or SIGTERM stops the nodes, then the databases, and
+//! exits 0.
 //!
 //! Layout of `DIR` (0700, every file in it 0600): `admin-token`, `cluster-token`, `session-key`,
 //! `topology.json`, `up.lock`, `witness.json`, `control.sock` (`rananeeti deploy` asks on it,
@@ -26,8 +28,10 @@ use rand::RngCore;
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
 
+pub mod autoscale;
 mod backup_status;
 pub mod deploy;
+mod membership;
 
 use self::gateways::{plan_extra_gateways, spawn_gateway_process, supervise_gateway};
 use crate::postgres::{free_loopback_port, PgCluster};
@@ -59,9 +63,22 @@ pub struct UpArgs {
     /// Number of regions (r1..rN), each with its own store.
     #[arg(long, default_value_t = 2)]
     pub regions: u32,
-    /// Number of nodes in each region.
-    #[arg(long, default_value_t = 2)]
-    pub nodes_per_region: u32,
+    /// Nodes in each region: a count (`2`), or a range `MIN..MAX` the autoscaler keeps to by
+    /// the nodes' CPU (README "Autoscaling").
+    #[arg(long, default_value = "2")]
+    pub nodes_per_region: autoscale::NodesPerRegion,
+    /// Autoscaling: the average CPU per node to keep to, in percent of one core (default 50).
+    #[arg(long)]
+    pub target_cpu: Option<f64>,
+    /// Autoscaling: seconds the load must stay high before a node is added (default 0: at once).
+    #[arg(long)]
+    pub scale_up_window: Option<u64>,
+    /// Autoscaling: seconds the load must stay low before a node is removed (default 300).
+    #[arg(long)]
+    pub scale_down_window: Option<u64>,
+    /// Autoscaling: seconds between two CPU samples of the nodes (default 5).
+    #[arg(long)]
+    pub scale_sample_interval: Option<u64>,
     /// Port on 127.0.0.1 where the deployment answers.
     #[arg(long, default_value_t = 8080)]
     pub port: u16,
@@ -130,13 +147,15 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
             .try_init(),
     };
 
-    if args.regions == 0 || args.nodes_per_region == 0 {
-        bail!("--regions and --nodes-per-region must be at least 1");
+    if args.regions == 0 {
+        bail!("--regions must be at least 1");
     }
     const NODES_MAX: u32 = 64;
-    if args.regions.checked_mul(args.nodes_per_region).is_none_or(|nodes| nodes > NODES_MAX) {
-        bail!("at most {NODES_MAX} nodes in one local deployment");
+    if args.regions.checked_mul(args.nodes_per_region.max()).is_none_or(|nodes| nodes > NODES_MAX) {
+        bail!("at most {NODES_MAX} nodes in one local deployment (counting each region's MAX)");
     }
+    // Checked before anything starts (`autoscale_policy` runs again once the nodes are up).
+    autoscale_policy(&args)?;
 
     // One thread: every child is spawned from it, which is what the parent-death signal set on
     // the nodes is tied to.
@@ -262,6 +281,15 @@ impl TopologyFile {
         });
     }
 
+    /// Lists `node` last in `region` (a node the autoscaler started).
+    fn add_node_last(&self, region: &str, node: NodeTopology) {
+        self.update(|topology| {
+            if let Some(listed) = topology.regions.iter_mut().find(|listed| listed.name == region) {
+                listed.nodes.push(node);
+            }
+        });
+    }
+
     fn remove_node(&self, node_name: &str) {
         self.update(|topology| {
             for region in &mut topology.regions {
@@ -321,7 +349,11 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     let mut clusters = Vec::new();
     let mut topology = Topology::default();
     let mut plans = Vec::new();
-    let nodes_total = args.regions * args.nodes_per_region;
+    let slots_per_region = args.nodes_per_region.max();
+    let running_per_region = args.nodes_per_region.min();
+    // Every slot a region may run (MAX of them) has its ports from the start, so every peer
+    // list names it whether its node runs or not.
+    let nodes_total = args.regions * slots_per_region;
     // The gateway's port, then the nodes', the witness's, and the other gateways'.
     let ports_total = nodes_total + 1 + args.gateways;
     for region_number in 1..=args.regions {
@@ -350,9 +382,9 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             }
         };
         let mut nodes = Vec::new();
-        for node_number in 1..=args.nodes_per_region {
+        for node_number in 1..=slots_per_region {
             let name = format!("{region}-n{node_number}");
-            let node_index = (region_number - 1) * args.nodes_per_region + (node_number - 1);
+            let node_index = (region_number - 1) * slots_per_region + (node_number - 1);
             let node_dir = region_dir.join(&name);
             // Where `rananeeti deploy` starts this node's successor: any free port (the run
             // after the deployment's port is taken), chosen now so every peer can list it.
@@ -381,7 +413,10 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
                 demo,
                 name,
             };
-            nodes.push(NodeTopology { name: plan.name.clone(), url: plan.url(), pid: None });
+            // The slots past MIN are parked: the autoscaler starts their nodes when load asks.
+            if node_number <= running_per_region {
+                nodes.push(NodeTopology { name: plan.name.clone(), url: plan.url(), pid: None });
+            }
             plans.push(plan);
         }
         topology.regions.push(RegionTopology { name: region, nodes, database });
@@ -392,17 +427,25 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     let slot_urls = |name: &str| -> String {
         plans.iter().find(|plan| plan.name == name).map(|plan| plan.urls().join(",")).unwrap_or_default()
     };
+    // A queue peer is a node that always runs: among the first MIN slots of the region (the next
+    // one), or, when MIN is 1, the first node of the next region; a slot past MIN sends its
+    // copies to its region's first node.
     let mut queue_peers = Vec::new();
     for (region_index, region) in topology.regions.iter().enumerate() {
-        for (node_index, node) in region.nodes.iter().enumerate() {
-            let queue_peer = if region.nodes.len() > 1 {
-                Some(slot_urls(&region.nodes[(node_index + 1) % region.nodes.len()].name))
+        let slot_names: Vec<&str> =
+            plans.iter().filter(|plan| plan.region == region.name).map(|plan| plan.name.as_str()).collect();
+        for (slot_index, name) in slot_names.iter().enumerate() {
+            let always = running_per_region as usize;
+            let queue_peer = if slot_index >= always {
+                Some(slot_urls(slot_names[0]))
+            } else if always > 1 {
+                Some(slot_urls(slot_names[(slot_index + 1) % always]))
             } else if regions_total > 1 {
                 Some(slot_urls(&topology.regions[(region_index + 1) % regions_total].nodes[0].name))
             } else {
                 None
             };
-            queue_peers.push((node.name.clone(), queue_peer));
+            queue_peers.push((name.to_string(), queue_peer));
         }
     }
     for (name, queue_peer) in queue_peers {
@@ -535,8 +578,13 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         }
     }
 
+    let first_plans: Vec<NodePlan> = plans
+        .iter()
+        .filter(|plan| topology.regions.iter().any(|region| region.nodes.iter().any(|node| node.name == plan.name)))
+        .cloned()
+        .collect();
     let mut running = Vec::new();
-    let started = start_nodes(&executable, &plans, &mut running, &mut shutdown).await;
+    let started = start_nodes(&executable, &first_plans, &mut running, &mut shutdown).await;
     let interrupted = match started {
         Ok(interrupted) => interrupted,
         Err(error) => {
@@ -562,13 +610,34 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             }
         }
     }
+    // Every slot in plan order (regions, then slots): the running ones, and the parked ones
+    // (no process) the autoscaler may start.
+    let mut every_slot: Vec<RunningNode> = Vec::new();
+    for plan in &plans {
+        match running.iter().position(|node| node.plan.name == plan.name) {
+            Some(index) => every_slot.push(running.remove(index)),
+            None => every_slot.push(RunningNode { plan: plan.clone(), child: None, started_at: Instant::now() }),
+        }
+    }
+    let mut running = every_slot;
     // The control socket is there before topology.json says the deployment is up, so a deploy
     // can follow it at once; its requests wait for the supervisors, started below.
     let mut slots = Vec::new();
     let mut slot_requests = Vec::new();
+    let mut regions_slots: Vec<autoscale::RegionSlots> = Vec::new();
     for node in &running {
         let (requests, received) = tokio::sync::mpsc::channel(1);
-        slots.push(deploy::Slot { name: node.plan.slot.clone(), requests });
+        if regions_slots.last().is_none_or(|region| region.name != node.plan.region) {
+            regions_slots.push(autoscale::RegionSlots {
+                name: node.plan.region.clone(),
+                lock: Arc::new(tokio::sync::Mutex::new(())),
+                slots: Vec::new(),
+                running: running_per_region,
+            });
+        }
+        let region = regions_slots.last_mut().expect("pushed above");
+        region.slots.push(requests.clone());
+        slots.push(deploy::Slot { name: node.plan.slot.clone(), requests, region_lock: Arc::clone(&region.lock) });
         slot_requests.push(received);
     }
     let control_socket = match deploy::serve_control(&data, slots, shutdown.clone()) {
@@ -590,8 +659,8 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     let base_url = format!("http://127.0.0.1:{}/", args.port);
     println!("rananeeti is up: {base_url}  (admin token in {})", admin_token_file.display());
     println!("cafe: {base_url}cafe");
-    if plans.len() > 1 {
-        for plan in &plans {
+    if first_plans.len() > 1 {
+        for plan in &first_plans {
             println!("  region {} node {}: {}/", plan.region, plan.name, plan.url());
         }
     }
@@ -600,7 +669,8 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     }
     let _ = std::io::stdout().flush();
 
-    let deployer = deploy::Deployer::new(admin_token_file.clone(), extra_gateways.clone())?;
+    let membership = membership::Membership::new(admin_token_file.clone(), extra_gateways.clone())?;
+    let deployer = deploy::Deployer::new(membership.clone());
     let mut supervisors: Vec<_> = running
         .into_iter()
         .zip(slot_requests)
@@ -611,10 +681,22 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
                 topology_file.clone(),
                 received,
                 deployer.clone(),
+                membership.clone(),
                 shutdown.clone(),
             ))
         })
         .collect();
+    if let Some(policy) = autoscale_policy(&args)? {
+        tracing::info!(
+            nodes_per_region = %args.nodes_per_region,
+            target_cpu_percent = policy.target_cpu_percent,
+            scale_up_window_seconds = policy.up_window.as_secs(),
+            scale_down_window_seconds = policy.down_window.as_secs(),
+            sample_interval_seconds = policy.sample_interval.as_secs(),
+            "autoscaling"
+        );
+        tokio::spawn(autoscale::run(policy, regions_slots, topology_file.clone(), shutdown.clone()));
+    }
     for (plan, child) in gateway_children {
         supervisors.push(tokio::spawn(supervise_gateway(
             plan,
@@ -651,6 +733,43 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     remove_if_exists(&topology_path)?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The autoscaler's policy from `up`'s flags: `None` for a fixed count of nodes (when none of the
+/// autoscaling flags may be given).
+fn autoscale_policy(args: &UpArgs) -> anyhow::Result<Option<autoscale::Policy>> {
+    /// Longest stabilization window and sample interval taken, in seconds (a day).
+    const WINDOW_SECONDS_MAX: u64 = 86_400;
+    /// Highest target: 64 cores' worth, in percent of one.
+    const TARGET_CPU_PERCENT_MAX: f64 = 6_400.0;
+    if !args.nodes_per_region.is_range() {
+        let given = [args.target_cpu.is_some(), args.scale_up_window.is_some(), args.scale_down_window.is_some()];
+        if given.contains(&true) || args.scale_sample_interval.is_some() {
+            bail!(
+                "--target-cpu, --scale-up-window, --scale-down-window and --scale-sample-interval need \
+                 --nodes-per-region MIN..MAX (a plain number runs that many nodes, unscaled)"
+            );
+        }
+        return Ok(None);
+    }
+    let target_cpu_percent = args.target_cpu.unwrap_or(50.0);
+    if !(target_cpu_percent > 0.0 && target_cpu_percent <= TARGET_CPU_PERCENT_MAX) {
+        bail!("--target-cpu {target_cpu_percent}: a percent of one core, above 0 and at most {TARGET_CPU_PERCENT_MAX}");
+    }
+    let seconds = |flag: &str, value: Option<u64>, default: u64, least: u64| -> anyhow::Result<Duration> {
+        let value = value.unwrap_or(default);
+        if !(least..=WINDOW_SECONDS_MAX).contains(&value) {
+            bail!("--{flag} {value}: seconds from {least} to {WINDOW_SECONDS_MAX}");
+        }
+        Ok(Duration::from_secs(value))
+    };
+    Ok(Some(autoscale::Policy {
+        nodes: args.nodes_per_region,
+        target_cpu_percent,
+        up_window: seconds("scale-up-window", args.scale_up_window, 0, 0)?,
+        down_window: seconds("scale-down-window", args.scale_down_window, 300, 0)?,
+        sample_interval: seconds("scale-sample-interval", args.scale_sample_interval, 5, 1)?,
+    }))
 }
 
 /// Scheduled backups: `rananeeti backup create` (then `verify`, then `prune`) as child processes,
@@ -916,33 +1035,66 @@ fn probe_client() -> anyhow::Result<reqwest::Client> {
         .context("building the HTTP client for readiness probes")
 }
 
+/// What a slot's supervisor is asked: a roll (`rananeeti deploy`), or a start or stop
+/// (the autoscaler).
+enum SlotCommand {
+    Deploy(deploy::SlotRequest),
+    Scale(autoscale::ScaleRequest),
+}
+
 /// What wakes a node's supervisor.
 enum SupervisorEvent {
     Exited(std::io::Result<std::process::ExitStatus>),
-    Deploy(deploy::SlotRequest),
+    Command(SlotCommand),
     Shutdown,
 }
 
 /// Keeps one node slot running until shutdown: restarts its node (same port) whenever it exits,
 /// with a backoff, and records each new pid in the topology; rolls it onto a new process when
-/// `rananeeti deploy` asks (`up/deploy.rs`), which is why the roll happens here and nowhere
-/// else: nothing else starts or stops this slot's processes; on shutdown, stops it.
+/// `rananeeti deploy` asks (`up/deploy.rs`), starts or stops it when the autoscaler asks
+/// (`up/autoscale.rs`), which is why those happen here and nowhere else: nothing else starts or
+/// stops this slot's processes; on shutdown, stops it. A slot whose node the autoscaler stopped
+/// (or never started) is parked: nothing to restart, nothing to roll.
 async fn supervise(
     mut node: RunningNode,
     mut executable: PathBuf,
     topology: TopologyFile,
-    mut requests: tokio::sync::mpsc::Receiver<deploy::SlotRequest>,
+    mut requests: tokio::sync::mpsc::Receiver<SlotCommand>,
     deployer: deploy::Deployer,
+    membership: membership::Membership,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut backoff = RESTART_BACKOFF_INITIAL;
+    let mut parked = node.child.is_none();
     loop {
         let name = node.plan.name.clone();
+        if parked {
+            let command = tokio::select! {
+                Some(command) = requests.recv() => command,
+                _ = shutdown.wait_for(|requested| *requested) => return,
+            };
+            match command {
+                SlotCommand::Deploy(request) => request.nothing_to_roll(),
+                SlotCommand::Scale(request) if request.start => {
+                    let started =
+                        autoscale::bring_in(&membership, &mut node, &executable, &topology, &mut shutdown).await;
+                    parked = started.is_err();
+                    backoff = RESTART_BACKOFF_INITIAL;
+                    let _ = request
+                        .done
+                        .send(started.map(|()| node.plan.name.clone()).map_err(|error| format!("{error:#}")));
+                }
+                SlotCommand::Scale(request) => {
+                    let _ = request.done.send(Err(format!("{name} is not running")));
+                }
+            }
+            continue;
+        }
         let event = match node.child.as_mut() {
             Some(child) => tokio::select! {
                 status = child.wait() => SupervisorEvent::Exited(status),
                 // `None` only once the control socket is gone (it lives as long as `up`).
-                Some(request) = requests.recv() => SupervisorEvent::Deploy(request),
+                Some(command) = requests.recv() => SupervisorEvent::Command(command),
                 _ = shutdown.wait_for(|requested| *requested) => SupervisorEvent::Shutdown,
             },
             // Restarting failed last time: go straight to the backoff.
@@ -953,8 +1105,23 @@ async fn supervise(
                 stop_node(&mut node).await;
                 return;
             }
-            SupervisorEvent::Deploy(request) => {
+            SupervisorEvent::Command(SlotCommand::Deploy(request)) => {
                 deployer.handle(&mut node, &mut executable, &topology, request, &mut shutdown).await;
+                continue;
+            }
+            SupervisorEvent::Command(SlotCommand::Scale(request)) => {
+                let outcome = if request.start {
+                    Err(format!("{name} runs already"))
+                } else {
+                    match autoscale::take_out(&membership, &mut node, &topology, &mut shutdown).await {
+                        Ok(()) => {
+                            parked = true;
+                            Ok(name.clone())
+                        }
+                        Err(error) => Err(format!("{error:#}")),
+                    }
+                };
+                let _ = request.done.send(outcome);
                 continue;
             }
             SupervisorEvent::Exited(status) => status,

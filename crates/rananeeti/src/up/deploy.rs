@@ -12,19 +12,17 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::process::Child;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::gateways::{rewrite_gateway_configs, GatewayPlan};
-use super::{probe_client, spawn_node, stop_node, wait_until_ready, Readiness, RunningNode, TopologyFile};
-use crate::topology::NodeTopology;
+use super::membership::{ready_to_leave, wait_queue_empty, Membership, POLL_INTERVAL};
+use super::{RunningNode, SlotCommand, TopologyFile};
 
 /// The socket in `DIR` a deploy talks to `up` on (0600, in a 0700 directory).
 pub const CONTROL_SOCKET: &str = "control.sock";
@@ -32,19 +30,8 @@ pub const CONTROL_SOCKET: &str = "control.sock";
 const REQUEST_BYTES_MAX: u64 = 4096;
 /// Steps waiting to be written to the deploy's connection.
 const PROGRESS_MESSAGES_MAX: usize = 64;
-/// How long a new node gets to answer `/readyz` with 200.
-const SERVING_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long every gateway gets to see the new node healthy.
-const GATEWAY_HEALTHY_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long the old node's requests in flight at the gateways get to finish before SIGTERM
-/// (which lets the node finish them too).
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long the old node's queue gets to drain before SIGTERM.
-const QUEUE_EMPTY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bound on `BINARY --version`.
 const VERSION_TIMEOUT: Duration = Duration::from_secs(5);
-/// Pause between two polls of a gateway or a node.
-const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// How long a slot gets to finish its roll (its steps are bounded; its node may be restarting).
 const SLOT_ROLL_TIMEOUT: Duration = Duration::from_secs(180);
 
@@ -97,23 +84,31 @@ pub(super) struct SlotRequest {
     done: oneshot::Sender<Result<(), String>>,
 }
 
+impl SlotRequest {
+    /// The slot is parked (the autoscaler stopped its node, or never started it): done at once.
+    pub(super) fn nothing_to_roll(self) {
+        let _ = self.done.send(Ok(()));
+    }
+}
+
 /// A slot's supervisor, as the control socket sees it.
 pub(super) struct Slot {
     pub(super) name: String,
-    pub(super) requests: mpsc::Sender<SlotRequest>,
+    pub(super) requests: mpsc::Sender<SlotCommand>,
+    /// Held by whoever changes the slot's region (this deploy, or the autoscaler's step), so the
+    /// two never change one region at once.
+    pub(super) region_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
-/// What a roll needs besides the slot: the gateways to tell and the token to tell them with.
+/// What a roll needs besides the slot: how nodes join and leave (`up/membership.rs`).
 #[derive(Clone)]
 pub(super) struct Deployer {
-    client: reqwest::Client,
-    admin_token_file: PathBuf,
-    gateway_plans: Arc<Vec<GatewayPlan>>,
+    membership: Membership,
 }
 
 impl Deployer {
-    pub(super) fn new(admin_token_file: PathBuf, gateway_plans: Vec<GatewayPlan>) -> anyhow::Result<Deployer> {
-        Ok(Deployer { client: probe_client()?, admin_token_file, gateway_plans: Arc::new(gateway_plans) })
+    pub(super) fn new(membership: Membership) -> Deployer {
+        Deployer { membership }
     }
 
     /// Rolls (or, dry, describes) `node`'s slot and answers the deploy.
@@ -165,62 +160,45 @@ impl Deployer {
         roll: &mut Roll<'_>,
         shutdown: &mut watch::Receiver<bool>,
     ) -> anyhow::Result<()> {
+        let membership = &self.membership;
         let old = node.plan.clone();
         let next = old.next_generation();
-        let token = self.token()?;
+        let token = membership.token()?;
         let gateways = topology.gateway_urls();
         // A node whose store is down or whose queue holds writes is not rolled: its queue lives
         // in its home, which the new node does not open, so it must be empty when it stops.
-        ready_to_leave(&self.client, &old.url()).await.with_context(|| format!("{} is not rolled", old.name))?;
+        ready_to_leave(membership.client(), &old.url()).await.with_context(|| format!("{} is not rolled", old.name))?;
         roll.emit("start_new", None).await;
-        let child = spawn_node(binary, &next)?;
-        let mut new = RunningNode { plan: next.clone(), child: Some(child), started_at: Instant::now() };
+        let mut new = membership.start(binary, &next, shutdown).await.with_context(|| {
+            format!("{} did not take over from {}; {} keeps serving", next.name, old.name, old.name)
+        })?;
         roll.step.new_pid = new.child.as_ref().and_then(Child::id);
+        roll.emit("ready", None).await;
 
         // Until the old node is drained, giving up leaves it serving as before.
         let started = async {
-            wait_until_serving(&mut new, &self.client, shutdown).await?;
-            roll.emit("ready", None).await;
-            topology.add_node_after(
-                &old.name,
-                NodeTopology { name: next.name.clone(), url: next.url(), pid: roll.step.new_pid },
-            );
-            for gateway in &gateways {
-                self.register(gateway, &token, &next.region, &next.name, &next.url()).await?;
-            }
-            self.rewrite_gateway_configs(topology);
+            membership.add(topology, Some(&old.name), &new, &gateways, &token).await?;
             roll.emit("added", Some(format!("at {} gateway(s)", gateways.len()))).await;
-            self.wait_healthy(&gateways, &token, &next.name, shutdown).await?;
-            for gateway in &gateways {
-                self.gateway_call(gateway, &token, reqwest::Method::POST, &format!("/admin/nodes/{}/drain", old.name))
-                    .await?;
-            }
-            anyhow::Ok(())
+            membership.wait_healthy(&gateways, &token, &next.name, shutdown).await?;
+            membership.set_drained(&gateways, &token, &old.name, true).await
         }
         .await;
         if let Err(error) = started {
-            for gateway in &gateways {
-                let _ = self
-                    .gateway_call(gateway, &token, reqwest::Method::POST, &format!("/admin/nodes/{}/undrain", old.name))
-                    .await;
-                let _ = self.unregister(gateway, &token, &next.name).await;
-            }
-            stop_node(&mut new).await;
-            topology.remove_node(&next.name);
-            self.rewrite_gateway_configs(topology);
+            let _ = membership.set_drained(&gateways, &token, &old.name, false).await;
+            membership.withdraw(topology, &mut new, &gateways, &token).await;
             return Err(
                 error.context(format!("{} did not take over from {}; {} keeps serving", next.name, old.name, old.name))
             );
         }
         roll.emit("draining", None).await;
 
-        let in_flight = self.wait_no_requests(&gateways, &token, &old.name, shutdown).await;
+        let in_flight = membership.wait_no_requests(&gateways, &token, &old.name, shutdown).await;
         roll.emit(
             "drained",
             in_flight.err().map(|error| format!("{error:#}; stopping it anyway (SIGTERM lets it finish them)")),
         )
         .await;
-        let queue = wait_queue_empty(&self.client, &old.url(), shutdown).await;
+        let queue = wait_queue_empty(membership.client(), &old.url(), shutdown).await;
         roll.emit(
             "queue_empty",
             queue.err().map(|error| {
@@ -234,141 +212,14 @@ impl Deployer {
         .await;
 
         // Drained, it serves nobody any more: topology.json stops listing it before it stops.
-        topology.remove_node(&old.name);
-        self.rewrite_gateway_configs(topology);
-        stop_node(node).await;
+        membership.retire(topology, node, &gateways, &token).await;
         roll.emit("stopped", None).await;
-        for gateway in &gateways {
-            if let Err(error) = self.unregister(gateway, &token, &old.name).await {
-                tracing::warn!(gateway, error = format!("{error:#}"), "removing a stopped node from a gateway");
-            }
-        }
         roll.emit("removed", None).await;
         *node = new;
         roll.emit("done", None).await;
         Ok(())
     }
-
-    fn token(&self) -> anyhow::Result<String> {
-        let token = std::fs::read_to_string(&self.admin_token_file)
-            .with_context(|| format!("reading {}", self.admin_token_file.display()))?;
-        Ok(token.trim().to_string())
-    }
-
-    fn rewrite_gateway_configs(&self, topology: &TopologyFile) {
-        if let Err(error) = rewrite_gateway_configs(&self.gateway_plans, &topology.snapshot()) {
-            tracing::error!(error = format!("{error:#}"), "rewriting the gateways' configuration files");
-        }
-    }
-
-    async fn register(&self, gateway: &str, token: &str, region: &str, name: &str, url: &str) -> anyhow::Result<()> {
-        let response = self
-            .client
-            .post(format!("{gateway}/admin/nodes"))
-            .bearer_auth(token)
-            .json(&json!({ "region": region, "name": name, "url": url }))
-            .send()
-            .await
-            .with_context(|| format!("registering {name} at the gateway {gateway}"))?;
-        match response.status().as_u16() {
-            201 => Ok(()),
-            status => bail!("the gateway {gateway} answered {status} to registering {name}"),
-        }
-    }
-
-    async fn unregister(&self, gateway: &str, token: &str, name: &str) -> anyhow::Result<()> {
-        match self.gateway_call(gateway, token, reqwest::Method::DELETE, &format!("/admin/nodes/{name}")).await {
-            Ok(_) => Ok(()),
-            Err(error) if error.downcast_ref::<NotFound>().is_some() => Ok(()),
-            Err(error) => Err(error),
-        }
-    }
-
-    /// One admin call to a gateway that must answer 200 (404 is `NotFound`).
-    async fn gateway_call(
-        &self,
-        gateway: &str,
-        token: &str,
-        method: reqwest::Method,
-        path: &str,
-    ) -> anyhow::Result<serde_json::Value> {
-        let response = self
-            .client
-            .request(method.clone(), format!("{gateway}{path}"))
-            .bearer_auth(token)
-            .send()
-            .await
-            .with_context(|| format!("{method} {gateway}{path}"))?;
-        match response.status().as_u16() {
-            200 => response.json().await.with_context(|| format!("{method} {gateway}{path}")),
-            404 => Err(anyhow::Error::new(NotFound).context(format!("{method} {gateway}{path}: 404"))),
-            status => bail!("{method} {gateway}{path}: the gateway answered {status}"),
-        }
-    }
-
-    /// `name` as each gateway's `/admin/topology` shows it (`None`: not there).
-    async fn gateway_views(&self, gateways: &[String], token: &str, name: &str) -> Vec<Option<serde_json::Value>> {
-        let mut views = Vec::new();
-        for gateway in gateways {
-            let topology = self.gateway_call(gateway, token, reqwest::Method::GET, "/admin/topology").await.ok();
-            let node = topology.and_then(|topology| {
-                topology["regions"]
-                    .as_array()?
-                    .iter()
-                    .flat_map(|region| region["nodes"].as_array().cloned().unwrap_or_default())
-                    .find(|node| node["name"] == name)
-            });
-            views.push(node);
-        }
-        views
-    }
-
-    async fn wait_healthy(
-        &self,
-        gateways: &[String],
-        token: &str,
-        name: &str,
-        shutdown: &mut watch::Receiver<bool>,
-    ) -> anyhow::Result<()> {
-        let deadline = Instant::now() + GATEWAY_HEALTHY_TIMEOUT;
-        loop {
-            let views = self.gateway_views(gateways, token, name).await;
-            if views.iter().all(|node| node.as_ref().is_some_and(|node| node["healthy"] == true)) {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                bail!("{name} was not healthy at every gateway within {} s", GATEWAY_HEALTHY_TIMEOUT.as_secs());
-            }
-            pause(shutdown).await?;
-        }
-    }
-
-    async fn wait_no_requests(
-        &self,
-        gateways: &[String],
-        token: &str,
-        name: &str,
-        shutdown: &mut watch::Receiver<bool>,
-    ) -> anyhow::Result<()> {
-        let deadline = Instant::now() + DRAIN_TIMEOUT;
-        loop {
-            let views = self.gateway_views(gateways, token, name).await;
-            let in_flight: u64 = views.iter().flatten().map(|node| node["in_flight"].as_u64().unwrap_or(0)).sum();
-            if in_flight == 0 {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                bail!("{name} still had {in_flight} request(s) in flight after {} s", DRAIN_TIMEOUT.as_secs());
-            }
-            pause(shutdown).await?;
-        }
-    }
 }
-
-/// A gateway answered 404 (the node is not, or no longer, there).
-#[derive(Debug, thiserror::Error)]
-#[error("not found")]
-struct NotFound;
 
 /// The steps of one slot's roll, sent and logged as they happen.
 struct Roll<'a> {
@@ -457,85 +308,6 @@ async fn version_of(binary: &Path) -> String {
     }
 }
 
-/// `/healthz` (the node is up, `up::wait_until_ready`), then `/readyz` 200, within
-/// `SERVING_TIMEOUT`; a node that exits meanwhile fails at once.
-async fn wait_until_serving(
-    node: &mut RunningNode,
-    client: &reqwest::Client,
-    shutdown: &mut watch::Receiver<bool>,
-) -> anyhow::Result<()> {
-    let deadline = Instant::now() + SERVING_TIMEOUT;
-    let name = node.plan.name.clone();
-    let up = tokio::time::timeout(SERVING_TIMEOUT, wait_until_ready(node, client, shutdown))
-        .await
-        .map_err(|_| anyhow::anyhow!("{name} did not answer /healthz within {} s", SERVING_TIMEOUT.as_secs()))??;
-    if up == Readiness::ShutdownRequested {
-        bail!("shutdown requested");
-    }
-    let readyz = format!("{}/readyz", node.plan.url());
-    loop {
-        if let Ok(response) = client.get(&readyz).send().await {
-            if response.status().is_success() {
-                return Ok(());
-            }
-        }
-        if let Some(child) = node.child.as_mut() {
-            if let Some(status) = child.try_wait().context("checking the new node")? {
-                bail!("{name} exited with {status} before it was ready");
-            }
-        }
-        if Instant::now() >= deadline {
-            bail!("{name} was not ready (GET /readyz) within {} s", SERVING_TIMEOUT.as_secs());
-        }
-        pause(shutdown).await?;
-    }
-}
-
-/// The node's `/readyz`: its store up and its queue empty, or why not.
-async fn ready_to_leave(client: &reqwest::Client, url: &str) -> anyhow::Result<()> {
-    let body: serde_json::Value =
-        client.get(format!("{url}/readyz")).send().await.context("GET /readyz")?.json().await.context("GET /readyz")?;
-    if body["store"] != "up" {
-        bail!("its store is {} (deploy again once it is up)", body["store"]);
-    }
-    if body["queue_depth"].as_u64() != Some(0) {
-        bail!("its queue holds {} write(s) not yet in the store (deploy again once it drains)", body["queue_depth"]);
-    }
-    Ok(())
-}
-
-/// Until the node's `/readyz` says its queue is empty, within `QUEUE_EMPTY_TIMEOUT`.
-async fn wait_queue_empty(
-    client: &reqwest::Client,
-    url: &str,
-    shutdown: &mut watch::Receiver<bool>,
-) -> anyhow::Result<()> {
-    let deadline = Instant::now() + QUEUE_EMPTY_TIMEOUT;
-    let mut depth = None;
-    loop {
-        if let Ok(response) = client.get(format!("{url}/readyz")).send().await {
-            if let Ok(body) = response.json::<serde_json::Value>().await {
-                depth = body["queue_depth"].as_u64();
-                if depth == Some(0) {
-                    return Ok(());
-                }
-            }
-        }
-        if Instant::now() >= deadline {
-            let depth = depth.map_or("unknown".to_string(), |depth| depth.to_string());
-            bail!("its queue was not empty after {} s (depth {depth})", QUEUE_EMPTY_TIMEOUT.as_secs());
-        }
-        pause(shutdown).await?;
-    }
-}
-
-async fn pause(shutdown: &mut watch::Receiver<bool>) -> anyhow::Result<()> {
-    tokio::select! {
-        _ = tokio::time::sleep(POLL_INTERVAL) => Ok(()),
-        _ = shutdown.wait_for(|requested| *requested) => bail!("shutdown requested"),
-    }
-}
-
 /// Listens on `DIR/control.sock` until shutdown; one deploy at a time.
 pub(super) fn serve_control(
     data: &Path,
@@ -617,11 +389,21 @@ async fn roll_every_slot(
     slots: &[Slot],
     writer: &mut tokio::net::unix::OwnedWriteHalf,
 ) -> Result<(), String> {
+    // The region being rolled, held against the autoscaler until its last slot is done.
+    let mut region: Option<(&Arc<tokio::sync::Mutex<()>>, tokio::sync::MutexGuard<'_, ()>)> = None;
     for slot in slots {
+        if !region.as_ref().is_some_and(|(lock, _)| Arc::ptr_eq(lock, &slot.region_lock)) {
+            // The previous region is let go before the next is waited for.
+            drop(region.take());
+            region = Some((&slot.region_lock, slot.region_lock.lock().await));
+        }
         let (progress, mut steps) = mpsc::channel(PROGRESS_MESSAGES_MAX);
         let (done, outcome) = oneshot::channel();
         let asked = SlotRequest { binary: request.binary.clone(), dry_run: request.dry_run, progress, done };
-        slot.requests.send(asked).await.map_err(|_| format!("the supervisor of {} is gone", slot.name))?;
+        slot.requests
+            .send(SlotCommand::Deploy(asked))
+            .await
+            .map_err(|_| format!("the supervisor of {} is gone", slot.name))?;
         let rolled = async {
             // `steps` ends when the supervisor drops the request, after answering `outcome`.
             while let Some(message) = steps.recv().await {

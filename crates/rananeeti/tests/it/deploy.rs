@@ -122,7 +122,7 @@ async fn gateway_nodes(up: &Up) -> Vec<(String, bool)> {
 }
 
 /// Which nodes the gateway at `base` routes to, and whether any is drained.
-async fn nodes_at(up: &Up, base: &str) -> Vec<(String, bool)> {
+pub(crate) async fn nodes_at(up: &Up, base: &str) -> Vec<(String, bool)> {
     let view: Value = client()
         .get(format!("{base}/admin/topology"))
         .bearer_auth(&up.token)
@@ -331,7 +331,7 @@ async fn a_new_binary_that_cannot_start_stops_the_roll_and_the_old_nodes_serve()
 }
 
 /// POST /admin/faults on one node.
-async fn set_store(up: &Up, node: &NodeTopology, state: &str) {
+pub(crate) async fn set_store(up: &Up, node: &NodeTopology, state: &str) {
     let response = client()
         .post(format!("{}/admin/faults", node.url))
         .bearer_auth(&up.token)

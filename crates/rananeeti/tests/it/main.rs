@@ -4,6 +4,7 @@ mod postgres;
 
 mod admin;
 mod api_contract;
+mod autoscale;
 mod backup;
 mod bookstore_api;
 mod bookstore_browser;

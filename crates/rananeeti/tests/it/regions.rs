@@ -68,6 +68,26 @@ async fn start_up_full(
     extra_args: &[String],
     config: Option<&str>,
 ) -> Up {
+    start_up_nodes(regions, &nodes.to_string(), nodes, nodes, store, environment, extra_args, config).await
+}
+
+/// `start_up` with `--nodes-per-region NODES` as given (`1..3`): `min` nodes per region run at
+/// first, `max` slots per region take ports.
+pub(crate) async fn start_up_scaled(regions: u32, nodes: &str, min: u32, max: u32, extra_args: &[String]) -> Up {
+    start_up_nodes(regions, nodes, min, max, "sqlite", &[], extra_args, None).await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn start_up_nodes(
+    regions: u32,
+    nodes_arg: &str,
+    nodes: u32,
+    slots: u32,
+    store: &str,
+    environment: &[(&str, &str)],
+    extra_args: &[String],
+    config: Option<&str>,
+) -> Up {
     sqlx::any::install_default_drivers();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
@@ -81,7 +101,7 @@ async fn start_up_full(
     // those meanwhile, which `up` refuses clearly. Then try other ports.
     for _attempt in 0..PORT_ATTEMPTS_MAX {
         let port = free_loopback_port().unwrap();
-        if u32::from(port) + expected_nodes as u32 + 2 > u32::from(u16::MAX) {
+        if u32::from(port) + regions * slots + 2 > u32::from(u16::MAX) {
             continue;
         }
         let log_path = dir.path().join("up.log");
@@ -96,7 +116,7 @@ async fn start_up_full(
             .args(["--store", store, "--regions"])
             .arg(regions.to_string())
             .arg("--nodes-per-region")
-            .arg(nodes.to_string())
+            .arg(nodes_arg)
             .arg("--port")
             .arg(port.to_string())
             .arg("--data")
