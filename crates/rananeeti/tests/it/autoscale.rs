@@ -6,7 +6,7 @@
 
 use crate::deploy::nodes_at;
 use crate::regions::{start_up_scaled, Up};
-use crate::support::{eventually, reservation};
+use crate::support::{eventually, reservation, Seen};
 use rananeeti::topology::Topology;
 use serde_json::Value;
 use std::collections::BTreeSet;
@@ -25,15 +25,6 @@ const SHRINK_TIMEOUT: Duration = Duration::from_secs(90);
 
 fn client() -> reqwest::Client {
     reqwest::Client::builder().timeout(CLIENT_TIMEOUT).no_proxy().build().unwrap()
-}
-
-#[derive(Default)]
-struct Seen {
-    acknowledged: BTreeSet<String>,
-    reads_ok: usize,
-    /// `X-Served-By-Node` of the reads answered.
-    served_by: BTreeSet<String>,
-    failures: Vec<String>,
 }
 
 fn r1_nodes(up: &Up) -> Vec<String> {
@@ -194,20 +185,7 @@ async fn cpu_load_on_a_region_grows_it_up_to_max_and_it_shrinks_back_to_min_losi
     writing.await.unwrap();
 
     let seen = std::mem::take(&mut *seen.lock().unwrap());
-    println!(
-        "acknowledged writes: {}, reads: {}, served by {:?}, failures: {}",
-        seen.acknowledged.len(),
-        seen.reads_ok,
-        seen.served_by,
-        seen.failures.len()
-    );
-    assert!(
-        seen.failures.is_empty(),
-        "{} requests failed; first ones: {:?}",
-        seen.failures.len(),
-        &seen.failures[..seen.failures.len().min(10)]
-    );
-    assert!(seen.acknowledged.len() >= 20, "the writer wrote: {}", seen.acknowledged.len());
+    seen.assert_nothing_failed(20);
     for region in 0..2 {
         up.assert_each_once(region, &seen.acknowledged).await;
     }

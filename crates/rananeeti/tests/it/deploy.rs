@@ -5,7 +5,7 @@
 //! the old nodes serving.
 
 use crate::regions::{start_up, start_up_with_args, Up};
-use crate::support::reservation;
+use crate::support::{reservation, Seen};
 use nix::sys::signal::kill;
 use nix::unistd::Pid;
 use rananeeti::topology::{NodeTopology, Topology};
@@ -24,14 +24,6 @@ const CLIENT_PAUSE: Duration = Duration::from_millis(10);
 
 fn client() -> reqwest::Client {
     reqwest::Client::builder().timeout(CLIENT_TIMEOUT).no_proxy().build().unwrap()
-}
-
-/// What the clients saw: acknowledged booking ids, and every request that failed.
-#[derive(Default)]
-struct Seen {
-    acknowledged: BTreeSet<String>,
-    reads_ok: usize,
-    failures: Vec<String>,
 }
 
 /// `WRITERS` clients booking and `READERS` clients reading the catalog through the gateway,
@@ -232,19 +224,7 @@ async fn two_rolls_under_load_replace_every_node_and_lose_nothing() {
         client.await.unwrap();
     }
     let seen = std::mem::take(&mut *seen.lock().unwrap());
-    println!(
-        "acknowledged writes: {}, reads: {}, failures: {}",
-        seen.acknowledged.len(),
-        seen.reads_ok,
-        seen.failures.len()
-    );
-    assert!(
-        seen.failures.is_empty(),
-        "{} requests failed; first ones: {:?}",
-        seen.failures.len(),
-        &seen.failures[..seen.failures.len().min(10)]
-    );
-    assert!(seen.acknowledged.len() >= 20, "the writers wrote: {}", seen.acknowledged.len());
+    seen.assert_nothing_failed(20);
     assert!(seen.reads_ok >= 20, "the readers read: {}", seen.reads_ok);
     for region in 0..2 {
         up.assert_each_once(region, &seen.acknowledged).await;

@@ -568,3 +568,35 @@ pub fn free_port_run(count: u16) -> u16 {
     }
     panic!("no run of {count} free ports");
 }
+
+/// What the clients of a test under steady load saw: acknowledged booking ids, the reads
+/// answered (and which node served them, when asked), and every request that failed.
+#[derive(Default)]
+pub struct Seen {
+    pub acknowledged: BTreeSet<String>,
+    pub reads_ok: usize,
+    /// `X-Served-By-Node` of the reads answered.
+    pub served_by: BTreeSet<String>,
+    pub failures: Vec<String>,
+}
+
+impl Seen {
+    /// Prints the counts, then asserts that no request failed and that at least `writes_min`
+    /// bookings were acknowledged.
+    pub fn assert_nothing_failed(&self, writes_min: usize) {
+        println!(
+            "acknowledged writes: {}, reads: {}, served by {:?}, failures: {}",
+            self.acknowledged.len(),
+            self.reads_ok,
+            self.served_by,
+            self.failures.len()
+        );
+        assert!(
+            self.failures.is_empty(),
+            "{} requests failed; first ones: {:?}",
+            self.failures.len(),
+            &self.failures[..self.failures.len().min(10)]
+        );
+        assert!(self.acknowledged.len() >= writes_min, "the writers wrote: {}", self.acknowledged.len());
+    }
+}
