@@ -5,6 +5,7 @@
 
 use crate::format::{parse_row, Cell, EndMark, Line, RowWriter, TableHasher, TableSum};
 use crate::repo::SealedWriter;
+use crate::sql::{quote, select_sql, SKIPPED_TABLES};
 use futures::TryStreamExt;
 use rananeeti_platform::sqlx::{self, AnyConnection, AnyPool, Row};
 use rananeeti_platform::StoreKind;
@@ -25,8 +26,6 @@ pub enum Database {
 /// `sqlite::EXPORT_CHUNK_BYTES` each, the most the hand-off holds.
 const EXPORT_CHUNKS_IN_FLIGHT_MAX: usize = 4;
 
-/// Tables the export leaves out: migrations are re-run by the restoring binary.
-pub(crate) const SKIPPED_TABLES: [&str; 1] = ["rn_migrations"];
 /// Bytes of COPY text sent to PostgreSQL at a time on import.
 const COPY_CHUNK_BYTES: usize = 1 << 20;
 
@@ -67,20 +66,6 @@ pub async fn columns(connection: &mut AnyConnection, kind: StoreKind, table: &st
         }
     };
     rows.iter().map(|row| row.try_get::<String, _>("name")).collect()
-}
-
-/// Table and column names come from the database itself; quoted anyway.
-pub(crate) fn quote(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-/// `SELECT` of the named columns of a table.
-pub(crate) fn select_sql(table: &str, columns: &[String]) -> String {
-    format!(
-        "SELECT {} FROM {}",
-        columns.iter().map(|column| quote(column)).collect::<Vec<_>>().join(", "),
-        quote(table)
-    )
 }
 
 /// Writes a PostgreSQL row's canonical JSON into `out`. Every rananeeti column is BIGINT or

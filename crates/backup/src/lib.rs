@@ -13,4 +13,5 @@ pub mod read_ahead;
 pub mod repo;
 pub mod retention;
 pub mod spool;
+mod sql;
 pub mod sqlite;

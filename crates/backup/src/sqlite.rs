@@ -7,6 +7,7 @@
 //! so a backup restores and verifies the same whichever side read or wrote it.
 
 use crate::format::{parse_row, Cell, EndMark, Line, RowWriter, TableHasher, TableSum};
+use crate::sql::{quote, select_sql, SKIPPED_TABLES};
 use anyhow::Context;
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags};
@@ -41,7 +42,7 @@ pub fn tables(connection: &Connection) -> rusqlite::Result<Vec<String>> {
     let mut statement = connection
         .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")?;
     let names = statement.query_map([], |row| row.get::<_, String>(0))?.collect::<rusqlite::Result<Vec<_>>>()?;
-    Ok(names.into_iter().filter(|name| !crate::db::SKIPPED_TABLES.contains(&name.as_str())).collect())
+    Ok(names.into_iter().filter(|name| !SKIPPED_TABLES.contains(&name.as_str())).collect())
 }
 
 pub fn columns(connection: &Connection, table: &str) -> rusqlite::Result<Vec<String>> {
@@ -57,7 +58,7 @@ fn read_table(
     columns: &[String],
     mut each: impl FnMut(&[u8]) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
-    let select = crate::db::select_sql(table, columns);
+    let select = select_sql(table, columns);
     let mut statement = connection.prepare(&select)?;
     let mut rows = statement.query([])?;
     let mut line = Vec::with_capacity(4096);
@@ -266,11 +267,11 @@ pub fn import_into_new(
                             "table {table}: column {column} does not exist here"
                         );
                     }
-                    tx.execute(&format!("DELETE FROM {}", crate::db::quote(&table)), [])?;
+                    tx.execute(&format!("DELETE FROM {}", quote(&table)), [])?;
                     let sql = format!(
                         "INSERT INTO {} ({}) VALUES ({})",
-                        crate::db::quote(&table),
-                        columns.iter().map(|column| crate::db::quote(column)).collect::<Vec<_>>().join(", "),
+                        quote(&table),
+                        columns.iter().map(|column| quote(column)).collect::<Vec<_>>().join(", "),
                         (1..=columns.len()).map(|index| format!("?{index}")).collect::<Vec<_>>().join(", ")
                     );
                     let statement = tx.prepare(&sql)?;
