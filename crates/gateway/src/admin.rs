@@ -2,9 +2,10 @@
 //! detail), and behind the admin token `/metrics`, `GET /admin/topology`, `POST /admin/nodes` (register), `DELETE /admin/nodes/{node}`,
 //! `POST /admin/nodes/{node}/drain` and `/undrain`. Other `/admin/...` paths go to the nodes.
 
+use crate::answer::{json, plain, Body};
 use crate::backends::ChangeError;
 use crate::config::NodeConfig;
-use crate::proxy::{json, plain, Body, Gateway};
+use crate::gateway::{authorized, Gateway};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -12,7 +13,6 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json as value;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use subtle::ConstantTimeEq;
 
 const ADMIN_BODY_BYTES_MAX: usize = 16 * 1024;
 
@@ -65,7 +65,7 @@ pub async fn handle(gateway: &Arc<Gateway>, request: Request<Incoming>) -> Respo
 
 /// Prometheus's text format, or OpenMetrics when the scraper asks for it (`rananeeti_exposition`).
 fn metrics(gateway: &Gateway, request: &Request<Incoming>) -> Response<Body> {
-    gateway.metrics.refresh(&gateway.backends.snapshot());
+    gateway.backends.refresh_metrics();
     let mut registries = vec![&gateway.registry];
     if let (Some(file), Some(backup)) = (&gateway.config.console.backup_status_file, &gateway.backup_registry) {
         if crate::console::status_files::refresh_backup_metrics(file, &gateway.metrics.backup) {
@@ -82,16 +82,6 @@ fn metrics(gateway: &Gateway, request: &Request<Incoming>) -> Response<Body> {
         .headers_mut()
         .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static(exposition.content_type));
     response
-}
-
-pub(crate) fn authorized(gateway: &Gateway, request: &Request<Incoming>) -> bool {
-    let Some(token) = &gateway.admin_token else { return false };
-    let presented =
-        request.headers().get(hyper::header::AUTHORIZATION).and_then(|value| value.to_str().ok()).and_then(|value| {
-            let (scheme, token) = value.split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then_some(token.trim())
-        });
-    presented.is_some_and(|presented| bool::from(token.as_bytes().ct_eq(presented.as_bytes())))
 }
 
 fn change_error(error: ChangeError) -> Response<Body> {

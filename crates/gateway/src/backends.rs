@@ -2,8 +2,8 @@
 //! ejection), drain, requests in flight, latency. Nodes can be added and removed at run time.
 
 use crate::config::{HealthConfig, NodeConfig};
-use crate::metrics::{GatewayMetrics, NodeLabels};
-use crate::proxy::UpstreamClient;
+use crate::metrics::{GatewayMetrics, NodeLabels, RegionLabels};
+use crate::upstream::UpstreamClient;
 use bytes::Bytes;
 use http_body_util::Full;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -262,6 +262,22 @@ impl Backends {
             "drain changed"
         );
         Ok(node)
+    }
+
+    /// Sets the metrics that are read rather than counted: per region, the nodes that take new
+    /// requests, and per node whether it is drained.
+    pub fn refresh_metrics(&self) {
+        for region in self.snapshot().iter() {
+            let ready = region.nodes.iter().filter(|node| node.available()).count();
+            self.metrics
+                .region_ready_nodes
+                .get_or_create(&RegionLabels { region: region.name.clone() })
+                .set(ready as i64);
+            for node in &region.nodes {
+                let labels = NodeLabels { region: region.name.clone(), node: node.name.clone() };
+                self.metrics.node_drained.get_or_create(&labels).set(node.drained() as i64);
+            }
+        }
     }
 
     pub fn metrics(&self) -> &GatewayMetrics {

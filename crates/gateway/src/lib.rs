@@ -5,13 +5,16 @@
 //! state that matters: run two and either works.
 
 pub mod admin;
+pub mod answer;
 pub mod backends;
 pub mod config;
 pub mod console;
+pub mod gateway;
 pub mod metrics;
 pub mod proxy;
 pub mod routing;
 pub mod server;
+pub mod upstream;
 
 pub use config::GatewayConfig;
-pub use proxy::Gateway;
+pub use gateway::Gateway;

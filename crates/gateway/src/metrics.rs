@@ -136,17 +136,4 @@ impl GatewayMetrics {
             self.backup.last_verify_success.clone(),
         );
     }
-
-    /// Sets what is read rather than counted: per region, the nodes that take new requests, and
-    /// per node whether it is drained.
-    pub fn refresh(&self, regions: &[crate::backends::Region]) {
-        for region in regions {
-            let ready = region.nodes.iter().filter(|node| node.available()).count();
-            self.region_ready_nodes.get_or_create(&RegionLabels { region: region.name.clone() }).set(ready as i64);
-            for node in &region.nodes {
-                let labels = NodeLabels { region: region.name.clone(), node: node.name.clone() };
-                self.node_drained.get_or_create(&labels).set(node.drained() as i64);
-            }
-        }
-    }
 }

@@ -1,29 +1,21 @@
 //! The reverse proxy: edge limits, then attempts on nodes chosen by the route's policy, retried
 //! on another node (never the same one twice) when that is safe and the retry budget allows.
 
-use crate::backends::{Backends, Node};
-use crate::config::{GatewayConfig, Policy, RouteConfig};
+use crate::answer::{plain, Body};
+use crate::backends::Node;
+use crate::gateway::Gateway;
 use crate::metrics::{GatewayMetrics, ReasonLabels};
 use crate::routing;
 use bytes::Bytes;
-use governor::{DefaultKeyedRateLimiter, Quota};
-use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
-use std::num::NonZeroU32;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-pub type UpstreamClient = Client<HttpConnector, Full<Bytes>>;
-pub type Body = BoxBody<Bytes, hyper::Error>;
 
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 const REQUEST_ID: &str = "x-request-id";
@@ -40,66 +32,6 @@ const HOP_BY_HOP: [&str; 8] = [
     "upgrade",
 ];
 
-pub fn upstream_client(config: &GatewayConfig) -> UpstreamClient {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(Duration::from_millis(config.upstream.connect_timeout_ms)));
-    connector.set_nodelay(true);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(30))
-        .pool_max_idle_per_host(config.upstream.idle_connections_per_node)
-        .build(connector)
-}
-
-/// Retries may add `ratio` of the requests plus `min_per_sec`; each retry spends one token.
-struct RetryBudget {
-    state: Mutex<(f64, Instant)>,
-    ratio: f64,
-    min_per_sec: f64,
-}
-
-impl RetryBudget {
-    const TOKENS_MAX: f64 = 100.0;
-
-    fn deposit(&self) {
-        let mut state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        state.0 = (state.0 + self.ratio).min(Self::TOKENS_MAX);
-    }
-
-    fn withdraw(&self) -> bool {
-        let mut state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let now = Instant::now();
-        let refill = now.duration_since(state.1).as_secs_f64() * self.min_per_sec;
-        state.0 = (state.0 + refill).min(Self::TOKENS_MAX);
-        state.1 = now;
-        if state.0 >= 1.0 {
-            state.0 -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
-pub struct Gateway {
-    pub config: GatewayConfig,
-    pub backends: Arc<Backends>,
-    client: UpstreamClient,
-    pub metrics: GatewayMetrics,
-    pub registry: prometheus_client::registry::Registry,
-    /// `rananeeti_backup_*`, exported while the backup status file says a schedule runs.
-    pub backup_registry: Option<prometheus_client::registry::Registry>,
-    limiter: DefaultKeyedRateLimiter<IpAddr>,
-    retry_budget: RetryBudget,
-    default_route: RouteConfig,
-    pub admin_token: Option<String>,
-    /// The console's samples of the nodes (filled in the background while an admin token is set).
-    pub console: Arc<crate::console::History>,
-    /// `config.trusted_proxies`, parsed.
-    trusted_proxies: Vec<ipnet::IpNet>,
-    request_id_prefix: u64,
-    request_ids: std::sync::atomic::AtomicU64,
-}
-
 /// Why an attempt did not produce a response to pass on.
 #[derive(Debug)]
 enum AttemptFailure {
@@ -110,72 +42,6 @@ enum AttemptFailure {
 }
 
 impl Gateway {
-    pub fn new(config: GatewayConfig, admin_token: Option<String>) -> Arc<Gateway> {
-        let mut registry = prometheus_client::registry::Registry::default();
-        let metrics = GatewayMetrics::new(&mut registry);
-        let backup_registry = config.console.backup_status_file.as_ref().map(|_| {
-            let mut backup_registry = prometheus_client::registry::Registry::default();
-            metrics.register_backup(&mut backup_registry);
-            backup_registry
-        });
-        let client = upstream_client(&config);
-        let backends = Backends::new(&config.regions, config.health.clone(), metrics.clone(), client.clone());
-        let console = Arc::new(crate::console::History::new(config.console.history_samples_max.max(1)));
-        if let Some(token) = &admin_token {
-            let sampler = crate::console::sample::Sampler {
-                backends: Arc::clone(&backends),
-                metrics: metrics.clone(),
-                client: client.clone(),
-                admin_token: token.clone(),
-                config: config.console.clone(),
-            };
-            sampler.start(Arc::downgrade(&console));
-        }
-        let quota = Quota::per_second(NonZeroU32::new(config.limits.rate_per_ip_per_sec).unwrap_or(NonZeroU32::MIN))
-            .allow_burst(NonZeroU32::new(config.limits.rate_burst_per_ip).unwrap_or(NonZeroU32::MIN));
-        let default_route = RouteConfig {
-            prefix: "/".into(),
-            policy: Policy::Failover,
-            regions: Vec::new(),
-            weights: Default::default(),
-        };
-        let retry_budget = RetryBudget {
-            state: Mutex::new((RetryBudget::TOKENS_MAX / 10.0, Instant::now())),
-            ratio: config.retries.budget_ratio,
-            min_per_sec: config.retries.budget_min_per_sec,
-        };
-        // `check` refuses a configuration whose networks do not parse.
-        let trusted_proxies = config.trusted_networks().unwrap_or_default();
-        Arc::new(Gateway {
-            trusted_proxies,
-            limiter: DefaultKeyedRateLimiter::keyed(quota),
-            retry_budget,
-            default_route,
-            client,
-            backends,
-            metrics,
-            registry,
-            backup_registry,
-            admin_token,
-            console,
-            request_id_prefix: rand::random(),
-            request_ids: std::sync::atomic::AtomicU64::new(0),
-            config,
-        })
-    }
-
-    /// A new request id: this gateway's random prefix and a counter (no system call per request,
-    /// unlike a random UUID).
-    fn next_request_id(&self) -> String {
-        let n = self.request_ids.fetch_add(1, Ordering::Relaxed);
-        format!("{:016x}-{n:x}", self.request_id_prefix)
-    }
-
-    /// Forgets rate-limit state of clients not seen lately (call now and then).
-    pub fn sweep(&self) {
-        self.limiter.retain_recent();
-    }
-
     /// Serves one request; never fails (errors are responses).
     pub async fn handle(self: Arc<Self>, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         let request_id = request
@@ -523,30 +389,10 @@ fn upstream_headers(incoming: HeaderMap, peer: SocketAddr, client: &EdgeClient, 
     headers
 }
 
-pub fn plain(status: StatusCode, message: &str) -> Response<Body> {
-    let body = serde_json::json!({ "error": message }).to_string();
-    let mut response = Response::new(Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed());
-    *response.status_mut() = status;
-    response.headers_mut().insert(hyper::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    // The gateway's own answers, like the nodes': never cached, never sniffed.
-    response.headers_mut().insert(hyper::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response.headers_mut().insert(hyper::header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    response
-}
-
-pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
-    let mut response = Response::new(Full::new(Bytes::from(value.to_string())).map_err(|never| match never {}).boxed());
-    *response.status_mut() = status;
-    response.headers_mut().insert(hyper::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    // The gateway's own answers, like the nodes': never cached, never sniffed.
-    response.headers_mut().insert(hyper::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response.headers_mut().insert(hyper::header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    response
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::GatewayConfig;
 
     #[test]
     fn hop_by_hop_headers_and_the_ones_connection_names_are_dropped() {
@@ -619,16 +465,5 @@ mod tests {
         let request = Request::builder().uri(format!("{url}/x")).body(Full::new(Bytes::new())).unwrap();
         let result = gateway.attempt(&node, node.healthy(), request, true).await;
         assert_eq!(result.map(|response| response.status()).ok(), Some(StatusCode::OK));
-    }
-
-    #[test]
-    fn the_retry_budget_runs_out_and_refills() {
-        let budget = RetryBudget { state: Mutex::new((2.0, Instant::now())), ratio: 0.0, min_per_sec: 0.0 };
-        assert!(budget.withdraw() && budget.withdraw());
-        assert!(!budget.withdraw(), "two tokens, two retries");
-        let budget = RetryBudget { state: Mutex::new((0.0, Instant::now())), ratio: 0.5, min_per_sec: 0.0 };
-        budget.deposit();
-        budget.deposit();
-        assert!(budget.withdraw(), "two requests at 0.5 earn one retry");
     }
 }

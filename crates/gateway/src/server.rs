@@ -1,7 +1,7 @@
 //! Accepts connections and serves each with hyper's HTTP/1.1 server (keep-alive), with a bound
 //! on the time a client may take to send its request head (slowloris) and on its size.
 
-use crate::proxy::Gateway;
+use crate::gateway::Gateway;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::convert::Infallible;

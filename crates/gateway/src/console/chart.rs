@@ -1,7 +1,6 @@
 //! Small inline SVG line charts for the console: one line per series over the samples kept, the
 //! scale from zero to the largest value, a legend in HTML beside it (text stays text).
 
-use super::page::escape;
 use std::fmt::Write as _;
 
 const WIDTH: f64 = 360.0;
@@ -95,6 +94,22 @@ pub fn figure(value: f64) -> String {
         let text = format!("{value:.2}");
         text.trim_end_matches('0').trim_end_matches('.').to_string()
     }
+}
+
+/// Text made safe for HTML: element content and quoted attribute values.
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -14,7 +14,8 @@ mod page;
 pub mod sample;
 pub mod status_files;
 
-use crate::proxy::{Body, Gateway};
+use crate::answer::Body;
+use crate::gateway::Gateway;
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
 use http_body_util::{BodyExt, Full, Limited};
@@ -67,7 +68,7 @@ pub async fn handle(gateway: &Arc<Gateway>, request: Request<Incoming>) -> Respo
 /// The admin token as a bearer token, or a valid session cookie.
 fn signed_in(gateway: &Gateway, request: &Request<Incoming>) -> bool {
     let Some(token) = &gateway.admin_token else { return false };
-    if crate::admin::authorized(gateway, request) {
+    if crate::gateway::authorized(gateway, request) {
         return true;
     }
     request

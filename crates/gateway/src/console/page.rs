@@ -3,10 +3,10 @@
 //! and the backup and drill files. Test hooks are `data-*` attributes, documented in
 //! docs/monitoring.md.
 
-use super::chart::{figure, line_chart, Series};
+use super::chart::{escape, figure, line_chart, Series};
 use super::sample::{NodeSample, Sample};
 use super::status_files::{self, Backups, Drill};
-use crate::proxy::Gateway;
+use crate::gateway::Gateway;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
@@ -51,21 +51,6 @@ dt { font-weight: 600; }
 dd { margin: 0; overflow-wrap: anywhere; }
 code { font-size: 0.92em; overflow-wrap: anywhere; }
 "#;
-
-pub fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
 
 fn document(title: &str, refresh_seconds: Option<u64>, body: &str) -> String {
     let refresh = refresh_seconds.map(|seconds| format!(r#"<meta http-equiv="refresh" content="{seconds}">"#));

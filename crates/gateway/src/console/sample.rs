@@ -6,7 +6,7 @@
 use crate::backends::Backends;
 use crate::config::ConsoleConfig;
 use crate::metrics::{GatewayMetrics, ReasonLabels};
-use crate::proxy::UpstreamClient;
+use crate::upstream::UpstreamClient;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use std::collections::VecDeque;
