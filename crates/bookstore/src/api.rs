@@ -9,13 +9,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use rananeeti_node::caller::Admin;
+use rananeeti_node::error::submitted_response;
 use rananeeti_node::security::{ClientAddress, Security};
 use rananeeti_node::session::Claims;
 use rananeeti_node::{ApiError, ApiJson};
 use rananeeti_platform::sqlx::{self, AnyPool, Row};
-use rananeeti_platform::{
-    CommandId, CommandState, NewCommand, Outcome, Platform, SubmitError, SubmitOptions, Submitted,
-};
+use rananeeti_platform::{CommandId, CommandState, NewCommand, Outcome, Platform, SubmitOptions, Submitted};
 use serde_json::{json, Value};
 use std::sync::Arc;
 
@@ -144,36 +143,6 @@ impl rananeeti_node::caller::Authenticator for ShopperAuthenticator {
     }
 }
 
-fn submit_error(error: SubmitError) -> ApiError {
-    match &error {
-        SubmitError::Queue(_) | SubmitError::QueueTimeout => ApiError::Unavailable(error.to_string()),
-        _ => ApiError::Internal(error.to_string()),
-    }
-}
-
-/// 201 committed, 202 pending, 200 duplicate (with where the first stands), 409 rejected.
-fn submitted(submitted: Submitted, extra: Value) -> Response {
-    let id = submitted.id.to_hex();
-    let (status, mut body) = match submitted.outcome {
-        Outcome::Committed => (StatusCode::CREATED, json!({ "id": id, "status": "committed" })),
-        Outcome::Pending => (StatusCode::ACCEPTED, json!({ "id": id, "status": "pending" })),
-        Outcome::Duplicate { first } => {
-            let mut body = json!({ "id": id, "status": "duplicate", "current": first.as_str() });
-            if let CommandState::Rejected { reason } = first {
-                body["reason"] = json!(reason);
-            }
-            (StatusCode::OK, body)
-        }
-        Outcome::Rejected { reason } => {
-            (StatusCode::CONFLICT, json!({ "id": id, "status": "rejected", "reason": reason }))
-        }
-    };
-    if let (Some(body), Value::Object(extra)) = (body.as_object_mut(), extra) {
-        body.extend(extra);
-    }
-    (status, Json(body)).into_response()
-}
-
 async fn submit(shop: &Shop, kind: &'static str, id: CommandId, payload: Value) -> Result<Submitted, ApiError> {
     submit_with(shop, kind, id, payload, SubmitOptions::default()).await
 }
@@ -185,7 +154,7 @@ pub(crate) async fn submit_with(
     payload: Value,
     options: SubmitOptions,
 ) -> Result<Submitted, ApiError> {
-    shop.platform.submit(NewCommand { kind, id, payload }, options).await.map_err(submit_error)
+    shop.platform.submit(NewCommand { kind, id, payload }, options).await.map_err(ApiError::from)
 }
 
 // ---- catalog ----
@@ -424,7 +393,7 @@ async fn signup(
         )
             .into_response());
     }
-    Ok(submitted(outcome, json!({ "user_id": user_id })))
+    Ok(submitted_response(outcome, json!({ "user_id": user_id })))
 }
 
 /// 429 while the account or the address is locked out by failed sign-ins.
@@ -530,7 +499,7 @@ async fn signin(
 /// Ends the session everywhere: its id is revoked (replicated like any write), so the token is
 /// refused by every node of every region from now on.
 async fn signout(State(shop): State<Shop>, Shopper(_, claims): Shopper) -> Result<Json<Value>, ApiError> {
-    shop.key.revoke(&shop.platform, &claims).await.map_err(submit_error)?;
+    shop.key.revoke(&shop.platform, &claims).await.map_err(ApiError::from)?;
     Ok(Json(json!({ "signed_out": true })))
 }
 
@@ -703,7 +672,7 @@ async fn add_to_cart(
     ApiJson(body): ApiJson<CartRequest>,
 ) -> Result<Response, ApiError> {
     let quantity = parse_quantity(body.quantity.or(Some(1)), QuantityFloor::One)?;
-    Ok(submitted(change_cart(&shop, &session, &body.book_id, CartChange::Add(quantity)).await?, json!({})))
+    Ok(submitted_response(change_cart(&shop, &session, &body.book_id, CartChange::Add(quantity)).await?, json!({})))
 }
 
 async fn set_in_cart(
@@ -712,7 +681,7 @@ async fn set_in_cart(
     ApiJson(body): ApiJson<CartRequest>,
 ) -> Result<Response, ApiError> {
     let quantity = parse_quantity(body.quantity, QuantityFloor::ZeroRemoves)?;
-    Ok(submitted(change_cart(&shop, &session, &body.book_id, CartChange::Set(quantity)).await?, json!({})))
+    Ok(submitted_response(change_cart(&shop, &session, &body.book_id, CartChange::Set(quantity)).await?, json!({})))
 }
 
 async fn remove_from_cart(
@@ -723,7 +692,7 @@ async fn remove_from_cart(
     if body.quantity.is_some() {
         return Err(ApiError::invalid("quantity", "DELETE takes only book_id"));
     }
-    Ok(submitted(change_cart(&shop, &session, &body.book_id, CartChange::Set(0)).await?, json!({})))
+    Ok(submitted_response(change_cart(&shop, &session, &body.book_id, CartChange::Set(0)).await?, json!({})))
 }
 
 // ---- orders ----
@@ -755,7 +724,7 @@ pub async fn submit_checkout(
 }
 
 async fn place_order(State(shop): State<Shop>, Shopper(session, _): Shopper) -> Result<Response, ApiError> {
-    Ok(submitted(checkout(&shop, &session).await?, json!({})))
+    Ok(submitted_response(checkout(&shop, &session).await?, json!({})))
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -974,7 +943,7 @@ async fn create_post(
 ) -> Result<Response, ApiError> {
     let payload = parse_post(&body.title, &body.body_markdown, body.author.as_deref())?;
     let slug = payload.slug.clone();
-    Ok(submitted(submit_post(&shop, payload).await?, json!({ "slug": slug })))
+    Ok(submitted_response(submit_post(&shop, payload).await?, json!({ "slug": slug })))
 }
 
 /// A new post as the admin wrote it, checked field by field.
@@ -1048,7 +1017,7 @@ pub(crate) fn parse_book(id: Option<String>, body: BookRequest) -> Result<Book, 
 
 async fn put_book(shop: &Shop, book: Book) -> Result<Response, ApiError> {
     let book_id = book.id.clone();
-    Ok(submitted(submit_book_put(shop, book).await?, json!({ "book_id": book_id })))
+    Ok(submitted_response(submit_book_put(shop, book).await?, json!({ "book_id": book_id })))
 }
 
 pub(crate) async fn submit_book_put(shop: &Shop, book: Book) -> Result<Submitted, ApiError> {
@@ -1095,7 +1064,7 @@ async fn delete_book(State(shop): State<Shop>, _admin: Admin, Path(id): Path<Str
     if get_book(&pool, &id).await.map_err(unavailable)?.is_none() {
         return Err(ApiError::NotFound);
     }
-    Ok(submitted(submit_book_delete(&shop, &id).await?, json!({ "book_id": id })))
+    Ok(submitted_response(submit_book_delete(&shop, &id).await?, json!({ "book_id": id })))
 }
 
 pub(crate) async fn submit_book_delete(shop: &Shop, id: &str) -> Result<Submitted, ApiError> {

@@ -5,14 +5,15 @@ use crate::domain::{FieldError, ReservationRequest};
 use crate::service::{self, Page, ReservationView, PAGE_ITEMS_DEFAULT};
 use crate::special::{self, SpecialPayload};
 use axum::extract::{Extension, Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use rananeeti_node::caller::Admin;
+use rananeeti_node::error::submitted_response;
 use rananeeti_node::security::Security;
 use rananeeti_node::{ApiError, ApiJson};
-use rananeeti_platform::{CommandId, Delivery, NewCommand, Outcome, Platform, SubmitError, SubmitOptions};
+use rananeeti_platform::{CommandId, Delivery, NewCommand, Platform, SubmitOptions};
 use serde_json::json;
 use std::sync::Arc;
 
@@ -70,13 +71,6 @@ pub fn simulates_store_failure(security: &Security, headers: &HeaderMap) -> bool
             .any(|fault| fault.trim().eq_ignore_ascii_case("db"))
 }
 
-pub fn submit_error(error: SubmitError) -> ApiError {
-    match &error {
-        SubmitError::Queue(_) | SubmitError::QueueTimeout => ApiError::Unavailable(error.to_string()),
-        _ => ApiError::Internal(error.to_string()),
-    }
-}
-
 async fn create(
     State(platform): State<Arc<Platform>>,
     Extension(security): Extension<Security>,
@@ -90,26 +84,8 @@ async fn create(
         body.notes.as_deref(),
         time::OffsetDateTime::now_utc(),
     )?;
-    let submitted = service::place(&platform, &request, delivery(&security, &headers)).await.map_err(submit_error)?;
-    let id = submitted.id.to_hex();
-    let response = match submitted.outcome {
-        Outcome::Committed => (StatusCode::CREATED, Json(json!({ "id": id, "status": "committed" }))),
-        Outcome::Pending => {
-            let mut body = json!({ "id": id, "status": "pending" });
-            if let Some(copied) = submitted.copied {
-                // Whether a peer node also holds it (queue copies): false means this node only.
-                body["copied"] = json!(copied);
-            }
-            (StatusCode::ACCEPTED, Json(body))
-        }
-        Outcome::Duplicate { first: current } => {
-            (StatusCode::OK, Json(json!({ "id": id, "status": "duplicate", "current": current.as_str() })))
-        }
-        Outcome::Rejected { reason } => {
-            (StatusCode::CONFLICT, Json(json!({ "id": id, "status": "rejected", "reason": reason })))
-        }
-    };
-    Ok(response.into_response())
+    let submitted = service::place(&platform, &request, delivery(&security, &headers)).await.map_err(ApiError::from)?;
+    Ok(submitted_response(submitted, json!({})))
 }
 
 async fn show(
@@ -195,8 +171,8 @@ async fn set_special(
             SubmitOptions::delivered(delivery(&security, &headers)),
         )
         .await
-        .map_err(submit_error)?;
-    Ok(submitted_response(submitted))
+        .map_err(ApiError::from)?;
+    Ok(submitted_response(submitted, json!({})))
 }
 
 async fn show_special(
@@ -247,8 +223,8 @@ async fn set_closure(
             SubmitOptions::delivered(delivery(&security, &headers)),
         )
         .await
-        .map_err(submit_error)?;
-    Ok(submitted_response(submitted))
+        .map_err(ApiError::from)?;
+    Ok(submitted_response(submitted, json!({})))
 }
 
 async fn show_closure(
@@ -262,20 +238,4 @@ async fn show_closure(
         Ok(None) => Err(ApiError::NotFound),
         Err(error) => Err(ApiError::Unavailable(error.to_string())),
     }
-}
-
-/// 201 committed, 202 pending, 200 duplicate (with where the first stands), 409 rejected.
-fn submitted_response(submitted: rananeeti_platform::Submitted) -> Response {
-    let id = submitted.id.to_hex();
-    let (status, body) = match submitted.outcome {
-        Outcome::Committed => (StatusCode::CREATED, json!({ "id": id, "status": "committed" })),
-        Outcome::Pending => (StatusCode::ACCEPTED, json!({ "id": id, "status": "pending" })),
-        Outcome::Duplicate { first: current } => {
-            (StatusCode::OK, json!({ "id": id, "status": "duplicate", "current": current.as_str() }))
-        }
-        Outcome::Rejected { reason } => {
-            (StatusCode::CONFLICT, json!({ "id": id, "status": "rejected", "reason": reason }))
-        }
-    };
-    (status, Json(body)).into_response()
 }

@@ -4,6 +4,8 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use rananeeti_platform::{CommandState, Outcome, SubmitError, Submitted};
+use serde_json::{json, Value};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -99,4 +101,47 @@ impl IntoResponse for ApiError {
         }
         response
     }
+}
+
+/// A submit that could not be answered with an outcome: the queue could not take it (503, the
+/// client retries) or something that should not happen (500).
+impl From<SubmitError> for ApiError {
+    fn from(error: SubmitError) -> ApiError {
+        match &error {
+            SubmitError::Queue(_) | SubmitError::QueueTimeout => ApiError::Unavailable(error.to_string()),
+            _ => ApiError::Internal(error.to_string()),
+        }
+    }
+}
+
+/// A submit's outcome as every app's JSON API answers it: 201 committed, 202 pending, 200
+/// duplicate (with where the first stands, and its reason when it was rejected), 409 rejected
+/// with the reason; a pending answer says whether a peer node holds a copy (`copied`). `extra`'s fields (an object) are added to the body.
+pub fn submitted_response(submitted: Submitted, extra: Value) -> Response {
+    let id = submitted.id.to_hex();
+    let (status, mut body) = match submitted.outcome {
+        Outcome::Committed => (StatusCode::CREATED, json!({ "id": id, "status": "committed" })),
+        Outcome::Pending => {
+            let mut body = json!({ "id": id, "status": "pending" });
+            if let Some(copied) = submitted.copied {
+                // Whether a peer node also holds it (queue copies): false means this node only.
+                body["copied"] = json!(copied);
+            }
+            (StatusCode::ACCEPTED, body)
+        }
+        Outcome::Duplicate { first } => {
+            let mut body = json!({ "id": id, "status": "duplicate", "current": first.as_str() });
+            if let CommandState::Rejected { reason } = first {
+                body["reason"] = json!(reason);
+            }
+            (StatusCode::OK, body)
+        }
+        Outcome::Rejected { reason } => {
+            (StatusCode::CONFLICT, json!({ "id": id, "status": "rejected", "reason": reason }))
+        }
+    };
+    if let (Some(body), Value::Object(extra)) = (body.as_object_mut(), extra) {
+        body.extend(extra);
+    }
+    (status, Json(body)).into_response()
 }
