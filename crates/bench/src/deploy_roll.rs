@@ -155,7 +155,8 @@ async fn measure(
     let clients = Clients::new(CLIENTS)?;
     let gateway = deployment.gateway_url();
     let mix = Mix::ReadsAndBookings { reads_per_write: READS_PER_WRITE };
-    let load = |duration| OpenLoopPlan { rate_per_second: plan.rate_per_second, duration, in_flight_max: IN_FLIGHT_MAX };
+    let load =
+        |duration| OpenLoopPlan { rate_per_second: plan.rate_per_second, duration, in_flight_max: IN_FLIGHT_MAX };
     let warm = steady_load::run(&clients, gateway, mix, load(plan.warmup)).await;
     note_failures(notes, "warm-up", &warm.whole());
 
@@ -185,10 +186,8 @@ async fn measure(
         ));
     }
     let pids_after = node_pids(deployment);
-    let nodes_replaced = pids_before
-        .iter()
-        .filter(|(slot, pid)| pids_after.get(*slot).is_some_and(|after| after != *pid))
-        .count();
+    let nodes_replaced =
+        pids_before.iter().filter(|(slot, pid)| pids_after.get(*slot).is_some_and(|after| after != *pid)).count();
     note_failures(notes, "without a deploy", &baseline.run.whole());
     note_failures(notes, "while deploying", &deploying.run.whole());
     for (label, measured) in [("without a deploy", &baseline), ("while deploying", &deploying)] {
@@ -275,7 +274,11 @@ impl Roll {
             if self.started.elapsed() >= ROLL_TIMEOUT {
                 let _ = self.child.kill();
                 let _ = self.child.wait();
-                bail!("`rananeeti deploy` did not finish within {} s; killed{}", ROLL_TIMEOUT.as_secs(), self.log_tail());
+                bail!(
+                    "`rananeeti deploy` did not finish within {} s; killed{}",
+                    ROLL_TIMEOUT.as_secs(),
+                    self.log_tail()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -361,9 +364,10 @@ impl DeployReport {
         let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|");
         let baseline = self.baseline.run.whole();
         let deploying = self.deploying.run.whole();
-        for (label, measured, window) in
-            [("no deploy (baseline)", &self.baseline, &baseline), ("while `deploy` rolls every node", &self.deploying, &deploying)]
-        {
+        for (label, measured, window) in [
+            ("no deploy (baseline)", &self.baseline, &baseline),
+            ("while `deploy` rolls every node", &self.deploying, &deploying),
+        ] {
             let _ = writeln!(
                 out,
                 "| {label} | {} | {} | {} | {} | {} | {} | {} |",

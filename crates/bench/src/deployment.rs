@@ -56,10 +56,8 @@ impl Shape {
 
     /// The `up` arguments this shape adds, as a reader would type them.
     pub fn describe(&self) -> String {
-        let mut words = vec![
-            format!("--regions {}", self.regions),
-            format!("--nodes-per-region {}", self.nodes_per_region),
-        ];
+        let mut words =
+            vec![format!("--regions {}", self.regions), format!("--nodes-per-region {}", self.nodes_per_region)];
         if self.store == StoreKind::Postgres {
             words.push("--store postgres".to_string());
         }

@@ -410,7 +410,11 @@ impl ScaleReport {
                 busy(phase.machine_busy)
             );
         }
-        let _ = writeln!(out, "| nothing (watching the count) | 0 | - | - | - | - | - | - | {} | - |", self.count_at(f64::MAX));
+        let _ = writeln!(
+            out,
+            "| nothing (watching the count) | 0 | - | - | - | - | - | - | {} | - |",
+            self.count_at(f64::MAX)
+        );
 
         let bound = self.p99_bound_ms();
         let stopped = self.stopped_rising_after();
@@ -423,7 +427,11 @@ impl ScaleReport {
             self.step().map(|step| self.count_at(step.starts_at.as_secs_f64())).unwrap_or_default(),
             stopped.map(|(_, highest)| highest.to_string()).unwrap_or_else(|| "-".to_string())
         );
-        let _ = writeln!(out, "| from the step until the node count stops rising | {} |", seconds(stopped.map(|(at, _)| at)));
+        let _ = writeln!(
+            out,
+            "| from the step until the node count stops rising | {} |",
+            seconds(stopped.map(|(at, _)| at))
+        );
         let _ = writeln!(
             out,
             "| from the step until p99 stays under {} ms | {} |",

@@ -4,7 +4,7 @@
 
 use crate::load::Reservations;
 use crate::mixed_load::Clients;
-use crate::open_loop::{self, OpenLoopPlan, Offered};
+use crate::open_loop::{self, Offered, OpenLoopPlan};
 use crate::tally::Tally;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -143,7 +143,9 @@ async fn answer_failure(sent: reqwest::Result<reqwest::Response>) -> Option<Stri
             let body = response.text().await;
             match body {
                 Ok(_) if status.is_success() => None,
-                Ok(text) => Some(format!("HTTP {status}: {}", text.chars().take(ERROR_TEXT_CHARS_MAX).collect::<String>())),
+                Ok(text) => {
+                    Some(format!("HTTP {status}: {}", text.chars().take(ERROR_TEXT_CHARS_MAX).collect::<String>()))
+                }
                 Err(error) => Some(format!("reading the answer: {error}")),
             }
         }
