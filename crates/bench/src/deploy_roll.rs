@@ -364,38 +364,57 @@ impl DeployReport {
         let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|");
         let baseline = self.baseline.run.whole();
         let deploying = self.deploying.run.whole();
-        for (label, measured, window) in [
-            ("no deploy (baseline)", &self.baseline, &baseline),
-            ("while `deploy` rolls every node", &self.deploying, &deploying),
-        ] {
+        // The roll is a few seconds of the run: its own seconds show what a whole run dilutes.
+        let roll = Duration::from_secs_f64(self.roll_seconds);
+        let rolling = self.deploying.run.window(Duration::ZERO, roll);
+        let same_seconds = self.baseline.run.window(Duration::ZERO, roll);
+        let rows = [
+            (
+                "no deploy (baseline)",
+                &baseline,
+                self.baseline.run.offered.shed.to_string(),
+                busy(self.baseline.machine_busy),
+            ),
+            (
+                "while `deploy` rolls every node",
+                &deploying,
+                self.deploying.run.offered.shed.to_string(),
+                busy(self.deploying.machine_busy),
+            ),
+            ("baseline, its first seconds as long as the roll", &same_seconds, "-".to_string(), "-".to_string()),
+            ("with deploy, only the seconds the roll ran", &rolling, "-".to_string(), "-".to_string()),
+        ];
+        for (label, window, shed, machine_busy) in rows {
             let _ = writeln!(
                 out,
-                "| {label} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {label} | {} | {} | {shed} | {} | {} | {} | {machine_busy} |",
                 window.requests,
                 window.failed,
-                measured.run.offered.shed,
                 ms(window.p50_ms),
                 ms(window.p99_ms),
                 ms(window.max_ms),
-                busy(measured.machine_busy)
             );
         }
         let _ = writeln!(out, "\n| added by the deploy | p50 | p99 | max |");
         let _ = writeln!(out, "|---|---:|---:|---:|");
-        let _ = writeln!(
-            out,
-            "| ms (with deploy minus baseline) | {} | {} | {} |",
-            difference(deploying.p50_ms, baseline.p50_ms),
-            difference(deploying.p99_ms, baseline.p99_ms),
-            difference(deploying.max_ms, baseline.max_ms)
-        );
-        let _ = writeln!(
-            out,
-            "| ratio (with deploy / baseline) | {} | {} | {} |",
-            ratio(deploying.p50_ms, baseline.p50_ms),
-            ratio(deploying.p99_ms, baseline.p99_ms),
-            ratio(deploying.max_ms, baseline.max_ms)
-        );
+        let roll_label = format!("the roll's {0:.1} s against the baseline's first {0:.1} s", self.roll_seconds);
+        let pairs = [("whole runs", &deploying, &baseline), (roll_label.as_str(), &rolling, &same_seconds)];
+        for (label, ours, base) in pairs {
+            let _ = writeln!(
+                out,
+                "| {label}: ms (with deploy minus baseline) | {} | {} | {} |",
+                difference(ours.p50_ms, base.p50_ms),
+                difference(ours.p99_ms, base.p99_ms),
+                difference(ours.max_ms, base.max_ms)
+            );
+            let _ = writeln!(
+                out,
+                "| {label}: ratio (with deploy / baseline) | {} | {} | {} |",
+                ratio(ours.p50_ms, base.p50_ms),
+                ratio(ours.p99_ms, base.p99_ms),
+                ratio(ours.max_ms, base.max_ms)
+            );
+        }
         bullets(&mut out, "## Method", &METHOD);
         bullets(&mut out, "## Notes from this run", &self.notes);
         out
