@@ -332,6 +332,14 @@ fn difference(ours: Option<f64>, baseline: Option<f64>) -> String {
     }
 }
 
+/// The max latency of the requests sent in each second of a run.
+fn max_by_second(run: &SteadyRun) -> Vec<String> {
+    let seconds_total = run.samples.iter().map(|sample| sample.sent_at.as_secs()).max().unwrap_or(0);
+    (0..=seconds_total)
+        .map(|second| ms(run.window(Duration::from_secs(second), Duration::from_secs(second + 1)).max_ms))
+        .collect()
+}
+
 fn busy(value: Option<f64>) -> String {
     value.map(|busy| format!("{:.0}%", busy * 100.0)).unwrap_or_else(|| "?".to_string())
 }
@@ -414,6 +422,10 @@ impl DeployReport {
                 ratio(ours.p99_ms, base.p99_ms),
                 ratio(ours.max_ms, base.max_ms)
             );
+        }
+        let _ = writeln!(out, "\nMax latency (ms) of each second of sending, to see when the slow answers came:\n");
+        for (label, run) in [("- no deploy", &self.baseline.run), ("- with deploy", &self.deploying.run)] {
+            let _ = writeln!(out, "{label}: {}", max_by_second(run).join(", "));
         }
         bullets(&mut out, "## Method", &METHOD);
         bullets(&mut out, "## Notes from this run", &self.notes);
