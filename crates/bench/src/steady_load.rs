@@ -152,3 +152,37 @@ async fn answer_failure(sent: reqwest::Result<reqwest::Response>) -> Option<Stri
         Err(error) => Some(format!("request failed: {error}")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(sent_at_ms: u64, latency_ms: u64, failed: bool) -> Sample {
+        Sample {
+            sent_at: Duration::from_millis(sent_at_ms),
+            latency: Duration::from_millis(latency_ms),
+            failure: failed.then(|| "HTTP 503".to_string()),
+        }
+    }
+
+    #[test]
+    fn a_window_counts_what_was_sent_in_it_and_the_latency_of_failed_requests_too() {
+        let run = SteadyRun {
+            offered: Offered::default(),
+            samples: vec![
+                sample(100, 1, false),
+                sample(900, 3, false),
+                sample(1_100, 50, true),
+                sample(2_500, 2, false),
+            ],
+        };
+        let first_second = run.window(Duration::ZERO, Duration::from_secs(1));
+        assert_eq!((first_second.requests, first_second.failed), (2, 0));
+        assert_eq!(first_second.max_ms, Some(3.0));
+        let second = run.window(Duration::from_secs(1), Duration::from_secs(2));
+        assert_eq!((second.requests, second.failed), (1, 1));
+        assert_eq!(second.max_ms, Some(50.0), "a slow failure is the window's slowest request");
+        assert_eq!(second.first_failure.as_deref(), Some("HTTP 503"));
+        assert_eq!(run.whole().requests, 4);
+    }
+}
