@@ -21,19 +21,56 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(60);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Lines of `up`'s log quoted when it fails.
 const LOG_TAIL_LINES_MAX: usize = 20;
-/// `up` takes its port for the gateway and the next ones for its nodes: this many in all are
-/// checked free before it starts (gateway, two nodes, one spare).
-const PORTS_NEEDED: u16 = 4;
+/// `up` takes its port for the gateway and the next ones for every node slot and its witness:
+/// besides the slots, this many are checked free before it starts (gateway, witness).
+const PORTS_BESIDE_SLOTS: u16 = 2;
 /// Bases tried for that run of ports, below the kernel's ephemeral range (32768 and up), so a
 /// port picked free is not taken by an outgoing connection a moment later.
 const PORT_BASE_FIRST: u16 = 20_000;
 const PORT_BASE_SPAN: u16 = 10_000;
 const PORT_BASE_ATTEMPTS_MAX: usize = 50;
 
+/// What `up` is asked to run.
+#[derive(Clone, Debug)]
+pub struct Shape {
+    pub regions: u32,
+    /// Nodes per region: a count, or `MIN..MAX` (autoscaled); `slots_per_region` is the MAX.
+    pub nodes_per_region: String,
+    pub slots_per_region: u32,
+    pub store: StoreKind,
+    /// More arguments for `up` (the autoscaler's flags).
+    pub extra_args: Vec<String>,
+}
+
+impl Shape {
+    /// One region of `nodes` nodes, unscaled.
+    pub fn one_region(nodes: u32, store: StoreKind) -> Shape {
+        Shape {
+            regions: 1,
+            nodes_per_region: nodes.to_string(),
+            slots_per_region: nodes,
+            store,
+            extra_args: Vec::new(),
+        }
+    }
+
+    /// The `up` arguments this shape adds, as a reader would type them.
+    pub fn describe(&self) -> String {
+        let mut words =
+            vec![format!("--regions {}", self.regions), format!("--nodes-per-region {}", self.nodes_per_region)];
+        if self.store == StoreKind::Postgres {
+            words.push("--store postgres".to_string());
+        }
+        words.extend(self.extra_args.iter().cloned());
+        words.join(" ")
+    }
+}
+
 /// A running `rananeeti up`; SIGINT and a bounded wait when dropped.
 pub struct Deployment {
     child: Child,
     log_file: PathBuf,
+    data: PathBuf,
     pub topology: Topology,
 }
 
@@ -41,19 +78,30 @@ impl Deployment {
     /// `binary up --regions 1 --nodes-per-region NODES --port P --data DIR/data [--store postgres]`,
     /// its output in `DIR/up.log`; returns once the gateway answers a catalog read.
     pub async fn start(binary: &Path, dir: &Path, nodes_per_region: u32, store: StoreKind) -> anyhow::Result<Self> {
+        Self::start_shaped(binary, dir, &Shape::one_region(nodes_per_region, store)).await
+    }
+
+    /// `binary up` as `shape` says, on `--port P --data DIR/data`, its output in `DIR/up.log`;
+    /// returns once the gateway answers a catalog read.
+    pub async fn start_shaped(binary: &Path, dir: &Path, shape: &Shape) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let port = free_port_run().context("finding free loopback ports for `rananeeti up`")?;
+        let ports_needed = u16::try_from(shape.regions * shape.slots_per_region)
+            .ok()
+            .and_then(|slots| slots.checked_add(PORTS_BESIDE_SLOTS))
+            .context("too many node slots for one run of ports")?;
+        let port = free_port_run(ports_needed).context("finding free loopback ports for `rananeeti up`")?;
         let data = dir.join("data");
         let log_file = dir.join("up.log");
         let log = File::create(&log_file).with_context(|| format!("creating {}", log_file.display()))?;
         let mut command = Command::new(binary);
         command
             .arg("up")
-            .args(["--regions", "1", "--nodes-per-region", &nodes_per_region.to_string()])
+            .args(["--regions", &shape.regions.to_string(), "--nodes-per-region", &shape.nodes_per_region])
             .args(["--port", &port.to_string()])
             .arg("--data")
-            .arg(&data);
-        if store == StoreKind::Postgres {
+            .arg(&data)
+            .args(&shape.extra_args);
+        if shape.store == StoreKind::Postgres {
             command.args(["--store", "postgres"]);
         }
         // Its defaults, not whatever this shell has set.
@@ -69,14 +117,30 @@ impl Deployment {
             .stderr(log)
             .spawn()
             .with_context(|| format!("starting {} up", binary.display()))?;
-        let mut deployment = Deployment { child, log_file, topology: Topology::default() };
-        deployment.topology = deployment.wait_for_topology(&data.join("topology.json")).await?;
+        let mut deployment = Deployment { child, log_file, data: data.clone(), topology: Topology::default() };
+        let topology_path = deployment.topology_path();
+        deployment.topology = deployment.wait_for_topology(&topology_path).await?;
         deployment.wait_for_first_answer().await?;
         Ok(deployment)
     }
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The deployment's data directory (`rananeeti deploy --data` takes it).
+    pub fn data_dir(&self) -> &Path {
+        &self.data
+    }
+
+    /// `topology.json`, which `up` rewrites as nodes come and go.
+    pub fn topology_path(&self) -> PathBuf {
+        self.data.join("topology.json")
+    }
+
+    /// The topology as `up` last wrote it (None while it is being rewritten or unreadable).
+    pub fn read_topology(&self) -> Option<Topology> {
+        serde_json::from_str(&std::fs::read_to_string(self.topology_path()).ok()?).ok()
     }
 
     pub fn gateway_url(&self) -> &str {
@@ -185,17 +249,17 @@ impl Drop for Deployment {
     }
 }
 
-/// A base port such that it and the `PORTS_NEEDED - 1` after it can be bound on loopback now.
-fn free_port_run() -> anyhow::Result<u16> {
+/// A base port such that it and the `ports_needed - 1` after it can be bound on loopback now.
+fn free_port_run(ports_needed: u16) -> anyhow::Result<u16> {
     for _ in 0..PORT_BASE_ATTEMPTS_MAX {
         let base = PORT_BASE_FIRST + (rand::random::<u16>() % PORT_BASE_SPAN);
         let listeners: Result<Vec<TcpListener>, _> =
-            (base..base + PORTS_NEEDED).map(|port| TcpListener::bind((Ipv4Addr::LOCALHOST, port))).collect();
+            (base..base + ports_needed).map(|port| TcpListener::bind((Ipv4Addr::LOCALHOST, port))).collect();
         if listeners.is_ok() {
             return Ok(base);
         }
     }
-    bail!("no run of {PORTS_NEEDED} free loopback ports in {PORT_BASE_ATTEMPTS_MAX} attempts")
+    bail!("no run of {ports_needed} free loopback ports in {PORT_BASE_ATTEMPTS_MAX} attempts")
 }
 
 fn log_tail(log_file: &Path) -> String {

@@ -14,11 +14,15 @@
 //! on a database made by `backup_data`, each command measured by `measured`.
 //! `--scenario bookstore`: `bookstore` (the run and its report) loads `rananeeti up` run by
 //! `deployment` through its gateway with `mixed_load`, on a catalog grown by `generated_books`.
+//! `--scenario deploy`: `deploy_roll` (the run and its report) measures `rananeeti deploy` under
+//! the open-loop load of `steady_load`; `--scenario scale`: `scale_step` (the run and its report)
+//! steps that load against `up`'s autoscaler.
 
 mod backup;
 mod backup_data;
 mod baseline;
 mod bookstore;
+mod deploy_roll;
 mod deployment;
 mod fixed_connections;
 mod gateway;
@@ -35,7 +39,9 @@ mod proxies;
 mod queue_alone;
 mod replication;
 mod report;
+mod scale_step;
 mod scenario;
+mod steady_load;
 mod streaming;
 mod tally;
 
@@ -106,6 +112,12 @@ enum Scenario {
     /// `rananeeti backup create`, `verify` and `restore` of a database of about 1 GB beside
     /// `restic backup`, `check --read-data` and `restore`: time, peak memory, stored size.
     Backup,
+    /// `rananeeti up` (2 regions x 2 nodes) under a steady load through the gateway, without and
+    /// with `rananeeti deploy` rolling every node: the latency the roll adds, and its time.
+    Deploy,
+    /// `rananeeti up --nodes-per-region 1..6 --target-cpu 50` offered 1x then 4x what one node
+    /// serves: r1's node count over time, how soon it settles, p99 during and after the step.
+    Scale,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -157,6 +169,14 @@ fn main() -> anyhow::Result<()> {
         }
         Scenario::Backup => {
             let run = backup::run_scenario(args.quick, args.backup_size_mb, node_binary, work_dir.path().into());
+            runtime.block_on(run)?.into_markdown()
+        }
+        Scenario::Deploy => {
+            let run = deploy_roll::run_scenario(args.quick, node_binary, work_dir.path().into());
+            runtime.block_on(run)?.into_markdown()
+        }
+        Scenario::Scale => {
+            let run = scale_step::run_scenario(args.quick, node_binary, work_dir.path().into());
             runtime.block_on(run)?.into_markdown()
         }
     };

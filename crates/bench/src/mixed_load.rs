@@ -199,6 +199,11 @@ impl Clients {
     pub fn first(&self) -> &reqwest::Client {
         &self.clients[0]
     }
+
+    /// The `n`th client, counting round the set again past its end.
+    pub fn nth(&self, n: u64) -> &reqwest::Client {
+        &self.clients[(n % self.clients.len() as u64) as usize]
+    }
 }
 
 /// Runs `work` with `workers` workers over all the clients for `duration`, against `base_url`.
