@@ -3,6 +3,7 @@
 //! restore` of the same database file: time, peak memory, CPU and stored size, side by side.
 
 use crate::backup_data::{self, Generated};
+use crate::machine::busy;
 use crate::machine::{self, Machine};
 use crate::measured::{self, Measured};
 use anyhow::{bail, Context};
@@ -434,29 +435,22 @@ const METHOD: &[&str] = &[
 impl BackupReport {
     pub fn into_markdown(self) -> String {
         let mut out = String::new();
-        let machine = &self.machine;
-        let _ = writeln!(out, "# rananeeti backup benchmark: rananeeti backup beside restic\n");
-        let _ = writeln!(
-            out,
-            "- Machine: {} cores, {}, {}; files on {}",
-            machine.cores, machine.cpu_model, machine.kernel, machine.filesystem
-        );
-        let busy =
-            |value: Option<f64>| value.map(|busy| format!("{:.0}%", busy * 100.0)).unwrap_or_else(|| "?".to_string());
-        let _ = writeln!(
-            out,
-            "- Other work on the machine: CPUs {} busy in the second before the run, {} in the second after",
-            busy(self.busy_outside_run[0]),
-            busy(self.busy_outside_run[1])
-        );
-        let _ = writeln!(
-            out,
-            "- Code: {}; {} ({})",
-            self.code_version.as_deref().unwrap_or("unknown"),
-            self.restic_version,
-            self.restic_repository_version
-        );
-        let _ = writeln!(out, "- Command: `{}`", self.command);
+        crate::machine::RunHeader {
+            title: "rananeeti backup benchmark: rananeeti backup beside restic",
+            machine: &self.machine,
+            files: Some(""),
+            busy_outside_run: self.busy_outside_run,
+            code: format!(
+                "{}; {} ({})",
+                self.code_version.as_deref().unwrap_or("unknown"),
+                self.restic_version,
+                self.restic_repository_version
+            ),
+            command: &self.command,
+            mode: None,
+            started: None,
+        }
+        .write(&mut out);
         let generated = &self.generated;
         let rows: Vec<String> = generated.rows.iter().map(|(table, rows)| format!("{table} {rows}")).collect();
         let _ = writeln!(

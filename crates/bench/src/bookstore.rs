@@ -5,6 +5,7 @@
 use crate::baseline;
 use crate::deployment::Deployment;
 use crate::generated_books;
+use crate::machine::busy;
 use crate::machine::{self, Machine};
 use crate::mixed_load::{self, Clients, MixAnswers, Request, Shopper, Work, BROWSE_MIX};
 use crate::node::{cpu_seconds, process_and_children_cpu_seconds};
@@ -417,10 +418,6 @@ fn cores(value: Option<f64>) -> String {
     value.map(|cores| format!("{cores:.2}")).unwrap_or_else(|| "-".to_string())
 }
 
-fn busy(value: Option<f64>) -> String {
-    value.map(|busy| format!("{:.0}%", busy * 100.0)).unwrap_or_else(|| "?".to_string())
-}
-
 fn books_label(books: usize) -> String {
     let digits = books.to_string();
     let mut grouped = String::new();
@@ -460,20 +457,17 @@ impl BookstoreReport {
 
     pub fn into_markdown(self) -> String {
         let mut out = String::new();
-        let machine = &self.machine;
-        let _ = writeln!(out, "# rananeeti bookstore benchmark: browse and checkout through the gateway\n");
-        let _ = writeln!(out, "- Machine: {} cores, {}, {}", machine.cores, machine.cpu_model, machine.kernel);
-        let _ = writeln!(out, "- Files: {}", machine.filesystem);
-        let _ = writeln!(
-            out,
-            "- Other work on the machine: CPUs {} busy in the second before the run, {} in the second after",
-            busy(self.busy_outside_run[0]),
-            busy(self.busy_outside_run[1])
-        );
-        let _ = writeln!(out, "- Code: {}", self.code_version.as_deref().unwrap_or("unknown"));
-        let _ = writeln!(out, "- Command: `{}`", self.command);
-        let _ = writeln!(out, "- Mode: {}", self.mode);
-        let _ = writeln!(out, "- Started {} UTC, took {:.0} s", self.started_at, self.took_seconds);
+        crate::machine::RunHeader {
+            title: "rananeeti bookstore benchmark: browse and checkout through the gateway",
+            machine: &self.machine,
+            files: Some(""),
+            busy_outside_run: self.busy_outside_run,
+            code: self.code_version.clone().unwrap_or_else(|| "unknown".into()),
+            command: &self.command,
+            mode: Some(&self.mode),
+            started: Some((&self.started_at, self.took_seconds)),
+        }
+        .write(&mut out);
         for store in &self.stores {
             if let [seed, large, ..] = store.catalogs.as_slice() {
                 let _ = writeln!(

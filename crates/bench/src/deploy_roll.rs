@@ -3,6 +3,7 @@
 //! (the baseline), then while `rananeeti deploy` rolls every node; what the roll adds to latency.
 
 use crate::deployment::{Deployment, Shape};
+use crate::machine::busy;
 use crate::machine::{self, Machine};
 use crate::mixed_load::Clients;
 use crate::open_loop::OpenLoopPlan;
@@ -340,27 +341,20 @@ fn max_by_second(run: &SteadyRun) -> Vec<String> {
         .collect()
 }
 
-fn busy(value: Option<f64>) -> String {
-    value.map(|busy| format!("{:.0}%", busy * 100.0)).unwrap_or_else(|| "?".to_string())
-}
-
 impl DeployReport {
     pub fn into_markdown(self) -> String {
         let mut out = String::new();
-        let machine = &self.machine;
-        let _ = writeln!(out, "# rananeeti deploy benchmark: a rolling deploy under steady load\n");
-        let _ = writeln!(out, "- Machine: {} cores, {}, {}", machine.cores, machine.cpu_model, machine.kernel);
-        let _ = writeln!(out, "- Files: {}", machine.filesystem);
-        let _ = writeln!(
-            out,
-            "- Other work on the machine: CPUs {} busy in the second before the run, {} in the second after",
-            busy(self.busy_outside_run[0]),
-            busy(self.busy_outside_run[1])
-        );
-        let _ = writeln!(out, "- Code: {}", self.code_version.as_deref().unwrap_or("unknown"));
-        let _ = writeln!(out, "- Command: `{}`", self.command);
-        let _ = writeln!(out, "- Mode: {}", self.mode);
-        let _ = writeln!(out, "- Started {} UTC, took {:.0} s", self.started_at, self.took_seconds);
+        crate::machine::RunHeader {
+            title: "rananeeti deploy benchmark: a rolling deploy under steady load",
+            machine: &self.machine,
+            files: Some(""),
+            busy_outside_run: self.busy_outside_run,
+            code: self.code_version.clone().unwrap_or_else(|| "unknown".into()),
+            command: &self.command,
+            mode: Some(&self.mode),
+            started: Some((&self.started_at, self.took_seconds)),
+        }
+        .write(&mut out);
         let _ = writeln!(
             out,
             "- The roll: {:.1} s for {} nodes, {} of them under a new pid afterwards",

@@ -4,6 +4,7 @@
 
 use crate::fixed_connections::{self, CellAnswers, Connections, Pace};
 use crate::load::Reservations;
+use crate::machine::busy;
 use crate::machine::{self, Machine};
 use crate::node::{cpu_seconds, NodeProcess};
 use crate::proxies::{ProxyKind, ProxyProcess, NGINX_UPSTREAM_KEEPALIVE};
@@ -534,26 +535,18 @@ impl GatewayReport {
 
     pub fn into_markdown(self) -> String {
         let mut out = String::new();
-        let machine = &self.machine;
-        let _ = writeln!(out, "# rananeeti gateway benchmark: direct, our gateway, nginx\n");
-        let _ = writeln!(out, "- Machine: {} cores, {}, {}", machine.cores, machine.cpu_model, machine.kernel);
-        let busy =
-            |value: Option<f64>| value.map(|busy| format!("{:.0}%", busy * 100.0)).unwrap_or_else(|| "?".to_string());
-        let _ = writeln!(
-            out,
-            "- Other work on the machine: CPUs {} busy in the second before the run, {} in the second after",
-            busy(self.busy_outside_run[0]),
-            busy(self.busy_outside_run[1])
-        );
-        let _ = writeln!(
-            out,
-            "- Code: {}; nginx: {}",
-            self.code_version.as_deref().unwrap_or("unknown"),
-            self.nginx_version
-        );
-        let _ = writeln!(out, "- Command: `{}`", self.command);
-        let _ = writeln!(out, "- Mode: {}", self.mode);
-        let _ = writeln!(out, "- Started {} UTC, took {:.0} s\n", self.started_at, self.took_seconds);
+        crate::machine::RunHeader {
+            title: "rananeeti gateway benchmark: direct, our gateway, nginx",
+            machine: &self.machine,
+            files: None,
+            busy_outside_run: self.busy_outside_run,
+            code: format!("{}; nginx: {}", self.code_version.as_deref().unwrap_or("unknown"), self.nginx_version),
+            command: &self.command,
+            mode: Some(&self.mode),
+            started: Some((&self.started_at, self.took_seconds)),
+        }
+        .write(&mut out);
+        out.push('\n');
 
         for request in Request::ALL {
             let _ = writeln!(out, "## GET {}\n", request.path());

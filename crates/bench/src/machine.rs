@@ -63,3 +63,85 @@ pub fn busy_fraction(before: (u64, u64), after: (u64, u64)) -> Option<f64> {
     let total = after.1.checked_sub(before.1)?;
     (total > 0).then(|| (after.0.saturating_sub(before.0)) as f64 / total as f64)
 }
+
+/// How busy the machine's CPUs were, as a percentage ("?" when not measured).
+pub fn busy(value: Option<f64>) -> String {
+    value.map(|busy| format!("{:.0}%", busy * 100.0)).unwrap_or_else(|| "?".to_string())
+}
+
+/// The lines every scenario's report opens with: what ran, on what, when, and how busy the
+/// machine was around it (so a saved report stands alone).
+pub struct RunHeader<'a> {
+    pub title: &'a str,
+    pub machine: &'a Machine,
+    /// What the files line says is on `machine.filesystem` (`None`: no files line).
+    pub files: Option<&'a str>,
+    pub busy_outside_run: [Option<f64>; 2],
+    /// The code's version, and the baselines' versions when the run has them.
+    pub code: String,
+    pub command: &'a str,
+    pub mode: Option<&'a str>,
+    /// When the run started (RFC 3339, UTC) and how many seconds it took.
+    pub started: Option<(&'a str, f64)>,
+}
+
+impl RunHeader<'_> {
+    pub fn write(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let machine = self.machine;
+        let _ = writeln!(out, "# {}\n", self.title);
+        let _ = writeln!(out, "- Machine: {} cores, {}, {}", machine.cores, machine.cpu_model, machine.kernel);
+        match self.files {
+            Some("") => {
+                let _ = writeln!(out, "- Files: {}", machine.filesystem);
+            }
+            Some(what) => {
+                let _ = writeln!(out, "- Files ({what}): {}", machine.filesystem);
+            }
+            None => {}
+        }
+        let _ = writeln!(
+            out,
+            "- Other work on the machine: CPUs {} busy in the second before the run, {} in the second after",
+            busy(self.busy_outside_run[0]),
+            busy(self.busy_outside_run[1])
+        );
+        let _ = writeln!(out, "- Code: {}", self.code);
+        let _ = writeln!(out, "- Command: `{}`", self.command);
+        if let Some(mode) = self.mode {
+            let _ = writeln!(out, "- Mode: {mode}");
+        }
+        if let Some((started_at, took_seconds)) = self.started {
+            let _ = writeln!(out, "- Started {started_at} UTC, took {took_seconds:.0} s");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_header_names_the_machine_the_busyness_the_code_and_the_run() {
+        let machine =
+            Machine { cores: 2, cpu_model: "AMD EPYC".into(), kernel: "Linux 6".into(), filesystem: "ext4".into() };
+        let mut out = String::new();
+        RunHeader {
+            title: "t",
+            machine: &machine,
+            files: Some("queue"),
+            busy_outside_run: [Some(0.25), None],
+            code: "git abc".into(),
+            command: "bench",
+            mode: None,
+            started: Some(("2026-12-04T20:00:00Z", 12.4)),
+        }
+        .write(&mut out);
+        assert_eq!(
+            out,
+            "# t\n\n- Machine: 2 cores, AMD EPYC, Linux 6\n- Files (queue): ext4\n\
+             - Other work on the machine: CPUs 25% busy in the second before the run, ? in the second after\n\
+             - Code: git abc\n- Command: `bench`\n- Started 2026-12-04T20:00:00Z UTC, took 12 s\n"
+        );
+    }
+}

@@ -686,22 +686,18 @@ const METHOD: [&str; 7] = [
 impl ReplicationReport {
     pub fn into_markdown(mut self) -> String {
         let mut out = String::new();
-        let machine = &self.machine;
-        let _ = writeln!(out, "# rananeeti replication benchmark\n");
-        let _ = writeln!(out, "- Machine: {} cores, {}, {}", machine.cores, machine.cpu_model, machine.kernel);
-        let _ = writeln!(out, "- Files (SQLite, PostgreSQL clusters, node queues): {}", machine.filesystem);
-        let busy =
-            |value: Option<f64>| value.map(|busy| format!("{:.0}%", busy * 100.0)).unwrap_or_else(|| "?".to_string());
-        let _ = writeln!(
-            out,
-            "- Other work on the machine: CPUs {} busy in the second before the run, {} in the second after",
-            busy(self.busy_outside_run[0]),
-            busy(self.busy_outside_run[1])
-        );
-        let _ = writeln!(out, "- Code: {}", self.code_version.as_deref().unwrap_or("unknown"));
-        let _ = writeln!(out, "- Command: `{}`", self.command);
-        let _ = writeln!(out, "- Mode: {}", self.mode);
-        let _ = writeln!(out, "- Started {} UTC, took {:.0} s\n", self.started_at, self.took_seconds);
+        crate::machine::RunHeader {
+            title: "rananeeti replication benchmark",
+            machine: &self.machine,
+            files: Some("SQLite, PostgreSQL clusters, node queues"),
+            busy_outside_run: self.busy_outside_run,
+            code: self.code_version.clone().unwrap_or_else(|| "unknown".into()),
+            command: &self.command,
+            mode: Some(&self.mode),
+            started: Some((&self.started_at, self.took_seconds)),
+        }
+        .write(&mut out);
+        out.push('\n');
 
         let _ = writeln!(out, "## Replication lag, two regions, beside PostgreSQL streaming replication\n");
         let _ = writeln!(

@@ -176,28 +176,23 @@ fn megabytes(kib: u64) -> String {
 impl Report {
     pub fn to_markdown(&self) -> String {
         let mut out = String::new();
-        let machine = &self.machine;
-        let _ = writeln!(out, "# rananeeti benchmark\n");
-        let _ = writeln!(out, "- Machine: {} cores, {}, {}", machine.cores, machine.cpu_model, machine.kernel);
-        let _ = writeln!(out, "- Files (queue, SQLite, PostgreSQL, baselines): {}", machine.filesystem);
+        crate::machine::RunHeader {
+            title: "rananeeti benchmark",
+            machine: &self.machine,
+            files: Some("queue, SQLite, PostgreSQL, baselines"),
+            busy_outside_run: self.busy_outside_run,
+            code: self.code_version.clone().unwrap_or_else(|| "unknown".into()),
+            command: &self.command,
+            mode: Some(&self.mode),
+            started: Some((&self.started_at, self.took_seconds)),
+        }
+        .write(&mut out);
         let _ = writeln!(
             out,
-            "- Disk: one small append + fsync takes {} ms (median) at the start of the run, {} ms at the end",
+            "- Disk: one small append + fsync takes {} ms (median) at the start of the run, {} ms at the end\n",
             ms(self.fsync_probe_ms[0]),
             ms(self.fsync_probe_ms[1])
         );
-        let busy =
-            |value: Option<f64>| value.map(|busy| format!("{:.0}%", busy * 100.0)).unwrap_or_else(|| "?".to_string());
-        let _ = writeln!(
-            out,
-            "- Other work on the machine: CPUs {} busy in the second before the run, {} in the second after",
-            busy(self.busy_outside_run[0]),
-            busy(self.busy_outside_run[1])
-        );
-        let _ = writeln!(out, "- Code: {}", self.code_version.as_deref().unwrap_or("unknown"));
-        let _ = writeln!(out, "- Command: `{}`", self.command);
-        let _ = writeln!(out, "- Mode: {}", self.mode);
-        let _ = writeln!(out, "- Started {} UTC, took {:.0} s\n", self.started_at, self.took_seconds);
 
         let _ = writeln!(out, "## Committed path: reservations/s answered 201 (store up)\n");
         let _ = writeln!(

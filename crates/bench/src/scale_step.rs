@@ -3,6 +3,7 @@
 //! nothing: r1's node count each second (topology.json), how soon it stops rising, p99 by second.
 
 use crate::deployment::{Deployment, Shape};
+use crate::machine::busy;
 use crate::machine::{self, Machine};
 use crate::mixed_load::Clients;
 use crate::open_loop::OpenLoopPlan;
@@ -283,10 +284,6 @@ fn busy_since(before: Option<(u64, u64)>) -> Option<f64> {
     machine::busy_fraction(before?, machine::cpu_jiffies()?)
 }
 
-fn busy(value: Option<f64>) -> String {
-    value.map(|busy| format!("{:.0}%", busy * 100.0)).unwrap_or_else(|| "?".to_string())
-}
-
 fn seconds(value: Option<f64>) -> String {
     value.map(|seconds| format!("{seconds:.0} s")).unwrap_or_else(|| "not within the phase".to_string())
 }
@@ -364,20 +361,17 @@ impl ScaleReport {
 
     pub fn into_markdown(self) -> String {
         let mut out = String::new();
-        let machine = &self.machine;
-        let _ = writeln!(out, "# rananeeti scale benchmark: a load step against the autoscaler\n");
-        let _ = writeln!(out, "- Machine: {} cores, {}, {}", machine.cores, machine.cpu_model, machine.kernel);
-        let _ = writeln!(out, "- Files: {}", machine.filesystem);
-        let _ = writeln!(
-            out,
-            "- Other work on the machine: CPUs {} busy in the second before the run, {} in the second after",
-            busy(self.busy_outside_run[0]),
-            busy(self.busy_outside_run[1])
-        );
-        let _ = writeln!(out, "- Code: {}", self.code_version.as_deref().unwrap_or("unknown"));
-        let _ = writeln!(out, "- Command: `{}`", self.command);
-        let _ = writeln!(out, "- Mode: {}", self.mode);
-        let _ = writeln!(out, "- Started {} UTC, took {:.0} s", self.started_at, self.took_seconds);
+        crate::machine::RunHeader {
+            title: "rananeeti scale benchmark: a load step against the autoscaler",
+            machine: &self.machine,
+            files: Some(""),
+            busy_outside_run: self.busy_outside_run,
+            code: self.code_version.clone().unwrap_or_else(|| "unknown".into()),
+            command: &self.command,
+            mode: Some(&self.mode),
+            started: Some((&self.started_at, self.took_seconds)),
+        }
+        .write(&mut out);
         let _ = writeln!(
             out,
             "- 1x: one node served {} `GET {SEARCH_PATH}` a second flat out (p99 {} ms, machine {} busy)",
